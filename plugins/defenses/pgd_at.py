@@ -1,0 +1,37 @@
+"""PGD adversarial training (Madry et al., ICLR 2018): minimise CE on PGD adversaries.
+
+Defaults follow the PGD-AT column of shared/REFERENCE.md section 2 (Rice et al. /
+Bag of Tricks setup): CE inner loss, uniform random start in the eps-ball, 10 steps of
+2.5*eps/10 (= 2/255 at 8/255), BN in eval mode during the attack.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robench.api import Defense, LossOutput
+from robench.params import param
+from robench.perturb import attack_mode, cross_entropy_loss, default_step_size, pgd, random_start
+from robench.threat import ThreatModel
+
+
+@dataclass(frozen=True)
+class PGDATParams:
+    steps: int = param(10, ge=1, help="attack steps per training batch")
+    step_size: float | None = param(None, gt=0, help="null: 2.5 * eps / steps")
+    random_start: bool = param(True, help="start from a uniform draw in the eps-ball")
+
+
+class PGDAT(Defense):
+    Params = PGDATParams
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> LossOutput:
+        p: PGDATParams = self.params  # type: ignore[assignment]
+        step = p.step_size or default_step_size(threat.value, p.steps)
+        with attack_mode(model):
+            start = random_start(x, threat) if p.random_start else x
+            x_adv = pgd(model, x, threat, cross_entropy_loss(y), steps=p.steps, step_size=step, start=start)
+        logits = model(x_adv)
+        return LossOutput(F.cross_entropy(logits, y), logits)

@@ -1,0 +1,14 @@
+"""Standard (non-adversarial) training: cross-entropy on clean inputs; the baseline."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robench.api import Defense, LossOutput
+from robench.threat import ThreatModel
+
+
+class StandardTraining(Defense):
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> LossOutput:
+        logits = model(x)
+        return LossOutput(F.cross_entropy(logits, y), logits)

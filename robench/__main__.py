@@ -1,0 +1,4 @@
+"""``python -m robench`` is the same as the ``robench`` console script."""
+from robench.cli import main
+
+raise SystemExit(main())

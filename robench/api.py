@@ -1,0 +1,153 @@
+"""The plugin contracts: what a defense, architecture, dataset and attack must provide.
+
+Every plugin is a class that subclasses one of the four bases below and is exposed
+through an entry point (see :mod:`robench.registry`). Hyperparameters live in a
+dataclass assigned to ``Params``; robench builds it from defaults, the YAML config and
+``--set`` overrides, and passes it to the constructor. Plugins never see the CLI.
+
+Conventions shared by all kinds:
+
+* Inputs are float tensors in [0, 1], shape (N, C, H, W). Normalisation by the
+  dataset's mean/std happens *inside* the model (:mod:`robench.model`), so that an
+  attack's eps and the [0, 1] box mean what they say.
+* Attacks and a defense's inner maximisation run with the model in eval mode and
+  parameters frozen (:func:`robench.perturb.attack_mode`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from robench.params import NoParams
+from robench.threat import ThreatModel
+
+
+class Plugin:
+    """Common base: typed hyperparameters and the contract version."""
+
+    #: Dataclass of hyperparameters, with the official defaults.
+    Params: ClassVar[type] = NoParams
+    #: The :data:`robench.api_version` the plugin was written for.
+    api_version: ClassVar[str] = "1.0"
+
+    def __init__(self, params: object | None = None) -> None:
+        self.params = params if params is not None else self.Params()
+
+
+# --------------------------------------------------------------------------- datasets
+@dataclass(frozen=True)
+class TensorSplit:
+    """One split held as two tensors: images (uint8 0..255 or float in [0,1]) and labels."""
+
+    x: Tensor
+    y: Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def images(self, index: Tensor | slice | None = None) -> Tensor:
+        """Float images in [0, 1] (uint8 storage is scaled by 1/255)."""
+        x = self.x if index is None else self.x[index]
+        return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """``train`` for fitting, ``val`` held out from train for checkpoint selection, ``test``."""
+
+    train: TensorSplit
+    test: TensorSplit
+    val: TensorSplit | None = None
+
+
+class Dataset(Plugin):
+    """A labelled image dataset, loaded whole into tensors.
+
+    Subclasses set the class attributes (or instance attributes in ``__init__``) and
+    implement :meth:`load`.
+    """
+
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    #: The threat model that published results on this dataset use.
+    threat_model: ThreatModel
+
+    def load(self, root: Path | None, seed: int) -> DataSplits:
+        """Return the splits. ``root`` is where files live (None: the plugin's default);
+        ``seed`` fixes any split the plugin draws itself."""
+        raise NotImplementedError
+
+    def augment(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Standard train-time augmentation of a float batch in [0, 1]; identity by default."""
+        return x
+
+
+# ---------------------------------------------------------------------- architectures
+class Architecture(Plugin):
+    """Builds a classifier that takes *normalised* inputs and returns logits.
+
+    robench wraps the result with the dataset's normalisation, so the model it trains
+    and attacks always takes [0, 1] inputs.
+    """
+
+    def build(self, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- defenses
+@dataclass
+class LossOutput:
+    """A defense's result for one batch: the loss to minimise, and the logits whose
+    accuracy the engine reports as training accuracy (adversarial ones for AT)."""
+
+    loss: Tensor
+    logits: Tensor
+
+
+class Defense(Plugin):
+    """Computes the training loss of a batch, inner maximisation included.
+
+    A defense never touches the optimizer, the data loader or the learning rate; it is
+    called with the model in train mode and must leave it so.
+    """
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> LossOutput:
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------- attacks
+class Attack(Plugin):
+    """Maps (model, x, y) to adversarial inputs inside ``threat`` and the [0, 1] box."""
+
+    def perturb(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        threat: ThreatModel,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        raise NotImplementedError
+
+    def label(self) -> str:
+        """Short name for tables, e.g. ``PGD-20``."""
+        return type(self).__name__
+
+
+__all__ = [
+    "Architecture",
+    "Attack",
+    "DataSplits",
+    "Dataset",
+    "Defense",
+    "LossOutput",
+    "Plugin",
+    "TensorSplit",
+    "ThreatModel",
+]

@@ -1,0 +1,214 @@
+"""The ``robench`` command line (Typer, rich output).
+
+Exit codes: 0 ok, 2 bad input (one line on stderr, no traceback), 1 internal failure.
+Set ``ROBENCH_DEBUG=1`` to see the traceback of an internal failure.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+import robench
+from robench.errors import RobenchError
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+app = typer.Typer(
+    help="Train, attack and rank adversarially robust image classifiers.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+KIND_ALIASES = {
+    "defense": "defense", "defenses": "defense", "defence": "defense", "defences": "defense",
+    "architecture": "architecture", "architectures": "architecture", "arch": "architecture",
+    "archs": "architecture", "dataset": "dataset", "datasets": "dataset", "data": "dataset",
+    "attack": "attack", "attacks": "attack",
+}
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"robench {robench.__version__} (plugin API {robench.api_version})")
+        raise typer.Exit()
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    ctx: typer.Context,
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
+    """Train, attack and rank adversarially robust image classifiers.
+
+    Start with `robench run` (PGD adversarial training on the embedded digits
+    dataset, about a minute on a laptop CPU) and `robench list` (installed plugins).
+    """
+    if ctx.invoked_subcommand is None:
+        out.print(ctx.get_help())
+
+
+@app.command()
+def run(
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="YAML config; flags and --set override it.", show_default=False
+    ),
+    defense: Optional[str] = typer.Option(None, "--defense", help="Defense plugin, e.g. pgd-at."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture plugin, e.g. smallcnn."),
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset plugin, e.g. digits."),
+    attack: Optional[str] = typer.Option(None, "--attack", help="Evaluation attack plugin, e.g. pgd."),
+    eps: Optional[str] = typer.Option(None, "--eps", help='Exact budget, e.g. "8/255"; default: the dataset\'s.'),
+    norm: Optional[str] = typer.Option(None, "--norm", help="Linf or L2; default: the dataset's."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for everything random."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Where dataset files live."),
+    results_dir: Optional[Path] = typer.Option(
+        None, "--results-dir", help="Where records and leaderboards go (default: see README)."
+    ),
+    overrides: list[str] = typer.Option(
+        [], "--set", "-s", metavar="KEY=VALUE", help="Override any config value, e.g. --set defense.steps=5."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Train a model with a defense, evaluate it, record the run and refresh the leaderboard.
+
+    With no options: PGD-AT on the embedded digits dataset with a small CNN (CPU, about a minute).
+    """
+    from robench.config import resolve, validate
+    from robench.progress import NullReporter, RichReporter
+    from robench.run import execute, plan_run
+
+    flags: dict[str, Any] = {}
+    for section, value in (("defense", defense), ("arch", arch), ("data", data), ("attack", attack)):
+        if value is not None:
+            flags[section] = {"name": value}
+    threat = {k: v for k, v in (("eps", eps), ("norm", norm)) if v is not None}
+    if threat:
+        flags["threat"] = threat
+    if epochs is not None:
+        flags["train"] = {"epochs": epochs}
+    for key, value in (("seed", seed), ("device", device), ("data_root", data_root), ("results_dir", results_dir)):
+        if value is not None:
+            flags[key] = str(value) if isinstance(value, Path) else value
+
+    plan = plan_run(validate(resolve(config, flags, overrides)))
+    out.print(
+        f"[bold]robench run[/]: {plan.names['defense']} on {plan.names['data']} with "
+        f"{plan.names['arch']}, {plan.threat}, seed {plan.config.seed}, {plan.device}"
+    )
+    if quiet:
+        outcome = execute(plan, NullReporter())
+    else:
+        with RichReporter(err) as reporter:
+            outcome = execute(plan, reporter)
+
+    rec = outcome.record
+    table = Table(title=f"{rec.defense['name']} / {rec.arch['name']} / {rec.dataset}, {plan.threat}")
+    table.add_column("metric")
+    table.add_column("accuracy (%)", justify="right")
+    for key, value in rec.accuracy.items():
+        table.add_row(key, f"{value:.2f}")
+    out.print(table)
+    out.print(f"test images: {rec.eval['n']}   wall time: {rec.wall_time_s:.1f} s")
+    out.print(Text(f"record:      {outcome.record_path}"))
+    out.print(Text(f"leaderboard: {outcome.leaderboard_path}"))
+    for skipped in outcome.skipped:
+        err.print(Text(f"warning: skipped invalid record {skipped.path}: {skipped.reason}"))
+
+
+@app.command("list")
+def list_plugins(
+    kind: Optional[str] = typer.Argument(
+        None, help="defense, architecture, dataset or attack (plurals work); default: all."
+    ),
+) -> None:
+    """List installed plugins with their distribution; broken ones show their error."""
+    from robench.errors import UserError
+    from robench.params import suggest
+    from robench.registry import KINDS, get_registry
+
+    if kind is None:
+        kinds = list(KINDS)
+    else:
+        key = kind.strip().lower()
+        if key not in KIND_ALIASES:
+            raise UserError(f"unknown plugin kind {kind!r}{suggest(key, KIND_ALIASES)}; kinds: {', '.join(KINDS)}")
+        kinds = [KIND_ALIASES[key]]
+    table = Table(title="robench plugins")
+    for column in ("kind", "name", "distribution", "object", "status"):
+        table.add_column(column, overflow="fold")
+    broken = 0
+    for k in kinds:
+        for status in get_registry(k).check():
+            entry = status.entry
+            if status.error:
+                broken += 1
+                state = Text(f"broken: {status.error}", style="red")
+            elif status.shadowed_by is not None:
+                state = Text(f"shadowed by {status.shadowed_by.distribution}", style="yellow")
+            else:
+                state = Text("ok", style="green")
+            table.add_row(k, entry.name, entry.distribution, entry.target, state)
+    out.print(table)
+    if broken:
+        err.print(Text(f"{broken} broken plugin(s); the others are usable."))
+
+
+def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    err.print(Text(f"warning: {message}", style="yellow"))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the exit code."""
+    command = typer.main.get_command(app)
+    debug = bool(os.environ.get("ROBENCH_DEBUG"))
+    warnings.showwarning = _show_warning
+    try:
+        rv = command.main(args=argv, prog_name="robench", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        err.print("aborted")
+        return 130
+    except click.UsageError as exc:
+        hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx else ""
+        err.print(Text(f"error: {_one_line(exc.format_message())}{hint}"))
+        return 2
+    except click.ClickException as exc:
+        err.print(Text(f"error: {_one_line(exc.format_message())}"))
+        return exc.exit_code
+    except RobenchError as exc:
+        if debug:
+            raise
+        err.print(Text(f"error: {_one_line(str(exc))}"))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    except Exception as exc:  # an internal failure: one line unless debugging
+        if debug:
+            raise
+        err.print(Text(f"internal error: {type(exc).__name__}: {_one_line(str(exc))} (ROBENCH_DEBUG=1 shows the traceback)"))
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

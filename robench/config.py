@@ -1,0 +1,249 @@
+"""Run configuration: preset < YAML file < CLI flags < ``--set`` overrides.
+
+A configuration is a nested mapping. Plugin sections (``data``, ``arch``, ``defense``,
+``attack``) hold a ``name`` and that plugin's hyperparameters; when a later layer
+names a different plugin, the earlier layer's hyperparameters for that section are
+dropped, since they belonged to the other plugin. Values are validated against typed
+dataclasses (:mod:`robench.params`); nothing is ever ``eval``-ed.
+
+The base layer is the preset named ``default`` in the ``robench.presets`` entry-point
+group (the built-in plugins ship the digits run there), so the core names no plugin.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import importlib.metadata as md
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from robench.errors import ConfigError
+from robench.params import build_params, param, params_to_dict, suggest
+from robench.registry import HOME_DISTRIBUTION, normalize_name
+
+PRESET_GROUP = "robench.presets"
+PLUGIN_SECTIONS: dict[str, str] = {  # config section -> plugin kind
+    "data": "dataset",
+    "arch": "architecture",
+    "defense": "defense",
+    "attack": "attack",
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = param(10, ge=1, help="passes over the training split")
+    batch_size: int = param(128, ge=1)
+    lr: float = param(0.1, gt=0, help="peak learning rate of SGD")
+    momentum: float = param(0.9, ge=0, lt=1)
+    weight_decay: float = param(5e-4, ge=0)
+    schedule: Literal["cosine", "constant"] = param("cosine", help="learning-rate schedule")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = param(512, ge=1)
+    n_eval: int | None = param(None, ge=1, help="evaluate on a fixed-seed subset of this size")
+
+
+@dataclass(frozen=True)
+class ThreatConfig:
+    norm: str | None = param(None, help="Linf or L2; null: the dataset's default")
+    eps: str | None = param(None, help='exact budget such as "8/255"; null: the dataset default')
+
+
+@dataclass(frozen=True)
+class PluginChoice:
+    name: str
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A validated configuration; plugin params are checked when the plugins are built."""
+
+    seed: int
+    device: str
+    data: PluginChoice
+    arch: PluginChoice
+    defense: PluginChoice
+    attack: PluginChoice
+    threat: ThreatConfig
+    train: TrainConfig
+    eval: EvalConfig
+    data_root: str | None = None
+    results_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class _Settings:
+    seed: int = param(0, ge=0)
+    device: str = param("auto", help="auto, cpu, cuda or cuda:N")
+    data_root: str | None = None
+    results_dir: str | None = None
+
+
+TOP_LEVEL_KEYS = (
+    [f.name for f in dataclasses.fields(_Settings)]
+    + list(PLUGIN_SECTIONS)
+    + ["threat", "train", "eval"]
+)
+
+
+# ------------------------------------------------------------------------ layers
+def load_preset(name: str = "default") -> dict[str, Any]:
+    """The preset ``name`` from the ``robench.presets`` entry points (a dict or a callable)."""
+    found = [ep for ep in md.entry_points(group=PRESET_GROUP) if normalize_name(ep.name) == name]
+    if not found:
+        return {}
+    found.sort(key=lambda ep: (normalize_name(getattr(ep.dist, "name", "")) != HOME_DISTRIBUTION,
+                               getattr(ep.dist, "name", "")))
+    try:
+        obj = found[0].load()
+        value = obj() if callable(obj) else obj
+    except Exception as exc:
+        raise ConfigError(f"preset {name!r} ({found[0].value}) failed to load: {exc}") from exc
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"preset {name!r} ({found[0].value}) is not a mapping")
+    return copy.deepcopy(dict(value))
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"cannot parse config file {p}{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def parse_set(items: Sequence[str]) -> dict[str, Any]:
+    """``["defense.steps=5", "seed=1"]`` -> nested dict; values are parsed as YAML scalars."""
+    layer: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        parts = key.split(".")
+        if any(not part for part in parts) or len(parts) > 2:
+            raise ConfigError(f"--set key {key!r} must be 'key' or 'section.key'")
+        if len(parts) == 1:
+            layer[parts[0]] = value
+        else:
+            section = layer.setdefault(parts[0], {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"--set {key!r}: {parts[0]!r} is not a section")
+            section[parts[1]] = value
+    return layer
+
+
+def _as_section(value: Any, key: str, origin: str) -> dict[str, Any]:
+    if isinstance(value, str):
+        return {"name": value}
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{origin}: section {key!r} must be a mapping, got {value!r}")
+    return dict(value)
+
+
+def merge(base: dict[str, Any], layer: Mapping[str, Any], origin: str) -> dict[str, Any]:
+    """``layer`` over ``base``; a new plugin name discards the old plugin's params."""
+    out = copy.deepcopy(base)
+    for key, value in layer.items():
+        if key not in TOP_LEVEL_KEYS:
+            raise ConfigError(f"{origin}: unknown key {key!r}{suggest(str(key), TOP_LEVEL_KEYS)}")
+        if key in PLUGIN_SECTIONS:
+            new = _as_section(value, key, origin)
+            old = out.get(key) or {}
+            new_name = new.get("name")
+            if new_name is not None and (
+                not isinstance(new_name, str) or not isinstance(old.get("name"), str)
+                or normalize_name(new_name) != normalize_name(old["name"])
+            ):
+                out[key] = new
+            else:
+                out[key] = {**old, **new}
+        elif key in ("threat", "train", "eval"):
+            out[key] = {**(out.get(key) or {}), **_as_section(value, key, origin)}
+        else:
+            out[key] = value
+    return out
+
+
+def resolve(
+    config_file: str | Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    overrides: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Merge all layers into one raw mapping (not yet validated)."""
+    raw = merge({}, load_preset("default"), "preset 'default'")
+    if config_file is not None:
+        raw = merge(raw, load_yaml(config_file), str(config_file))
+    if flags:
+        raw = merge(raw, flags, "command line")
+    if overrides:
+        raw = merge(raw, parse_set(overrides), "--set")
+    return raw
+
+
+# -------------------------------------------------------------------- validation
+def validate(raw: Mapping[str, Any]) -> RunConfig:
+    """Check every key and value except plugin hyperparameters (checked by the plugin's Params)."""
+    settings = build_params(
+        _Settings, {k: raw[k] for k in ("seed", "device", "data_root", "results_dir") if k in raw}, "config"
+    )
+    choices = {}
+    for section, kind in PLUGIN_SECTIONS.items():
+        value = dict(raw.get(section) or {})
+        name = value.pop("name", None)
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{section}.name: choose a {kind} plugin (robench list {kind})")
+        choices[section] = PluginChoice(name.strip(), value)
+    threat = build_params(ThreatConfig, raw.get("threat") or {}, "threat")
+    train = build_params(TrainConfig, raw.get("train") or {}, "train")
+    evaluation = build_params(EvalConfig, raw.get("eval") or {}, "eval")
+    return RunConfig(
+        seed=settings.seed,
+        device=settings.device,
+        threat=threat,
+        train=train,
+        eval=evaluation,
+        data_root=settings.data_root,
+        results_dir=settings.results_dir,
+        **choices,
+    )
+
+
+def config_hash(resolved: Mapping[str, Any]) -> str:
+    """Identifies the experiment: the resolved config without seed, device and paths."""
+    ignore = {"seed", "device", "data_root", "results_dir"}
+    payload = {k: v for k, v in resolved.items() if k not in ignore}
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def section_dict(obj: Any) -> dict[str, Any]:
+    return params_to_dict(obj)

@@ -1,0 +1,1 @@
+"""Training and evaluation loops; they know plugins only through :mod:`robench.api`."""

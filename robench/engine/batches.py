@@ -1,0 +1,36 @@
+"""Batches drawn straight from in-memory tensors (no per-image transforms, no workers)."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor
+
+from robench.api import TensorSplit
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
+def iterate_batches(
+    split: TensorSplit,
+    batch_size: int,
+    *,
+    device: torch.device,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    augment: Callable[[Tensor], Tensor] | None = None,
+    indices: Tensor | None = None,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield (x in [0,1] float, y long) on ``device``; order drawn from ``generator``."""
+    order = indices if indices is not None else torch.arange(len(split))
+    if shuffle:
+        order = order[torch.randperm(len(order), generator=generator)]
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        x = split.images(idx).to(device, non_blocking=True)
+        y = split.y[idx].to(device, non_blocking=True)
+        if augment is not None:
+            x = augment(x)
+        yield x, y

@@ -1,0 +1,35 @@
+"""Exceptions that the CLI turns into one readable line and an exit code.
+
+Anything a user can fix (a typo in a name, a bad value, a missing file) is a
+:class:`UserError` and exits with 2; anything else is a bug or an environment fault
+and exits with 1.
+"""
+from __future__ import annotations
+
+
+class RobenchError(Exception):
+    """Base of robench's own errors; ``exit_code`` is what the CLI returns."""
+
+    exit_code: int = 1
+
+
+class UserError(RobenchError):
+    """Bad input: the message says what is wrong and, where it can, what to do."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """A configuration value, key or file is invalid."""
+
+
+class UnknownPluginError(UserError):
+    """No plugin of that kind carries that name."""
+
+
+class PluginLoadError(UserError):
+    """A plugin was found but cannot be used (import error, wrong type, bad params).
+
+    It exits with 2 because the user named it and can choose another or fix the
+    installation; the message names the plugin and its distribution.
+    """

@@ -1,0 +1,34 @@
+"""Where results go; never relative to the current working directory.
+
+Order: ``--results-dir`` / ``results_dir`` in the config, then ``$ROBENCH_RESULTS``,
+then the ``leaderboards/`` folder of the source checkout robench runs from (an
+editable install, as in the README), else ``$XDG_DATA_HOME/robench`` (default
+``~/.local/share/robench``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import robench
+
+
+def source_checkout() -> Path | None:
+    """The repository root when robench runs from a source checkout, else None."""
+    root = Path(robench.__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file() and (root / "leaderboards").is_dir():
+        return root
+    return None
+
+
+def results_root(explicit: str | os.PathLike[str] | None = None) -> Path:
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    env = os.environ.get("ROBENCH_RESULTS")
+    if env:
+        return Path(env).expanduser().resolve()
+    checkout = source_checkout()
+    if checkout is not None:
+        return checkout / "leaderboards"
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "robench"

@@ -1,0 +1,113 @@
+"""Run records: one immutable JSON file per run, with a versioned dataclass schema.
+
+Records live under ``<results>/records/<dataset>/<threat slug>/<run id>.json``; they
+are the only input of leaderboards, so every number shown can be traced to a run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from robench.io import atomic_write_text
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    created: str
+    robench_version: str
+    git_commit: str | None
+    dataset: str
+    arch: dict[str, Any]
+    defense: dict[str, Any]
+    threat: dict[str, Any]
+    seed: int
+    train: dict[str, Any]
+    eval: dict[str, Any]
+    #: percent; "clean" first, then one cumulative entry per attack (last = worst case)
+    accuracy: dict[str, float]
+    history: list[dict[str, Any]]
+    wall_time_s: float
+    device: str
+    config_hash: str
+    config: dict[str, Any]
+    schema_version: int = SCHEMA_VERSION
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def threat_slug(self) -> str:
+        return f"{self.threat['norm'].lower()}-{str(self.threat['eps']).replace('/', '_')}"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RunRecord:
+        """Validate and build; raises ValueError with the reason."""
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"schema_version {version!r}, expected {SCHEMA_VERSION}")
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        missing = [n for n, f in names.items() if n not in data and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ValueError("missing " + ", ".join(missing))
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ValueError("unknown fields " + ", ".join(unknown))
+        for key in ("arch", "defense", "threat", "train", "eval", "accuracy", "config"):
+            if not isinstance(data[key], dict):
+                raise ValueError(f"{key} must be an object")
+        for key in ("name",):
+            if not isinstance(data["defense"].get(key), str) or not isinstance(data["arch"].get(key), str):
+                raise ValueError("defense.name and arch.name must be strings")
+        if not data["accuracy"] or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 100
+            for v in data["accuracy"].values()
+        ):
+            raise ValueError("accuracy must map names to percentages in [0, 100]")
+        if not {"norm", "eps"} <= set(data["threat"]):
+            raise ValueError("threat needs norm and eps")
+        return cls(**data)
+
+
+def new_run_id(defense: str, arch: str, seed: int) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return f"{stamp}-{defense}-{arch}-s{seed}-{secrets.token_hex(3)}"
+
+
+def record_dir(results_root: Path, dataset: str, threat_slug: str) -> Path:
+    return results_root / "records" / dataset / threat_slug
+
+
+def write_record(record: RunRecord, results_root: Path) -> Path:
+    """Write atomically; an existing record is never overwritten."""
+    path = record_dir(results_root, record.dataset, record.threat_slug) / f"{record.run_id}.json"
+    return atomic_write_text(path, record.to_json(), overwrite=False)
+
+
+@dataclass(frozen=True)
+class SkippedRecord:
+    path: Path
+    reason: str
+
+
+def load_records(folder: Path) -> tuple[list[RunRecord], list[SkippedRecord]]:
+    """All valid records below ``folder`` (sorted by path), and the ones skipped with why."""
+    records: list[RunRecord] = []
+    skipped: list[SkippedRecord] = []
+    for path in sorted(folder.rglob("*.json")) if folder.is_dir() else []:
+        try:
+            records.append(RunRecord.from_dict(json.loads(path.read_text(encoding="utf-8"))))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError, TypeError) as exc:
+            skipped.append(SkippedRecord(path, str(exc)))
+    return records, skipped
