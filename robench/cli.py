@@ -5,13 +5,13 @@ Set ``ROBENCH_DEBUG=1`` to see the traceback of an internal failure.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import warnings
 from pathlib import Path
 from typing import Any, Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -21,7 +21,14 @@ import robench
 from robench.errors import RobenchError
 
 out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# soft_wrap: an error stays one line however narrow the terminal
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+# Typer >= 0.20 vendors click as typer._click; take the exception classes from whichever
+# click this Typer uses rather than from a separately installed one.
+_click_exc = importlib.import_module(typer.BadParameter.__module__)
+_EXIT = tuple({typer.Exit, getattr(_click_exc, "Exit", typer.Exit)})
+_ABORT = tuple({typer.Abort, getattr(_click_exc, "Abort", typer.Abort)})
 
 app = typer.Typer(
     help="Train, attack and rank adversarially robust image classifiers.",
@@ -63,20 +70,20 @@ def _root(
 @app.command()
 def run(
     config: Optional[Path] = typer.Option(
-        None, "--config", "-c", help="YAML config; flags and --set override it.", show_default=False
+        None, "--config", "-c", metavar="FILE", help="YAML config; flags and --set override it.", show_default=False
     ),
-    defense: Optional[str] = typer.Option(None, "--defense", help="Defense plugin, e.g. pgd-at."),
-    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture plugin, e.g. smallcnn."),
-    data: Optional[str] = typer.Option(None, "--data", help="Dataset plugin, e.g. digits."),
-    attack: Optional[str] = typer.Option(None, "--attack", help="Evaluation attack plugin, e.g. pgd."),
-    eps: Optional[str] = typer.Option(None, "--eps", help='Exact budget, e.g. "8/255"; default: the dataset\'s.'),
-    norm: Optional[str] = typer.Option(None, "--norm", help="Linf or L2; default: the dataset's."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for everything random."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Where dataset files live."),
+    defense: Optional[str] = typer.Option(None, "--defense", metavar="NAME", help="Defense plugin, e.g. pgd-at."),
+    arch: Optional[str] = typer.Option(None, "--arch", metavar="NAME", help="Architecture plugin, e.g. smallcnn."),
+    data: Optional[str] = typer.Option(None, "--data", metavar="NAME", help="Dataset plugin, e.g. digits."),
+    attack: Optional[str] = typer.Option(None, "--attack", metavar="NAME", help="Evaluation attack plugin, e.g. pgd."),
+    eps: Optional[str] = typer.Option(None, "--eps", metavar="EPS", help='Exact budget, e.g. "8/255"; default: the dataset\'s.'),
+    norm: Optional[str] = typer.Option(None, "--norm", metavar="NORM", help="Linf or L2; default: the dataset's."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", metavar="N", help="Training epochs."),
+    seed: Optional[int] = typer.Option(None, "--seed", metavar="N", help="Seed for everything random."),
+    device: Optional[str] = typer.Option(None, "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", metavar="DIR", help="Where dataset files live."),
     results_dir: Optional[Path] = typer.Option(
-        None, "--results-dir", help="Where records and leaderboards go (default: see README)."
+        None, "--results-dir", metavar="DIR", help="Where records and leaderboards go (default: see README)."
     ),
     overrides: list[str] = typer.Option(
         [], "--set", "-s", metavar="KEY=VALUE", help="Override any config value, e.g. --set defense.steps=5."
@@ -123,8 +130,8 @@ def run(
         table.add_row(key, f"{value:.2f}")
     out.print(table)
     out.print(f"test images: {rec.eval['n']}   wall time: {rec.wall_time_s:.1f} s")
-    out.print(Text(f"record:      {outcome.record_path}"))
-    out.print(Text(f"leaderboard: {outcome.leaderboard_path}"))
+    out.print(Text(f"record:      {outcome.record_path}"), soft_wrap=True)
+    out.print(Text(f"leaderboard: {outcome.leaderboard_path}"), soft_wrap=True)
     for skipped in outcome.skipped:
         err.print(Text(f"warning: skipped invalid record {skipped.path}: {skipped.reason}"))
 
@@ -183,16 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rv = command.main(args=argv, prog_name="robench", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.exceptions.Abort:
+    except _EXIT as exc:
+        return int(getattr(exc, "exit_code", 0))
+    except _ABORT:
         err.print("aborted")
         return 130
-    except click.UsageError as exc:
+    except _click_exc.UsageError as exc:
         hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx else ""
         err.print(Text(f"error: {_one_line(exc.format_message())}{hint}"))
         return 2
-    except click.ClickException as exc:
+    except _click_exc.ClickException as exc:
         err.print(Text(f"error: {_one_line(exc.format_message())}"))
         return exc.exit_code
     except RobenchError as exc:
@@ -203,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
+    except BrokenPipeError:  # e.g. `robench list | head`: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except Exception as exc:  # an internal failure: one line unless debugging
         if debug:
             raise

@@ -174,7 +174,10 @@ def merge(base: dict[str, Any], layer: Mapping[str, Any], origin: str) -> dict[s
     out = copy.deepcopy(base)
     for key, value in layer.items():
         if key not in TOP_LEVEL_KEYS:
-            raise ConfigError(f"{origin}: unknown key {key!r}{suggest(str(key), TOP_LEVEL_KEYS)}")
+            raise ConfigError(
+                f"{origin}: unknown key {key!r}{suggest(str(key), TOP_LEVEL_KEYS)}; "
+                f"known keys: {', '.join(TOP_LEVEL_KEYS)}"
+            )
         if key in PLUGIN_SECTIONS:
             new = _as_section(value, key, origin)
             old = out.get(key) or {}

@@ -88,10 +88,13 @@ def plan_run(config: RunConfig) -> RunPlan:
     default = getattr(dataset, "threat_model", None)
     if not isinstance(default, ThreatModel) and (config.threat.norm is None or config.threat.eps is None):
         raise PluginLoadError(f"dataset '{names['data']}' declares no default threat model; set threat.eps and threat.norm")
-    threat = ThreatModel(
-        norm=config.threat.norm or default.norm,  # type: ignore[union-attr]
-        eps=config.threat.eps or default.eps,  # type: ignore[union-attr]
-    )
+    try:
+        threat = ThreatModel(
+            norm=config.threat.norm or default.norm,  # type: ignore[union-attr]
+            eps=config.threat.eps or default.eps,  # type: ignore[union-attr]
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"threat: {exc}") from None
     resolved: dict[str, Any] = {
         "seed": config.seed,
         "device": config.device,

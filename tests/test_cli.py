@@ -1,0 +1,121 @@
+"""The CLI through real subprocesses: the default run end to end, and bad input."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+import robench
+from conftest import REPO, run_cli
+
+
+def _single_record(results: Path) -> dict:
+    files = sorted((results / "records" / "digits" / "linf-3_16").glob("*.json"))
+    assert len(files) == 1, files
+    return json.loads(files[0].read_text())
+
+
+def test_short_run_writes_record_and_leaderboard(results: Path) -> None:
+    proc = run_cli(
+        "run", "--results-dir", str(results), "--set", "train.epochs=2",
+        "--set", "attack.steps=5", "--set", "defense.steps=3",
+    )
+    assert proc.returncode == 0, proc.stderr
+    rec = _single_record(results)
+    assert rec["defense"]["name"] == "pgd-at" and rec["arch"]["name"] == "smallcnn"
+    assert rec["threat"] == {"norm": "Linf", "eps": "3/16", "eps_value": 0.1875}
+    assert rec["config"]["defense"]["steps"] == 3 and rec["config"]["train"]["epochs"] == 2
+    assert list(rec["accuracy"]) == ["clean", "PGD-5"]
+    assert len(rec["history"]) == 2 and rec["eval"]["n"] == 360
+    board = (results / "digits-linf-3_16.md").read_text()
+    for value in rec["accuracy"].values():
+        assert f"{value:.2f}" in board  # the leaderboard holds the measured numbers
+        assert f"{value:.2f}" in proc.stdout  # and so does the printed table
+    assert "pgd-at" in board and "smallcnn" in board
+
+
+def test_default_run_separates_standard_from_pgd_at(results: Path) -> None:
+    """The digits threat model means something: the README's figures, re-measured."""
+    at = run_cli("run", "--results-dir", str(results), "-q")
+    assert at.returncode == 0, at.stderr
+    std = run_cli("run", "--results-dir", str(results), "--defense", "standard", "-q")
+    assert std.returncode == 0, std.stderr
+    records = {
+        r["defense"]["name"]: r
+        for r in (json.loads(p.read_text()) for p in (results / "records").rglob("*.json"))
+    }
+    assert records["pgd-at"]["accuracy"]["PGD-20"] > 50.0
+    assert records["standard"]["accuracy"]["PGD-20"] < 10.0
+    assert records["standard"]["accuracy"]["clean"] > 90.0
+    board = (results / "digits-linf-3_16.md").read_text()
+    assert board.index("pgd-at") < board.index("standard")  # ranked by robust accuracy
+
+
+def test_console_script_and_version() -> None:
+    # where pip put this interpreter's scripts (PATH may not list it, e.g. under pyenv)
+    exe = shutil.which("robench", path=sysconfig.get_path("scripts"))
+    assert exe, "the robench console script is not installed"
+    proc = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    assert robench.__version__ in proc.stdout
+
+
+def test_help_reads() -> None:
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    assert "run" in proc.stdout and "list" in proc.stdout
+    proc = run_cli("run", "--help")
+    assert proc.returncode == 0 and "--set" in proc.stdout
+
+
+def test_list_shows_builtins() -> None:
+    proc = run_cli("list")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("digits", "smallcnn", "standard", "pgd-at", "pgd"):
+        assert name in proc.stdout
+    assert "broken" not in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["run", "--defense", "pgdat"], "did you mean 'pgd-at'"),
+        (["run", "--arch", "resnet-9000"], "unknown architecture"),
+        (["run", "--set", "defense.stepz=3"], "did you mean 'steps'"),
+        (["run", "--set", "defense.steps=0"], "defense.steps"),
+        (["run", "--set", "train.lr=fast"], "train.lr"),
+        (["run", "--set", "nonsense"], "--set"),
+        (["run", "--eps", "2"], "eps"),
+        (["run", "--config", "/no/such/config.yaml"], "config file not found"),
+        (["run", "--no-such-flag"], "No such option"),
+        (["run", "--epochs", "many"], "--epochs"),
+        (["list", "gadgets"], "unknown plugin kind"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str, results: Path) -> None:
+    proc = run_cli(*args, "--results-dir", str(results)) if args[0] == "run" else run_cli(*args)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert needle in lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not results.exists()  # nothing was trained or written
+
+
+def test_bad_yaml_is_one_line(tmp_path: Path, results: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: [1,\n")
+    proc = run_cli("run", "--config", str(bad), "--results-dir", str(results))
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "line" in proc.stderr
+    bad.write_text("train:\n  epochs: 0\n")
+    proc = run_cli("run", "--config", str(bad), "--results-dir", str(results))
+    assert proc.returncode == 2 and "train.epochs: must be >= 1" in proc.stderr
+
+
+def test_default_config_file_exists_in_repo() -> None:
+    assert (REPO / "configs" / "digits" / "default.yaml").is_file()

@@ -1,0 +1,57 @@
+"""Run records: schema validation, atomic immutable writes."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from robench.config import resolve, validate
+from robench.records import RunRecord, load_records, write_record
+from robench.run import execute, plan_run
+
+
+@pytest.fixture(scope="module")
+def record(tmp_path_factory: pytest.TempPathFactory) -> RunRecord:
+    root = tmp_path_factory.mktemp("rec")
+    plan = plan_run(validate(resolve(None, None, [
+        "train.epochs=1", "defense.steps=1", "attack.steps=2", "eval.n_eval=50", f"results_dir={root}"])))
+    return execute(plan).record
+
+
+def test_record_round_trips_and_holds_provenance(record: RunRecord, tmp_path: Path) -> None:
+    path = write_record(record, tmp_path)
+    assert path == tmp_path / "records" / "digits" / "linf-3_16" / f"{record.run_id}.json"
+    data = json.loads(path.read_text())
+    assert RunRecord.from_dict(data) == record
+    assert data["schema_version"] == 1 and data["robench_version"]
+    assert data["config"]["defense"] == {"name": "pgd-at", "steps": 1, "step_size": None, "random_start": True}
+    assert data["arch"]["num_params"] > 0 and data["device"].startswith("cpu")
+    assert not list(path.parent.glob(".*.tmp"))  # no temp files left behind
+
+
+def test_records_are_never_overwritten(record: RunRecord, tmp_path: Path) -> None:
+    path = write_record(record, tmp_path)
+    before = path.read_bytes()
+    changed = dataclasses.replace(record, accuracy={"clean": 1.0})
+    with pytest.raises(FileExistsError):
+        write_record(changed, tmp_path)
+    assert path.read_bytes() == before
+
+
+def test_invalid_records_are_reported_not_dropped(record: RunRecord, tmp_path: Path) -> None:
+    good = write_record(record, tmp_path)
+    folder = good.parent
+    (folder / "torn.json").write_text('{"run_id": ')
+    bad = json.loads(good.read_text())
+    bad["accuracy"] = {"clean": 140.0}
+    (folder / "bad-acc.json").write_text(json.dumps(bad))
+    old = json.loads(good.read_text())
+    old["schema_version"] = 0
+    (folder / "old.json").write_text(json.dumps(old))
+    records, skipped = load_records(tmp_path / "records")
+    assert [r.run_id for r in records] == [record.run_id]
+    reasons = {s.path.name: s.reason for s in skipped}
+    assert set(reasons) == {"torn.json", "bad-acc.json", "old.json"}
+    assert "percentages" in reasons["bad-acc.json"] and "schema_version" in reasons["old.json"]
