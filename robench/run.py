@@ -164,6 +164,10 @@ def device_label(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def _params(plan: RunPlan, section: str) -> dict[str, Any]:
+    return {k: v for k, v in plan.resolved[section].items() if k != "name"}
+
+
 def execute(plan: RunPlan, reporter: Reporter | None = None) -> RunOutcome:
     reporter = reporter or NullReporter()
     cfg = plan.config
@@ -190,8 +194,8 @@ def execute(plan: RunPlan, reporter: Reporter | None = None) -> RunOutcome:
         robench_version=robench.__version__,
         git_commit=git_commit(),
         dataset=names["data"],
-        arch={"name": names["arch"], "params": plan.resolved["arch"], "num_params": count_parameters(model)},
-        defense={"name": names["defense"], "params": plan.resolved["defense"]},
+        arch={"name": names["arch"], "params": _params(plan, "arch"), "num_params": count_parameters(model)},
+        defense={"name": names["defense"], "params": _params(plan, "defense")},
         threat={"norm": plan.threat.norm, "eps": plan.threat.eps, "eps_value": plan.threat.value},
         seed=cfg.seed,
         train=plan.resolved["train"],

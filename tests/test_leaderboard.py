@@ -55,4 +55,4 @@ def test_markdown_regenerates_byte_for_byte(results: Path) -> None:
     again, skipped = refresh_leaderboard(results, "digits", "linf-3_16", "Linf eps=3/16")
     assert again == path and path.read_bytes() == first and not skipped
     text = first.decode()
-    assert text.startswith("# digits, Linf eps=3/16") and "| Rank" in text and "do not edit" in text
+    assert text.startswith("# digits, Linf eps=3/16") and "Rank |" in text and "do not edit" in text

@@ -34,6 +34,11 @@ def _predict(model: nn.Module, split: TensorSplit, idx: Tensor, batch_size: int,
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
 
 
+def _percent(flags: Tensor) -> float:
+    """Exact percentage from integer counts (no float32 rounding noise in records)."""
+    return 100.0 * int(flags.sum()) / len(flags) if len(flags) else 0.0
+
+
 def subset_indices(n_total: int, n_eval: int | None, seed: int = 0) -> Tensor:
     """A fixed subset (same for every run) when ``n_eval`` < the split size."""
     if n_eval is None or n_eval >= n_total:
@@ -63,7 +68,7 @@ def evaluate(
     robust = _predict(model, split, idx, batch_size, device) == split.y[idx]
     task.advance()
     task.done()
-    accuracy = {"clean": 100.0 * robust.float().mean().item() if n else 0.0}
+    accuracy = {"clean": _percent(robust)}
     for attack in attacks:
         label = attack.label()
         todo = idx[robust]
@@ -78,6 +83,6 @@ def evaluate(
             task.advance(len(y))
         task.done()
         robust[robust.clone()] = still
-        accuracy[label] = 100.0 * robust.float().mean().item() if n else 0.0
+        accuracy[label] = _percent(robust)
     model.train(was_training)
     return EvalResult(accuracy, n)
