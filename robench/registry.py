@@ -162,7 +162,7 @@ class Registry:
         where = f"{self.kind.name} plugin '{entry.name}' from {entry.distribution}"
         try:
             obj = entry.entry_point.load()
-        except Exception as exc:  # a broken plugin must not break robench
+        except (Exception, SystemExit) as exc:  # a broken plugin must not break robench
             raise PluginLoadError(
                 f"{where} failed to load ({entry.target}): {type(exc).__name__}: {exc}"
             ) from exc
@@ -193,7 +193,7 @@ class Registry:
         built = build_params(cls.Params, params or {}, section)
         try:
             return cls(built)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise PluginLoadError(
                 f"{self.kind.name} plugin '{entry.name}' from {entry.distribution} failed in its "
                 f"constructor: {type(exc).__name__}: {exc}"
