@@ -16,9 +16,11 @@ import robench
 def source_checkout() -> Path | None:
     """The repository root when robench runs from a source checkout, else None."""
     root = Path(robench.__file__).resolve().parent.parent
-    if (root / "pyproject.toml").is_file() and (root / "leaderboards").is_dir():
-        return root
-    return None
+    try:
+        pyproject = (root / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    return root if 'name = "robench"' in pyproject else None
 
 
 def results_root(explicit: str | os.PathLike[str] | None = None) -> Path:
