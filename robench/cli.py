@@ -123,8 +123,8 @@ def run(
             outcome = execute(plan, reporter)
 
     rec = outcome.record
-    table = Table(title=f"{rec.defense['name']} / {rec.arch['name']} / {rec.dataset}, {plan.threat}")
-    table.add_column("metric")
+    table = Table()
+    table.add_column(f"{rec.dataset}, {plan.threat}")
     table.add_column("accuracy (%)", justify="right")
     for key, value in rec.accuracy.items():
         table.add_row(key, f"{value:.2f}")
