@@ -1,0 +1,35 @@
+"""The README's promises stay true: its two commands, and figures from real records."""
+from __future__ import annotations
+
+import re
+
+from conftest import REPO
+from robench.leaderboard import render_markdown
+from robench.records import load_records
+
+
+def _first_commands() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", text, re.S)
+    assert block, "README has no command block"
+    return [line for line in block.group(1).splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_readme_first_screen_has_the_two_commands() -> None:
+    install_run, install_test = _first_commands()
+    assert install_run.endswith("robench run") and "pip install -e ." in install_run
+    assert install_test in (REPO / ".ci" / "run").read_text()  # CI runs exactly that
+
+
+def test_readme_figures_come_from_the_committed_records() -> None:
+    board = (REPO / "leaderboards" / "digits-linf-3_16.md").read_text()
+    readme = (REPO / "README.md").read_text()
+    figures = re.findall(r"\d+\.\d\d ± \d+\.\d\d", readme)
+    assert len(figures) >= 4
+    for figure in figures:
+        assert figure in board, figure
+    # and the committed leaderboard is exactly what the committed records produce
+    folder = REPO / "leaderboards" / "records" / "digits" / "linf-3_16"
+    records, skipped = load_records(folder)
+    assert not skipped
+    assert render_markdown(records, "digits, Linf eps=3/16", "records/digits/linf-3_16") == board
