@@ -43,3 +43,16 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, overwrite: bool = True)
 
 def atomic_write_text(path: str | Path, text: str, *, overwrite: bool = True) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+def ensure_writable(folder: str | Path) -> Path:
+    """Create ``folder`` and prove a file can be written there, before hours of training."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".robench-write-check.")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise UserError(f"results folder {folder} is not writable: {exc.strerror or exc}") from None
+    return folder

@@ -21,6 +21,7 @@ from robench.config import PLUGIN_SECTIONS, PluginChoice, RunConfig, config_hash
 from robench.engine.evaluate import EvalResult, evaluate
 from robench.engine.train import EpochStats, train
 from robench.errors import ConfigError, PluginLoadError, RobenchError, UserError
+from robench.io import ensure_writable
 from robench.leaderboard import refresh_leaderboard
 from robench.model import NormalizedClassifier, count_parameters
 from robench.params import params_to_dict
@@ -114,7 +115,7 @@ def plan_run(config: RunConfig) -> RunPlan:
         names=names,
         threat=threat,
         device=resolve_device(config.device),
-        results_root=results_root(config.results_dir),
+        results_root=ensure_writable(results_root(config.results_dir)),
         resolved=resolved,
     )
 

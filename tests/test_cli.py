@@ -119,3 +119,12 @@ def test_bad_yaml_is_one_line(tmp_path: Path, results: Path) -> None:
 
 def test_default_config_file_exists_in_repo() -> None:
     assert (REPO / "configs" / "digits" / "default.yaml").is_file()
+
+
+def test_unwritable_results_folder_fails_before_training(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    proc = run_cli("run", "--results-dir", str(blocker / "results"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "not writable" in proc.stderr and "train" not in proc.stderr + proc.stdout
