@@ -33,6 +33,9 @@ class Plugin:
     Params: ClassVar[type] = NoParams
     #: The :data:`robench.api_version` the plugin was written for.
     api_version: ClassVar[str] = "1.0"
+    #: For plugin families: the ``Params`` field that ``NAME/VARIANT`` sets, so that
+    #: ``timm/resnet18`` creates the ``timm`` plugin with ``model="resnet18"``.
+    variant_param: ClassVar[str | None] = None
 
     def __init__(self, params: object | None = None) -> None:
         self.params = params if params is not None else self.Params()
@@ -48,6 +51,9 @@ class TensorSplit:
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
+
+    def to(self, device: torch.device | str) -> TensorSplit:
+        return TensorSplit(self.x.to(device), self.y.to(device))
 
     def images(self, index: Tensor | slice | None = None) -> Tensor:
         """Float images in [0, 1] (uint8 storage is scaled by 1/255)."""
@@ -78,10 +84,20 @@ class Dataset(Plugin):
     #: The threat model that published results on this dataset use.
     threat_model: ThreatModel
 
-    def load(self, root: Path | None, seed: int) -> DataSplits:
-        """Return the splits. ``root`` is where files live (None: the plugin's default);
-        ``seed`` fixes any split the plugin draws itself."""
+    def load(self, root: Path, seed: int) -> DataSplits:
+        """Return the splits from files under ``root`` (embedded datasets ignore it).
+
+        ``seed`` fixes any split the plugin draws itself (the held-out validation split).
+        Missing or damaged files: raise :class:`robench.errors.DataNotFoundError` saying
+        what was expected where; never download here.
+        """
         raise NotImplementedError
+
+    def fetch(self, root: Path) -> None:
+        """Download the dataset into ``root``; only ever called when the user asks.
+
+        The default does nothing (embedded datasets need no download).
+        """
 
     def augment(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Standard train-time augmentation of a float batch in [0, 1]; identity by default."""

@@ -88,6 +88,7 @@ def run(
     overrides: list[str] = typer.Option(
         [], "--set", "-s", metavar="KEY=VALUE", help="Override any config value, e.g. --set defense.steps=5."
     ),
+    download: bool = typer.Option(False, "--download", help="Download the dataset if it is missing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Train a model with a defense, evaluate it, record the run and refresh the leaderboard.
@@ -107,6 +108,8 @@ def run(
         flags["threat"] = threat
     if epochs is not None:
         flags["train"] = {"epochs": epochs}
+    if download:
+        flags["download"] = True
     for key, value in (("seed", seed), ("device", device), ("data_root", data_root), ("results_dir", results_dir)):
         if value is not None:
             flags[key] = str(value) if isinstance(value, Path) else value
@@ -141,8 +144,16 @@ def list_plugins(
     kind: Optional[str] = typer.Argument(
         None, help="defense, architecture, dataset or attack (plurals work); default: all."
     ),
+    input_size: int = typer.Option(
+        32, "--input-size", metavar="PIXELS", help="Image side for architectures' parameter and MAC counts."
+    ),
+    channels: int = typer.Option(3, "--channels", metavar="N", help="Input channels for those counts."),
+    classes: int = typer.Option(10, "--classes", metavar="N", help="Classes for those counts."),
 ) -> None:
-    """List installed plugins with their distribution; broken ones show their error."""
+    """List installed plugins with their distribution; broken ones show their error.
+
+    `robench list architecture` also shows each model's parameters and MACs per image.
+    """
     from robench.errors import UserError
     from robench.params import suggest
     from robench.registry import KINDS, get_registry
@@ -154,24 +165,86 @@ def list_plugins(
         if key not in KIND_ALIASES:
             raise UserError(f"unknown plugin kind {kind!r}{suggest(key, KIND_ALIASES)}; kinds: {', '.join(KINDS)}")
         kinds = [KIND_ALIASES[key]]
-    table = Table(title="robench plugins")
-    for column in ("kind", "name", "distribution", "object", "status"):
-        table.add_column(column, overflow="fold")
-    broken = 0
+    if min(input_size, channels, classes) < 1:
+        raise UserError("--input-size, --channels and --classes must be >= 1")
+    sizes = kinds == ["architecture"]
+    table = Table(title="robench plugins" + (f" ({channels}x{input_size}x{input_size}, {classes} classes)" if sizes else ""))
+    columns = ["kind", "name", "distribution", "object", "status"]
+    if sizes:
+        columns[4:4] = ["params", "MACs"]
+    for column in columns:
+        table.add_column(column, overflow="fold", justify="right" if column in ("params", "MACs") else "left")
+    broken: list[str] = []
     for k in kinds:
         for status in get_registry(k).check():
             entry = status.entry
             if status.error:
-                broken += 1
-                state = Text(f"broken: {status.error}", style="red")
+                broken.append(status.error)
+                state = Text("broken", style="red")
             elif status.shadowed_by is not None:
                 state = Text(f"shadowed by {status.shadowed_by.distribution}", style="yellow")
             else:
                 state = Text("ok", style="green")
-            table.add_row(k, entry.name, entry.distribution, entry.target, state)
+            row = [k, entry.name, entry.distribution, entry.target]
+            if sizes:
+                row += _arch_size(status.plugin, (channels, input_size, input_size), classes)
+            table.add_row(*row, state)
     out.print(table)
+    for error in broken:  # full errors below the table: one line each, greppable
+        out.print(Text(f"broken: {error}", style="red"), soft_wrap=True)
     if broken:
-        err.print(Text(f"{broken} broken plugin(s); the others are usable."))
+        err.print(Text(f"{len(broken)} broken plugin(s); the others are usable."))
+
+
+def _arch_size(plugin: Any, shape: tuple[int, int, int], classes: int) -> list[str]:
+    """Parameter and MAC counts of an architecture plugin with default params, or why not."""
+    from robench.flops import count_macs, human
+    from robench.model import count_parameters
+
+    if plugin is None:
+        return ["", ""]
+    if plugin.variant_param:
+        return ["", f"any: {plugin.__name__.lower()} family, NAME/VARIANT"]
+    try:
+        net = plugin().build(classes, shape)
+        return [human(count_parameters(net)), human(count_macs(net, shape))]
+    except Exception as exc:  # one bad architecture must not break the listing
+        return ["", f"cannot build: {type(exc).__name__}"]
+
+
+data_app = typer.Typer(help="Dataset files: where they live and how to get them.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: str = typer.Argument(..., help="Dataset plugin, e.g. cifar10."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", metavar="DIR", help="Where to put it."),
+) -> None:
+    """Download a dataset (the only command, with `run --download`, that downloads)."""
+    from robench.paths import data_root as resolve_root
+    from robench.registry import get_registry
+    from robench.run import fetch_data, load_data
+
+    registry = get_registry("dataset")
+    dataset = registry.create(name, where="data")
+    canonical = registry.canonical_name(name)
+    root = resolve_root(data_root)
+    out.print(Text(f"fetching {canonical} into {root}"), soft_wrap=True)
+    fetch_data(dataset, canonical, root)
+    splits = load_data(dataset, canonical, root)
+    sizes = ", ".join(f"{k} {len(getattr(splits, k))}" for k in ("train", "val", "test") if getattr(splits, k) is not None)
+    out.print(Text(f"{canonical} ready in {root}: {sizes} images"), soft_wrap=True)
+
+
+@data_app.command("where")
+def data_where(
+    data_root: Optional[Path] = typer.Option(None, "--data-root", metavar="DIR", help="Override, as for run."),
+) -> None:
+    """Print the folder robench reads datasets from."""
+    from robench.paths import data_root as resolve_root
+
+    out.print(Text(str(resolve_root(data_root))), soft_wrap=True)
 
 
 def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:

@@ -79,6 +79,7 @@ class RunConfig:
     eval: EvalConfig
     data_root: str | None = None
     results_dir: str | None = None
+    download: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,10 +88,12 @@ class _Settings:
     device: str = param("auto", help="auto, cpu, cuda or cuda:N")
     data_root: str | None = None
     results_dir: str | None = None
+    download: bool = param(False, help="download the dataset if it is missing")
 
 
+_SETTING_KEYS = [f.name for f in dataclasses.fields(_Settings)]
 TOP_LEVEL_KEYS = (
-    [f.name for f in dataclasses.fields(_Settings)]
+    _SETTING_KEYS
     + list(PLUGIN_SECTIONS)
     + ["threat", "train", "eval"]
 )
@@ -216,7 +219,7 @@ def resolve(
 def validate(raw: Mapping[str, Any]) -> RunConfig:
     """Check every key and value except plugin hyperparameters (checked by the plugin's Params)."""
     settings = build_params(
-        _Settings, {k: raw[k] for k in ("seed", "device", "data_root", "results_dir") if k in raw}, "config"
+        _Settings, {k: raw[k] for k in _SETTING_KEYS if k in raw}, "config"
     )
     choices = {}
     for section, kind in PLUGIN_SECTIONS.items():
@@ -236,13 +239,14 @@ def validate(raw: Mapping[str, Any]) -> RunConfig:
         eval=evaluation,
         data_root=settings.data_root,
         results_dir=settings.results_dir,
+        download=settings.download,
         **choices,
     )
 
 
 def config_hash(resolved: Mapping[str, Any]) -> str:
     """Identifies the experiment: the resolved config without seed, device and paths."""
-    ignore = {"seed", "device", "data_root", "results_dir"}
+    ignore = {"seed", "device", "data_root", "results_dir", "download"}
     payload = {k: v for k, v in resolved.items() if k not in ignore}
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -33,3 +33,10 @@ class PluginLoadError(UserError):
     It exits with 2 because the user named it and can choose another or fix the
     installation; the message names the plugin and its distribution.
     """
+
+
+class DataNotFoundError(UserError):
+    """A dataset's files are missing or damaged.
+
+    Plugins say what they looked for and where; robench adds how to get the data.
+    """

@@ -9,7 +9,9 @@ from pathlib import Path
 from robench.errors import UserError
 
 
-def atomic_write_bytes(path: str | Path, data: bytes, *, overwrite: bool = True) -> Path:
+def atomic_write_bytes(
+    path: str | Path, data: bytes | bytearray | memoryview, *, overwrite: bool = True
+) -> Path:
     """Write ``data`` to a temp file beside ``path``, fsync it, then rename it into place.
 
     With ``overwrite=False`` an existing file is never replaced (records are immutable).

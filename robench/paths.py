@@ -1,4 +1,4 @@
-"""Where results go; never relative to the current working directory.
+"""Where results and data live; never relative to the current working directory.
 
 Order: ``--results-dir`` / ``results_dir`` in the config, then ``$ROBENCH_RESULTS``,
 then the ``leaderboards/`` folder of the source checkout robench runs from (an
@@ -34,3 +34,15 @@ def results_root(explicit: str | os.PathLike[str] | None = None) -> Path:
         return checkout / "leaderboards"
     data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data_home) / "robench"
+
+
+def data_root(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Where dataset files live: ``--data-root``, else ``$ROBENCH_DATA``, else
+    ``$XDG_CACHE_HOME/robench/data`` (default ``~/.cache/robench/data``)."""
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    env = os.environ.get("ROBENCH_DATA")
+    if env:
+        return Path(env).expanduser().resolve()
+    cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache_home) / "robench" / "data"

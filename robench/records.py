@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -80,9 +81,14 @@ class RunRecord:
         return cls(**data)
 
 
+def _file_safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
 def new_run_id(defense: str, arch: str, seed: int) -> str:
+    """Sortable by time, readable, unique, and safe as a file name (``timm/vit`` -> ``timm_vit``)."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    return f"{stamp}-{defense}-{arch}-s{seed}-{secrets.token_hex(3)}"
+    return f"{stamp}-{_file_safe(defense)}-{_file_safe(arch)}-s{seed}-{secrets.token_hex(3)}"
 
 
 def record_dir(results_root: Path, dataset: str, threat_slug: str) -> Path:

@@ -48,6 +48,14 @@ class PluginConflictWarning(UserWarning):
     """Two distributions register the same plugin name."""
 
 
+def split_variant(name: str) -> tuple[str | None, str]:
+    """``timm/resnet18`` -> (``timm``, ``resnet18``); a plain name -> (None, name)."""
+    family, sep, variant = name.strip().partition("/")
+    if not sep or not family or not variant:
+        return None, name
+    return family, variant
+
+
 def normalize_name(name: str) -> str:
     """``WRN_34_10`` and ``wrn-34-10`` are the same plugin."""
     return name.strip().lower().replace("_", "-")
@@ -149,6 +157,9 @@ class Registry:
         key = normalize_name(name)
         if key in self._winners:
             return self._winners[key]
+        family, _ = split_variant(name)
+        if family is not None and normalize_name(family) in self._winners:
+            return self._winners[normalize_name(family)]
         known = self.names()
         hint = suggest(key, known)
         if not hint:
@@ -185,12 +196,31 @@ class Registry:
             self._loaded[entry.key] = self._load_entry(entry)
         return self._loaded[entry.key]
 
+    def canonical_name(self, name: str) -> str:
+        """The registered spelling, e.g. ``PGD_AT`` -> ``pgd-at``, ``TIMM/resnet18`` -> ``timm/resnet18``."""
+        entry = self.entry(name)
+        family, variant = split_variant(name)
+        if family is not None and normalize_name(name) not in self._winners:
+            return f"{entry.name}/{variant}"
+        return entry.name
+
     def create(self, name: str, params: Mapping[str, Any] | None = None, where: str = "") -> Plugin:
-        """Load ``name``, build its Params from ``params`` and instantiate it."""
+        """Load ``name``, build its Params from ``params`` and instantiate it.
+
+        ``FAMILY/VARIANT`` names set the family plugin's ``variant_param``.
+        """
         cls = self.load(name)
         entry = self.entry(name)
         section = where or self.kind.name
-        built = build_params(cls.Params, params or {}, section)
+        values = dict(params or {})
+        family, variant = split_variant(name)
+        if family is not None and normalize_name(name) not in self._winners:
+            if not cls.variant_param:
+                raise UnknownPluginError(
+                    f"{self.kind.name} '{entry.name}' has no variants, so {name!r} is unknown"
+                )
+            values[cls.variant_param] = variant
+        built = build_params(cls.Params, values, section)
         try:
             return cls(built)
         except (Exception, SystemExit) as exc:

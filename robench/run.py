@@ -20,12 +20,13 @@ from robench.api import Architecture, Attack, DataSplits, Dataset, Defense, Plug
 from robench.config import PLUGIN_SECTIONS, PluginChoice, RunConfig, config_hash, section_dict
 from robench.engine.evaluate import EvalResult, evaluate
 from robench.engine.train import EpochStats, train
-from robench.errors import ConfigError, PluginLoadError, RobenchError, UserError
+from robench.errors import ConfigError, DataNotFoundError, PluginLoadError, RobenchError, UserError
 from robench.io import ensure_writable
 from robench.leaderboard import refresh_leaderboard
+from robench.flops import count_macs
 from robench.model import NormalizedClassifier, count_parameters
 from robench.params import params_to_dict
-from robench.paths import results_root, source_checkout
+from robench.paths import data_root, results_root, source_checkout
 from robench.progress import NullReporter, Reporter
 from robench.records import RunRecord, SkippedRecord, new_run_id, write_record
 from robench.registry import get_registry
@@ -75,7 +76,7 @@ def resolve_device(spec: str) -> torch.device:
 def _create(section: str, choice: PluginChoice) -> tuple[Plugin, str]:
     registry = get_registry(PLUGIN_SECTIONS[section])
     plugin = registry.create(choice.name, choice.params, where=section)
-    return plugin, registry.entry(choice.name).name
+    return plugin, registry.canonical_name(choice.name)
 
 
 def plan_run(config: RunConfig) -> RunPlan:
@@ -105,6 +106,7 @@ def plan_run(config: RunConfig) -> RunPlan:
         "eval": section_dict(config.eval),
         "data_root": config.data_root,
         "results_dir": config.results_dir,
+        "download": config.download,
     }
     return RunPlan(
         config=config,
@@ -131,6 +133,33 @@ def _check_splits(splits: Any, dataset: Dataset, name: str) -> DataSplits:
                 f"expected (N, {', '.join(map(str, dataset.input_shape))})"
             )
     return splits
+
+
+def fetch_data(dataset: Dataset, name: str, root: Path) -> None:
+    """Download ``dataset`` into ``root`` (only ever on the user's request)."""
+    ensure_writable(root)
+    try:
+        dataset.fetch(root)
+    except DataNotFoundError:
+        raise
+    except Exception as exc:  # network and archive errors: one line, not a traceback
+        raise DataNotFoundError(f"{name}: download into {root} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def load_data(dataset: Dataset, name: str, root: Path, *, download: bool = False) -> DataSplits:
+    """The dataset's splits; a missing dataset says where robench looked and how to get it."""
+    try:
+        splits = dataset.load(root, DATA_SPLIT_SEED)
+    except DataNotFoundError as exc:
+        if not download:
+            raise DataNotFoundError(
+                f"{name}: {exc}. Looked in {root} (--data-root, else $ROBENCH_DATA, else "
+                f"~/.cache/robench/data); get it with `robench data fetch {name}` or "
+                f"`robench run --download ...`"
+            ) from None
+        fetch_data(dataset, name, root)
+        splits = dataset.load(root, DATA_SPLIT_SEED)
+    return _check_splits(splits, dataset, name)
 
 
 def build_model(plan: RunPlan) -> nn.Module:
@@ -174,9 +203,10 @@ def execute(plan: RunPlan, reporter: Reporter | None = None) -> RunOutcome:
     cfg = plan.config
     started = time.perf_counter()
     seed_everything(cfg.seed)
-    root = Path(cfg.data_root).expanduser() if cfg.data_root else None
-    splits = _check_splits(plan.dataset.load(root, DATA_SPLIT_SEED), plan.dataset, plan.names["data"])
-    model = build_model(plan)
+    model = build_model(plan)  # before the data: a bad architecture fails in seconds
+    splits = load_data(plan.dataset, plan.names["data"], data_root(cfg.data_root), download=cfg.download)
+    if plan.device.type != "cpu":  # the whole uint8 split lives on the GPU; batches are drawn there
+        splits = DataSplits(*(s.to(plan.device) if s is not None else None for s in (splits.train, splits.test, splits.val)))
     gen = make_generator(cfg.seed)
     history: list[EpochStats] = train(
         model, plan.defense, splits.train, plan.threat, cfg.train,
@@ -195,7 +225,12 @@ def execute(plan: RunPlan, reporter: Reporter | None = None) -> RunOutcome:
         robench_version=robench.__version__,
         git_commit=git_commit(),
         dataset=names["data"],
-        arch={"name": names["arch"], "params": _params(plan, "arch"), "num_params": count_parameters(model)},
+        arch={
+            "name": names["arch"],
+            "params": _params(plan, "arch"),
+            "num_params": count_parameters(model),
+            "macs": count_macs(model, tuple(plan.dataset.input_shape)),
+        },
         defense={"name": names["defense"], "params": _params(plan, "defense")},
         threat={"norm": plan.threat.norm, "eps": plan.threat.eps, "eps_value": plan.threat.value},
         seed=cfg.seed,

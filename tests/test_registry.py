@@ -481,3 +481,19 @@ def test_no_conflict_no_warning(conflicting) -> None:
         assert registry.names() == ["shared-def"]
     assert registry.conflicts == []
     assert all(s.shadowed_by is None for s in registry.check())
+
+
+# ------------------------------------------------------------------------ variants
+def test_family_variant_names_set_the_variant_param() -> None:
+    registry = get_registry("architecture")
+    assert registry.canonical_name("TIMM/resnet18") == "timm/resnet18"
+    plugin = registry.create("timm/resnet18")
+    assert plugin.params.model == "resnet18"
+    assert registry.canonical_name("PreAct_ResNet_18") == "preact-resnet-18"
+
+
+def test_variant_of_a_plugin_without_variants_is_unknown() -> None:
+    with pytest.raises(UnknownPluginError, match="has no variants"):
+        get_registry("architecture").create("smallcnn/big")
+    with pytest.raises(UnknownPluginError):
+        get_registry("architecture").create("nosuchfamily/x")

@@ -13,6 +13,7 @@ never let the broken distribution stop anything else.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -57,12 +58,15 @@ ACME_PLUGINS = '''
 #: parameters of acme-mlp on digits (1x8x8 inputs, 10 classes): 64*64+64 + 64*10+10
 ACME_MLP_PARAMS = 64 * 64 + 64 + 64 * 10 + 10
 
+_KIND_OF_GROUP = {
+    "robench.datasets": "dataset", "robench.architectures": "architecture",
+    "robench.defenses": "defense", "robench.attacks": "attack",
+}
+# robench's own plugins, read from its installed distribution metadata
 BUILTINS = {
-    ("dataset", "digits"),
-    ("architecture", "smallcnn"),
-    ("defense", "standard"),
-    ("defense", "pgd-at"),
-    ("attack", "pgd"),
+    (_KIND_OF_GROUP[ep.group], ep.name)
+    for ep in importlib.metadata.distribution("robench").entry_points
+    if ep.group in _KIND_OF_GROUP
 }
 
 
@@ -148,9 +152,9 @@ def table_rows(stdout: str) -> dict[tuple[str, str], dict[str, str]]:
     return out
 
 
-def squash(text: str) -> str:
-    """Whitespace removed: a table may fold a long cell anywhere."""
-    return "".join(text.split())
+def broken_lines(stdout: str) -> list[str]:
+    """The full errors that ``robench list`` prints below its table, one line each."""
+    return [line for line in stdout.splitlines() if line.startswith("broken: ")]
 
 
 # --------------------------------------------------------------------------------- list
@@ -168,14 +172,17 @@ def test_list_shows_third_party_and_broken_plugins(plugin_site: Path, tmp_path: 
 
     broken_def = rows[("defense", "broken-def")]
     assert broken_def["distribution"] == "broken-robench 0.1"
-    assert broken_def["status"].startswith("broken")
-    assert "boom" in broken_def["status"] and "ImportError" in broken_def["status"]
+    assert broken_def["status"] == "broken"
+    errors = broken_lines(proc.stdout)
+    assert len(errors) == 2
+    (def_error,) = [e for e in errors if "'broken-def'" in e]
+    assert "boom" in def_error and "ImportError" in def_error and "broken-robench 0.1" in def_error
 
     not_attack = rows[("attack", "not-an-attack")]
     assert not_attack["distribution"] == "broken-robench 0.1"
-    assert not_attack["status"].startswith("broken")
-    assert squash("not a subclass") in squash(not_attack["status"])
-    assert "helper_function" in not_attack["status"]
+    assert not_attack["status"] == "broken"
+    (attack_error,) = [e for e in errors if "'not-an-attack'" in e]
+    assert "not a subclass" in attack_error and "helper_function" in attack_error
 
     for key in BUILTINS:
         assert rows[key]["status"] == "ok", rows[key]

@@ -34,7 +34,7 @@ class Digits(Dataset):
     # 3 of the 16 grey levels the digits use
     threat_model = ThreatModel("Linf", "3/16")
 
-    def load(self, root: Path | None, seed: int) -> DataSplits:
+    def load(self, root: Path, seed: int) -> DataSplits:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
 

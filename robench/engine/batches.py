@@ -27,6 +27,7 @@ def iterate_batches(
     order = indices if indices is not None else torch.arange(len(split))
     if shuffle:
         order = order[torch.randperm(len(order), generator=generator)]
+    order = order.to(split.x.device)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         x = split.images(idx).to(device, non_blocking=True)

@@ -65,7 +65,7 @@ def evaluate(
     idx = subset_indices(len(split), n_eval)
     n = len(idx)
     task = reporter.task("eval clean", 1)
-    robust = _predict(model, split, idx, batch_size, device) == split.y[idx]
+    robust = _predict(model, split, idx, batch_size, device) == split.y[idx.to(split.y.device)].cpu()
     task.advance()
     task.done()
     accuracy = {"clean": _percent(robust)}
