@@ -128,3 +128,55 @@ def test_unwritable_results_folder_fails_before_training(tmp_path: Path) -> None
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "not writable" in proc.stderr and "train" not in proc.stderr + proc.stdout
+
+
+def test_missing_dataset_is_one_line_with_the_fix(tmp_path: Path, results: Path) -> None:
+    empty = tmp_path / "no-data-here"
+    empty.mkdir()
+    proc = run_cli("run", "--data", "cifar10", "--results-dir", str(results), env={"ROBENCH_DATA": str(empty)})
+    assert proc.returncode == 2, proc.stderr
+    (line,) = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert str(empty) in line and "robench data fetch cifar10" in line and "--download" in line
+    assert "Traceback" not in proc.stderr
+
+
+def test_data_where_follows_flag_and_env(tmp_path: Path) -> None:
+    proc = run_cli("data", "where", env={"ROBENCH_DATA": str(tmp_path / "d")})
+    assert proc.returncode == 0 and proc.stdout.strip() == str(tmp_path / "d")
+    proc = run_cli("data", "where", "--data-root", str(tmp_path / "x"), env={"ROBENCH_DATA": str(tmp_path / "d")})
+    assert proc.stdout.strip() == str(tmp_path / "x")
+
+
+def test_data_fetch_of_embedded_dataset_needs_no_network(tmp_path: Path) -> None:
+    proc = run_cli("data", "fetch", "digits", "--data-root", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "train 1257, val 180, test 360" in proc.stdout
+
+
+def test_list_architectures_shows_sizes() -> None:
+    proc = run_cli("list", "architectures", "--input-size", "32")
+    assert proc.returncode == 0, proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if "smallcnn" in line)
+    assert "M" in row and "ok" in row  # parameter and MAC counts, e.g. "0.52 M"
+    assert "3x32x32" in proc.stdout
+
+
+def test_pgd_at_preact_resnet18_on_real_format_cifar10(tmp_path: Path, results: Path) -> None:
+    """The issue's acceptance run: real torchvision pickle batches written here, CPU, one epoch."""
+    from dataset_files import write_cifar10
+
+    write_cifar10(tmp_path / "data", per_batch=60)  # 300 training images (50 held out), 60 test
+    proc = run_cli(
+        "run", "--defense", "pgd-at", "--arch", "preact-resnet-18", "--data", "cifar10",
+        "--data-root", str(tmp_path / "data"), "--results-dir", str(results), "--epochs", "1", "-q",
+        "--set", "data.verify_checksums=false", "--set", "data.val_size=50",
+        "--set", "defense.steps=2", "--set", "attack.steps=2", "--set", "train.batch_size=50",
+    )
+    assert proc.returncode == 0, proc.stderr
+    (path,) = (results / "records" / "cifar10" / "linf-8_255").glob("*.json")
+    rec = json.loads(path.read_text())
+    assert rec["arch"]["name"] == "preact-resnet-18" and rec["dataset"] == "cifar10"
+    assert abs(rec["arch"]["num_params"] - 11.17e6) / 11.17e6 < 0.005
+    assert rec["threat"]["eps"] == "8/255" and rec["eval"]["n"] == 60
+    assert set(rec["accuracy"]) == {"clean", "PGD-2"}
+    assert (results / "cifar10-linf-8_255.md").is_file()
