@@ -187,7 +187,7 @@ def list_plugins(
                 state = Text("ok", style="green")
             row = [k, entry.name, entry.distribution, entry.target]
             if sizes:
-                row += _arch_size(status.plugin, (channels, input_size, input_size), classes)
+                row += _arch_size(status.plugin, entry.name, (channels, input_size, input_size), classes)
             table.add_row(*row, state)
     out.print(table)
     for error in broken:  # full errors below the table: one line each, greppable
@@ -196,7 +196,7 @@ def list_plugins(
         err.print(Text(f"{len(broken)} broken plugin(s); the others are usable."))
 
 
-def _arch_size(plugin: Any, shape: tuple[int, int, int], classes: int) -> list[str]:
+def _arch_size(plugin: Any, name: str, shape: tuple[int, int, int], classes: int) -> list[str]:
     """Parameter and MAC counts of an architecture plugin with default params, or why not."""
     from robench.flops import count_macs, human
     from robench.model import count_parameters
@@ -204,7 +204,7 @@ def _arch_size(plugin: Any, shape: tuple[int, int, int], classes: int) -> list[s
     if plugin is None:
         return ["", ""]
     if plugin.variant_param:
-        return ["", f"any: {plugin.__name__.lower()} family, NAME/VARIANT"]
+        return ["", f"use {name}/<{plugin.variant_param}>"]
     try:
         net = plugin().build(classes, shape)
         return [human(count_parameters(net)), human(count_macs(net, shape))]
