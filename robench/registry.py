@@ -19,7 +19,7 @@ from typing import Any
 
 from robench import api_version
 from robench.api import Architecture, Attack, Dataset, Defense, Plugin
-from robench.errors import PluginLoadError, UnknownPluginError
+from robench.errors import PluginLoadError, UnknownPluginError, UserError
 from robench.params import build_params, suggest
 
 #: The distribution whose plugins win name conflicts.
@@ -223,6 +223,8 @@ class Registry:
         built = build_params(cls.Params, values, section)
         try:
             return cls(built)
+        except UserError:  # the plugin checked its own params: already one clear line
+            raise
         except (Exception, SystemExit) as exc:
             raise PluginLoadError(
                 f"{self.kind.name} plugin '{entry.name}' from {entry.distribution} failed in its "

@@ -1,0 +1,93 @@
+"""Attack plugins on a really trained digits model: budgets, strength order, AutoAttack."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from robench.config import TrainConfig, resolve, validate
+from robench.engine.evaluate import evaluate
+from robench.engine.train import train
+from robench.registry import get_registry
+from robench.run import build_model, plan_run
+from robench.threat import ThreatModel
+
+ALL = ("fgsm", "pgd", "cw", "apgd-ce", "apgd-t", "autoattack")
+SMALL = {"pgd": {"steps": 10}, "cw": {"steps": 10}}
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """smallcnn with standard training on digits: accurate, and breakable."""
+    plan = plan_run(validate(resolve(None, {"defense": {"name": "standard"}})))
+    torch.manual_seed(0)
+    model = build_model(plan)
+    splits = plan.dataset.load(None, 0)
+    train(model, plan.defense, splits.train, plan.threat, TrainConfig(epochs=4, batch_size=64, lr=0.1),
+          device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
+    model.eval()
+    return model, splits.test
+
+
+def _attack(name: str, **params):
+    return get_registry("attack").create(name, {**SMALL.get(name, {}), **params})
+
+
+@pytest.mark.parametrize("norm, eps", [("Linf", "1/16"), ("L2", "0.5")])
+@pytest.mark.parametrize("name", ALL)
+def test_attacks_stay_in_the_ball_and_the_box(trained, name: str, norm: str, eps: str) -> None:
+    model, test = trained
+    threat = ThreatModel(norm, eps)
+    x, y = test.images(slice(0, 16)), test.y[:16]
+    x_adv = _attack(name).perturb(model, x, y, threat, generator=torch.Generator().manual_seed(0))
+    delta = (x_adv - x).flatten(1)
+    size = delta.abs().max(1).values if norm == "Linf" else delta.norm(dim=1)
+    assert (size <= threat.value + 1e-5).all()
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert (size > 0).any()  # it did perturb
+    assert not model.training and all(p.requires_grad for p in model.parameters())  # restored
+
+
+def test_strength_order_and_autoattack_really_runs(trained, caplog: pytest.LogCaptureFixture) -> None:
+    model, test = trained
+    threat = ThreatModel("Linf", "1/16")
+    acc = {}
+    gen = torch.Generator().manual_seed(0)
+    for name in ("fgsm", "pgd", "autoattack"):
+        attack = get_registry("attack").create(name, {"steps": 20} if name == "pgd" else {})
+        with caplog.at_level(logging.INFO, logger="auto-attack"):
+            result = evaluate(model, test, [attack], threat, batch_size=500,
+                              device=torch.device("cpu"), generator=gen, n_eval=60)
+        acc["clean"], acc[name] = result.accuracy["clean"], result.accuracy[attack.label()]
+    assert acc["autoattack"] <= acc["pgd"] <= acc["fgsm"] <= acc["clean"]
+    assert acc["clean"] > 80 and acc["fgsm"] < acc["clean"]
+    assert any(r.name == "auto-attack" for r in caplog.records)  # pyautoattack itself ran
+
+
+def test_autoattack_is_seeded(trained) -> None:
+    model, test = trained
+    x, y = test.images(slice(0, 12)), test.y[:12]
+    threat = ThreatModel("Linf", "1/16")
+    a = _attack("apgd-ce", seed=3).perturb(model, x, y, threat)
+    b = _attack("apgd-ce", seed=3).perturb(model, x, y, threat)
+    assert torch.equal(a, b)
+
+
+def test_cw_margin_is_best_wrong_minus_true() -> None:
+    from robench_plugins.attacks.cw import margin_loss
+
+    logits = torch.tensor([[2.0, 5.0, 1.0], [0.0, -1.0, 3.0]])
+    y = torch.tensor([1, 0])
+    assert margin_loss(y)(logits).item() == pytest.approx((2.0 - 5.0) + (3.0 - 0.0))
+
+
+def test_autoattack_params_are_checked() -> None:
+    from robench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="custom"):
+        get_registry("attack").create("autoattack", {"version": "custom"})
+    with pytest.raises(ConfigError, match="unknown"):
+        get_registry("attack").create("autoattack", {"version": "custom", "attacks": ["apgd-xx"]})
+    assert get_registry("attack").create("apgd-t").label() == "APGD-T"
+    assert get_registry("attack").create("autoattack").label() == "AutoAttack"
