@@ -24,7 +24,7 @@ from typing import Any, Literal
 import yaml
 
 from robench.errors import ConfigError
-from robench.params import build_params, param, params_to_dict, suggest
+from robench.params import build_params, param, suggest
 from robench.registry import HOME_DISTRIBUTION, normalize_name
 
 PRESET_GROUP = "robench.presets"
@@ -250,7 +250,3 @@ def config_hash(resolved: Mapping[str, Any]) -> str:
     payload = {k: v for k, v in resolved.items() if k not in ignore}
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def section_dict(obj: Any) -> dict[str, Any]:
-    return params_to_dict(obj)

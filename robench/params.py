@@ -153,10 +153,6 @@ def suggest(name: str, known: typing.Iterable[str]) -> str:
     return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
 
 
-def field_names(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
-
-
 def build_params(cls: type[T], values: Mapping[str, Any], where: str) -> T:
     """Instantiate dataclass ``cls`` from untyped ``values``, validating everything."""
     if not isinstance(values, Mapping):

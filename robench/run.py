@@ -17,7 +17,7 @@ from torch import nn
 
 import robench
 from robench.api import Architecture, Attack, DataSplits, Dataset, Defense, Plugin
-from robench.config import PLUGIN_SECTIONS, PluginChoice, RunConfig, config_hash, section_dict
+from robench.config import PLUGIN_SECTIONS, PluginChoice, RunConfig, config_hash
 from robench.engine.evaluate import EvalResult, evaluate
 from robench.engine.train import EpochStats, train
 from robench.errors import ConfigError, DataNotFoundError, PluginLoadError, RobenchError, UserError
@@ -102,8 +102,8 @@ def plan_run(config: RunConfig) -> RunPlan:
         "device": config.device,
         **{s: {"name": names[s], **params_to_dict(plugins[s].params)} for s in PLUGIN_SECTIONS},
         "threat": {"norm": threat.norm, "eps": threat.eps},
-        "train": section_dict(config.train),
-        "eval": section_dict(config.eval),
+        "train": params_to_dict(config.train),
+        "eval": params_to_dict(config.eval),
         "data_root": config.data_root,
         "results_dir": config.results_dir,
         "download": config.download,

@@ -1,20 +1,17 @@
 """CW-Linf: PGD on the Carlini-Wagner margin loss (Carlini & Wagner, 2017; Madry et al.).
 
 The margin max_{j != y} z_j - z_y does not saturate like cross-entropy does, so it
-breaks points that CE-based PGD misses on over-confident models.
+breaks points that CE-based PGD misses on over-confident models. Everything else
+(steps, step size, random start, restarts, projection) is :class:`PGD`'s.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from robench.api import Attack
-from robench.params import param
-from robench.perturb import attack_mode, default_step_size, pgd, random_start
-from robench.threat import ThreatModel
+from robench_plugins.attacks.pgd import PGD
 
 
 def margin_loss(y: Tensor) -> Callable[[Tensor], Tensor]:
@@ -26,29 +23,8 @@ def margin_loss(y: Tensor) -> Callable[[Tensor], Tensor]:
     return loss
 
 
-@dataclass(frozen=True)
-class CWParams:
-    steps: int = param(20, ge=1, help="ascent steps")
-    step_size: float | None = param(None, gt=0, help="null: 2.5 * eps / steps")
-    random_start: bool = param(True, help="start from a uniform draw in the eps-ball")
+class CW(PGD):
+    name = "CW"
 
-
-class CW(Attack):
-    Params = CWParams
-
-    def label(self) -> str:
-        return f"CW-{self.params.steps}"
-
-    def perturb(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        threat: ThreatModel,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        p: CWParams = self.params  # type: ignore[assignment]
-        step = p.step_size or default_step_size(threat.value, p.steps)
-        with attack_mode(model):
-            start = random_start(x, threat, generator) if p.random_start else x
-            return pgd(model, x, threat, margin_loss(y), steps=p.steps, step_size=step, start=start)
+    def inner_loss(self, y: Tensor) -> Callable[[Tensor], Tensor]:
+        return margin_loss(y)

@@ -5,6 +5,7 @@ restart only replaces points that the previous ones failed to break.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -27,9 +28,15 @@ class PGDParams:
 class PGD(Attack):
     Params = PGDParams
 
+    name: str = "PGD"
+
     def label(self) -> str:
         p: PGDParams = self.params  # type: ignore[assignment]
-        return f"PGD-{p.steps}" + (f"x{p.restarts}" if p.restarts > 1 else "")
+        return f"{self.name}-{p.steps}" + (f"x{p.restarts}" if p.restarts > 1 else "")
+
+    def inner_loss(self, y: Tensor) -> Callable[[Tensor], Tensor]:
+        """The loss the attack maximises; subclasses (CW) swap it."""
+        return cross_entropy_loss(y)
 
     def perturb(
         self,
@@ -47,7 +54,7 @@ class PGD(Attack):
             for _ in range(p.restarts):
                 xs, ys = x[todo], y[todo]
                 start = random_start(xs, threat, generator) if p.random_start else xs
-                x_adv = pgd(model, xs, threat, cross_entropy_loss(ys), steps=p.steps, step_size=step, start=start)
+                x_adv = pgd(model, xs, threat, self.inner_loss(ys), steps=p.steps, step_size=step, start=start)
                 with torch.no_grad():
                     fooled = model(x_adv).argmax(1) != ys
                 idx = todo.nonzero().squeeze(1)

@@ -20,7 +20,7 @@ from robench.api import DataSplits, Dataset, TensorSplit
 from robench.data import random_crop_flip, uint8_nchw
 from robench.errors import DataNotFoundError
 from robench.threat import ThreatModel
-from robench_plugins.datasets.cifar import (
+from robench_plugins.datasets._common import (
     PARSE_ERRORS,
     TorchvisionParams,
     check_files,

@@ -33,11 +33,12 @@ import torch
 from torch import Tensor
 
 from robench.api import DataSplits, Dataset, TensorSplit
-from robench.data import hold_out, random_crop_flip, uint8_nchw
-from robench.errors import ConfigError, DataNotFoundError, UserError
+from robench.data import random_crop_flip, uint8_nchw
+from robench.errors import DataNotFoundError, UserError
 from robench.io import atomic_write_bytes
 from robench.params import param
 from robench.threat import ThreatModel
+from robench_plugins.datasets._common import one_line, split_off_val
 
 TITLE = "Tiny-ImageNet"
 FOLDER = "tiny-imagenet-200"
@@ -137,7 +138,7 @@ def _list_files(folder: Path) -> _Listing:
         if not test:
             raise _damaged(folder, "val/val_annotations.txt lists no images")
     except (OSError, UnicodeDecodeError) as exc:
-        raise _damaged(folder, f"{type(exc).__name__}: {' '.join(str(exc).split())}") from exc
+        raise _damaged(folder, f"{type(exc).__name__}: {one_line(exc)}") from exc
     return _Listing(wnids, train, test)
 
 
@@ -154,7 +155,7 @@ def _decode(folder: Path, items: list[tuple[str, int]]) -> TensorSplit:
                 rgb = img.convert("RGB")  # some Tiny-ImageNet images are grayscale
         except (OSError, ValueError, SyntaxError) as exc:  # UnidentifiedImageError is an OSError
             raise DataNotFoundError(
-                f"cannot read {TITLE} image {path} ({type(exc).__name__}: {' '.join(str(exc).split())})"
+                f"cannot read {TITLE} image {path} ({type(exc).__name__}: {one_line(exc)})"
             ) from exc
         if rgb.size != (SIZE, SIZE):
             raise _damaged(folder, f"{items[i][0]} is {rgb.size[0]}x{rgb.size[1]}, expected {SIZE}x{SIZE}")
@@ -230,9 +231,7 @@ class TinyImageNet(Dataset):
             train, test = _decode(folder, listing.train), _decode(folder, listing.test)
             if p.cache:
                 _write_cache(cache_path, signature, train, test)
-        if p.val_size > 0 and p.val_size >= len(train):
-            raise ConfigError(f"data.val_size: {p.val_size} is not smaller than the {len(train)} training images")
-        train, val = hold_out(train, p.val_size, seed)
+        train, val = split_off_val(train, p.val_size, seed)
         return DataSplits(train=train, test=test, val=val)
 
     def fetch(self, root: Path) -> None:
