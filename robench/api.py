@@ -36,6 +36,9 @@ class Plugin:
     #: For plugin families: the ``Params`` field that ``NAME/VARIANT`` sets, so that
     #: ``timm/resnet18`` creates the ``timm`` plugin with ``model="resnet18"``.
     variant_param: ClassVar[str | None] = None
+    #: For counted plugins: the ``Params`` field that a ``NAME-N`` suffix sets, so that
+    #: ``pgd-20`` creates ``pgd`` with ``steps=20``.
+    count_param: ClassVar[str | None] = None
 
     def __init__(self, params: object | None = None) -> None:
         self.params = params if params is not None else self.Params()
@@ -139,7 +142,16 @@ class Defense(Plugin):
 
 # ---------------------------------------------------------------------------- attacks
 class Attack(Plugin):
-    """Maps (model, x, y) to adversarial inputs inside ``threat`` and the [0, 1] box."""
+    """Maps (model, x, y) to adversarial inputs inside ``threat`` and the [0, 1] box.
+
+    Seeded: the same ``generator`` state (or the attack's own ``seed`` parameter) gives
+    the same result.
+    """
+
+    #: True for attacks that batch internally and keep their own resumable state
+    #: (AutoAttack): the evaluation hands them every remaining point in one call,
+    #: together with a state file, instead of batch by batch.
+    whole_set: ClassVar[bool] = False
 
     def perturb(
         self,
@@ -150,6 +162,29 @@ class Attack(Plugin):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         raise NotImplementedError
+
+    def still_correct(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        threat: ThreatModel,
+        generator: torch.Generator | None = None,
+        state_path: Path | None = None,
+    ) -> Tensor:
+        """Boolean flags: which points the model still classifies correctly under attack.
+
+        ``state_path`` (only for ``whole_set`` attacks) is where an interrupted attack
+        keeps its progress; the default implementation has none and ignores it.
+        """
+        x_adv = self.perturb(model, x, y, threat, generator=generator)
+        with torch.no_grad():
+            return model(x_adv).argmax(1) == y
+
+    def flags(self) -> list[str]:
+        """Warnings the attack raised about the reliability of the evaluation so far
+        (AutoAttack's sanity checks); they are recorded with the result."""
+        return []
 
     def label(self) -> str:
         """Short name for tables, e.g. ``PGD-20``."""

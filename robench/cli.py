@@ -67,29 +67,96 @@ def _root(
         out.print(ctx.get_help())
 
 
+_CONFIG_OPT = typer.Option(
+    None, "--config", "-c", metavar="FILE", help="YAML config; flags and --set override it.", show_default=False
+)
+_ATTACK_OPT = typer.Option(
+    None, "--attack", metavar="NAME",
+    help="Evaluation attack, e.g. pgd-50; repeat for a suite (replaces the configured one).",
+)
+_EPS_OPT = typer.Option(None, "--eps", metavar="EPS", help='Exact budget, e.g. "8/255"; default: the dataset\'s.')
+_NORM_OPT = typer.Option(None, "--norm", metavar="NORM", help="Linf or L2; default: the dataset's.")
+_N_EVAL_OPT = typer.Option(None, "--n-eval", metavar="N", help="Evaluate on a fixed-seed subset of N test images.")
+_SWEEP_OPT = typer.Option(False, "--eps-sweep", help="Also record PGD-20 accuracy at 0 to 2x eps (for plots).")
+_SEED_OPT = typer.Option(None, "--seed", metavar="N", help="Seed for everything random.")
+_DEVICE_OPT = typer.Option(None, "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")
+_DATA_ROOT_OPT = typer.Option(None, "--data-root", metavar="DIR", help="Where dataset files live.")
+_RUNS_DIR_OPT = typer.Option(
+    None, "--runs-dir", metavar="DIR", help="Where checkpoints and evaluation state go (default: see README)."
+)
+_SET_OPT = typer.Option(
+    [], "--set", "-s", metavar="KEY=VALUE", help="Override any config value, e.g. --set defense.steps=5."
+)
+_QUIET_OPT = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+
+
+def _eval_flags(
+    attack: Optional[list[str]], eps: Optional[str], norm: Optional[str], n_eval: Optional[int],
+    eps_sweep: bool, seed: Optional[int], device: Optional[str], data_root: Optional[Path],
+    runs_dir: Optional[Path],
+) -> dict[str, Any]:
+    """The command-line layer shared by run and eval."""
+    flags: dict[str, Any] = {}
+    if attack:
+        flags["attacks"] = list(attack)
+    threat = {k: v for k, v in (("eps", eps), ("norm", norm)) if v is not None}
+    if threat:
+        flags["threat"] = threat
+    evaluation: dict[str, Any] = {}
+    if n_eval is not None:
+        evaluation["n_eval"] = n_eval
+    if eps_sweep:
+        evaluation["eps_sweep"] = True
+    if evaluation:
+        flags["eval"] = evaluation
+    for key, value in (("seed", seed), ("device", device), ("data_root", data_root), ("runs_dir", runs_dir)):
+        if value is not None:
+            flags[key] = str(value) if isinstance(value, Path) else value
+    return flags
+
+
+def _print_evaluation(title: str, accuracy: dict[str, float], section: dict[str, Any]) -> None:
+    table = Table()
+    table.add_column(title)
+    table.add_column("accuracy (%)", justify="right")
+    for key, value in accuracy.items():
+        table.add_row(key, f"{value:.2f}", style="bold" if key == "worst case" else None)
+    out.print(table)
+    sweep = section.get("eps_sweep")
+    if sweep:
+        out.print(Text("eps sweep, " + sweep["attack"] + ": "
+                       + ", ".join(f"{p['eps']}: {p['accuracy']:.2f}" for p in sweep["points"])), soft_wrap=True)
+    failed = [c for c in section.get("checks", []) if not c["passed"]]
+    if section.get("checks") and not failed:
+        out.print(f"robench checks passed: {', '.join(c['name'] for c in section['checks'])}")
+    if section.get("flags"):
+        err.print(Text("POTENTIALLY UNRELIABLE: this evaluation raised flags:", style="bold red"))
+        for flag in section["flags"]:
+            err.print(Text(f"  - {flag}", style="red"), soft_wrap=True)
+
+
 @app.command()
 def run(
-    config: Optional[Path] = typer.Option(
-        None, "--config", "-c", metavar="FILE", help="YAML config; flags and --set override it.", show_default=False
-    ),
+    config: Optional[Path] = _CONFIG_OPT,
     defense: Optional[str] = typer.Option(None, "--defense", metavar="NAME", help="Defense plugin, e.g. pgd-at."),
     arch: Optional[str] = typer.Option(None, "--arch", metavar="NAME", help="Architecture plugin, e.g. smallcnn."),
     data: Optional[str] = typer.Option(None, "--data", metavar="NAME", help="Dataset plugin, e.g. digits."),
-    attack: Optional[str] = typer.Option(None, "--attack", metavar="NAME", help="Evaluation attack plugin, e.g. pgd."),
-    eps: Optional[str] = typer.Option(None, "--eps", metavar="EPS", help='Exact budget, e.g. "8/255"; default: the dataset\'s.'),
-    norm: Optional[str] = typer.Option(None, "--norm", metavar="NORM", help="Linf or L2; default: the dataset's."),
+    attack: Optional[list[str]] = _ATTACK_OPT,
+    eps: Optional[str] = _EPS_OPT,
+    norm: Optional[str] = _NORM_OPT,
     epochs: Optional[int] = typer.Option(None, "--epochs", metavar="N", help="Training epochs."),
-    seed: Optional[int] = typer.Option(None, "--seed", metavar="N", help="Seed for everything random."),
-    device: Optional[str] = typer.Option(None, "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", metavar="DIR", help="Where dataset files live."),
+    n_eval: Optional[int] = _N_EVAL_OPT,
+    eps_sweep: bool = _SWEEP_OPT,
+    seed: Optional[int] = _SEED_OPT,
+    device: Optional[str] = _DEVICE_OPT,
+    data_root: Optional[Path] = _DATA_ROOT_OPT,
     results_dir: Optional[Path] = typer.Option(
         None, "--results-dir", metavar="DIR", help="Where records and leaderboards go (default: see README)."
     ),
-    overrides: list[str] = typer.Option(
-        [], "--set", "-s", metavar="KEY=VALUE", help="Override any config value, e.g. --set defense.steps=5."
-    ),
+    runs_dir: Optional[Path] = _RUNS_DIR_OPT,
+    overrides: list[str] = _SET_OPT,
     download: bool = typer.Option(False, "--download", help="Download the dataset if it is missing."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    quiet: bool = _QUIET_OPT,
 ) -> None:
     """Train a model with a defense, evaluate it, record the run and refresh the leaderboard.
 
@@ -99,20 +166,16 @@ def run(
     from robench.progress import NullReporter, RichReporter
     from robench.run import execute, plan_run
 
-    flags: dict[str, Any] = {}
-    for section, value in (("defense", defense), ("arch", arch), ("data", data), ("attack", attack)):
+    flags = _eval_flags(attack, eps, norm, n_eval, eps_sweep, seed, device, data_root, runs_dir)
+    for section, value in (("defense", defense), ("arch", arch), ("data", data)):
         if value is not None:
             flags[section] = {"name": value}
-    threat = {k: v for k, v in (("eps", eps), ("norm", norm)) if v is not None}
-    if threat:
-        flags["threat"] = threat
     if epochs is not None:
         flags["train"] = {"epochs": epochs}
     if download:
         flags["download"] = True
-    for key, value in (("seed", seed), ("device", device), ("data_root", data_root), ("results_dir", results_dir)):
-        if value is not None:
-            flags[key] = str(value) if isinstance(value, Path) else value
+    if results_dir is not None:
+        flags["results_dir"] = str(results_dir)
 
     plan = plan_run(validate(resolve(config, flags, overrides)))
     out.print(
@@ -126,17 +189,58 @@ def run(
             outcome = execute(plan, reporter)
 
     rec = outcome.record
-    table = Table()
-    table.add_column(f"{rec.dataset}, {plan.threat}")
-    table.add_column("accuracy (%)", justify="right")
-    for key, value in rec.accuracy.items():
-        table.add_row(key, f"{value:.2f}")
-    out.print(table)
+    _print_evaluation(f"{rec.dataset}, {plan.threat}", rec.accuracy, rec.eval)
     out.print(f"test images: {rec.eval['n']}   wall time: {rec.wall_time_s:.1f} s")
     out.print(Text(f"record:      {outcome.record_path}"), soft_wrap=True)
+    out.print(Text(f"checkpoint:  {outcome.checkpoint_path}"), soft_wrap=True)
     out.print(Text(f"leaderboard: {outcome.leaderboard_path}"), soft_wrap=True)
     for skipped in outcome.skipped:
         err.print(Text(f"warning: skipped invalid record {skipped.path}: {skipped.reason}"))
+
+
+@app.command("eval")
+def eval_checkpoint(
+    checkpoint: Path = typer.Option(
+        ..., "--checkpoint", metavar="PATH", help="A model.pt written by robench run.", show_default=False
+    ),
+    config: Optional[Path] = _CONFIG_OPT,
+    attack: Optional[list[str]] = _ATTACK_OPT,
+    eps: Optional[str] = _EPS_OPT,
+    norm: Optional[str] = _NORM_OPT,
+    n_eval: Optional[int] = _N_EVAL_OPT,
+    eps_sweep: bool = _SWEEP_OPT,
+    seed: Optional[int] = typer.Option(None, "--seed", metavar="N", help="Attack seed; default: the run's."),
+    device: Optional[str] = _DEVICE_OPT,
+    data_root: Optional[Path] = _DATA_ROOT_OPT,
+    runs_dir: Optional[Path] = _RUNS_DIR_OPT,
+    out_file: Optional[Path] = typer.Option(
+        None, "--out", metavar="FILE", help="Report path; default: evals/ beside the checkpoint."
+    ),
+    overrides: list[str] = _SET_OPT,
+    quiet: bool = _QUIET_OPT,
+) -> None:
+    """Evaluate a saved model: clean, FGSM, PGD-20, CW-20, AutoAttack, plus robench's checks.
+
+    Rerun the same command after an interruption to resume (AutoAttack included).
+    """
+    from robench.evaluation import execute_eval, plan_eval
+    from robench.progress import NullReporter, RichReporter
+
+    flags = _eval_flags(attack, eps, norm, n_eval, eps_sweep, seed, device, data_root, runs_dir)
+    plan = plan_eval(checkpoint, config_file=config, flags=flags, overrides=overrides, out=out_file)
+    run_plan = plan.run
+    out.print(Text(
+        f"robench eval: {plan.checkpoint.run_id} ({run_plan.names['arch']} on {run_plan.names['data']}), "
+        f"{run_plan.threat}, {len(run_plan.suite)} attack(s), {run_plan.device}"
+    ), soft_wrap=True)
+    if quiet:
+        report, path, _ = execute_eval(plan, NullReporter())
+    else:
+        with RichReporter(err) as reporter:
+            report, path, _ = execute_eval(plan, reporter)
+    _print_evaluation(f"{report.dataset}, {run_plan.threat}", report.accuracy, report.eval)
+    out.print(f"test images: {report.eval['n']}   wall time: {report.wall_time_s:.1f} s")
+    out.print(Text(f"report: {path}"), soft_wrap=True)
 
 
 @app.command("list")

@@ -1,13 +1,17 @@
 """Run configuration: preset < YAML file < CLI flags < ``--set`` overrides.
 
-A configuration is a nested mapping. Plugin sections (``data``, ``arch``, ``defense``,
-``attack``) hold a ``name`` and that plugin's hyperparameters; when a later layer
-names a different plugin, the earlier layer's hyperparameters for that section are
-dropped, since they belonged to the other plugin. Values are validated against typed
-dataclasses (:mod:`robench.params`); nothing is ever ``eval``-ed.
+A configuration is a nested mapping. Plugin sections (``data``, ``arch``, ``defense``)
+hold a ``name`` and that plugin's hyperparameters; when a later layer names a different
+plugin, the earlier layer's hyperparameters for that section are dropped, since they
+belonged to the other plugin. ``attacks`` is the evaluation suite, a list of plugin
+names (``pgd-20``) or mappings (``{name: pgd, steps: 50, restarts: 5}``); a later
+layer replaces the whole list. Values are validated against typed dataclasses
+(:mod:`robench.params`); nothing is ever ``eval``-ed.
 
-The base layer is the preset named ``default`` in the ``robench.presets`` entry-point
-group (the built-in plugins ship the digits run there), so the core names no plugin.
+The base layers are presets from the ``robench.presets`` entry-point group, so the
+core names no plugin: ``default`` first (the built-in plugins ship the digits run and
+the standard evaluation suite there), then, if one exists, the preset named after the
+chosen dataset (its usual training schedule and suite).
 """
 from __future__ import annotations
 
@@ -32,8 +36,9 @@ PLUGIN_SECTIONS: dict[str, str] = {  # config section -> plugin kind
     "data": "dataset",
     "arch": "architecture",
     "defense": "defense",
-    "attack": "attack",
 }
+#: the evaluation suite: a list of attack plugins, run in order on the points still robust
+SUITE_SECTION, SUITE_KIND = "attacks", "attack"
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,10 @@ class TrainConfig:
 class EvalConfig:
     batch_size: int = param(512, ge=1)
     n_eval: int | None = param(None, ge=1, help="evaluate on a fixed-seed subset of this size")
+    checks: bool = param(True, help="run robench's gradient-masking checks (PGD at eps 0, eps sweep, large eps)")
+    check_n: int = param(500, ge=1, help="points the checks use (the first of the evaluated ones)")
+    eps_sweep: bool = param(False, help="also record PGD-20 accuracy versus eps")
+    sweep_eps: tuple[str, ...] = param((), help='eps values of the sweep, e.g. ["0", "4/255"]; empty: 0 to 2x eps')
 
 
 @dataclass(frozen=True)
@@ -73,12 +82,13 @@ class RunConfig:
     data: PluginChoice
     arch: PluginChoice
     defense: PluginChoice
-    attack: PluginChoice
+    attacks: tuple[PluginChoice, ...]
     threat: ThreatConfig
     train: TrainConfig
     eval: EvalConfig
     data_root: str | None = None
     results_dir: str | None = None
+    runs_dir: str | None = None
     download: bool = False
 
 
@@ -88,6 +98,7 @@ class _Settings:
     device: str = param("auto", help="auto, cpu, cuda or cuda:N")
     data_root: str | None = None
     results_dir: str | None = None
+    runs_dir: str | None = None
     download: bool = param(False, help="download the dataset if it is missing")
 
 
@@ -95,7 +106,7 @@ _SETTING_KEYS = [f.name for f in dataclasses.fields(_Settings)]
 TOP_LEVEL_KEYS = (
     _SETTING_KEYS
     + list(PLUGIN_SECTIONS)
-    + ["threat", "train", "eval"]
+    + [SUITE_SECTION, "threat", "train", "eval"]
 )
 
 
@@ -172,6 +183,14 @@ def _as_section(value: Any, key: str, origin: str) -> dict[str, Any]:
     return dict(value)
 
 
+def _as_suite(value: Any, origin: str) -> list[Any]:
+    if isinstance(value, (str, Mapping)):
+        value = [value]
+    if not isinstance(value, Sequence) or not value:
+        raise ConfigError(f"{origin}: {SUITE_SECTION} must be a non-empty list of attacks, got {value!r}")
+    return [dict(item) if isinstance(item, Mapping) else item for item in value]
+
+
 def merge(base: dict[str, Any], layer: Mapping[str, Any], origin: str) -> dict[str, Any]:
     """``layer`` over ``base``; a new plugin name discards the old plugin's params."""
     out = copy.deepcopy(base)
@@ -192,6 +211,8 @@ def merge(base: dict[str, Any], layer: Mapping[str, Any], origin: str) -> dict[s
                 out[key] = new
             else:
                 out[key] = {**old, **new}
+        elif key == SUITE_SECTION:
+            out[key] = _as_suite(value, origin)
         elif key in ("threat", "train", "eval"):
             out[key] = {**(out.get(key) or {}), **_as_section(value, key, origin)}
         else:
@@ -205,13 +226,36 @@ def resolve(
     overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Merge all layers into one raw mapping (not yet validated)."""
-    raw = merge({}, load_preset("default"), "preset 'default'")
+    return resolve_over(merge({}, load_preset("default"), "preset 'default'"), config_file, flags, overrides)
+
+
+def resolve_over(
+    base: Mapping[str, Any],
+    config_file: str | Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    dataset_preset: bool = True,
+) -> dict[str, Any]:
+    """``base`` < the chosen dataset's preset (if ``dataset_preset``) < YAML < flags < ``--set``."""
+    layers: list[tuple[Mapping[str, Any], str]] = []
     if config_file is not None:
-        raw = merge(raw, load_yaml(config_file), str(config_file))
+        layers.append((load_yaml(config_file), str(config_file)))
     if flags:
-        raw = merge(raw, flags, "command line")
+        layers.append((flags, "command line"))
     if overrides:
-        raw = merge(raw, parse_set(overrides), "--set")
+        layers.append((parse_set(overrides), "--set"))
+    raw = dict(base)
+    for layer, origin in layers:
+        raw = merge(raw, layer, origin)
+    if not dataset_preset:
+        return raw
+    name = (raw.get("data") or {}).get("name") if isinstance(raw.get("data"), Mapping) else None
+    preset = load_preset(normalize_name(name)) if isinstance(name, str) and name.strip() else {}
+    if preset and normalize_name(name) != "default":
+        raw = merge(dict(base), preset, f"preset '{normalize_name(name)}'")
+        for layer, origin in layers:
+            raw = merge(raw, layer, origin)
     return raw
 
 
@@ -228,6 +272,17 @@ def validate(raw: Mapping[str, Any]) -> RunConfig:
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(f"{section}.name: choose a {kind} plugin (robench list {kind})")
         choices[section] = PluginChoice(name.strip(), value)
+    suite = []
+    for i, item in enumerate(raw.get(SUITE_SECTION) or []):
+        value = {"name": item} if isinstance(item, str) else dict(item) if isinstance(item, Mapping) else {}
+        name = value.pop("name", None)
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(
+                f"{SUITE_SECTION}[{i}]: give an attack name or {{name: ..., param: value}}, got {item!r}"
+            )
+        suite.append(PluginChoice(name.strip(), value))
+    if not suite:
+        raise ConfigError(f"{SUITE_SECTION}: choose at least one attack (robench list attack)")
     threat = build_params(ThreatConfig, raw.get("threat") or {}, "threat")
     train = build_params(TrainConfig, raw.get("train") or {}, "train")
     evaluation = build_params(EvalConfig, raw.get("eval") or {}, "eval")
@@ -237,8 +292,10 @@ def validate(raw: Mapping[str, Any]) -> RunConfig:
         threat=threat,
         train=train,
         eval=evaluation,
+        attacks=tuple(suite),
         data_root=settings.data_root,
         results_dir=settings.results_dir,
+        runs_dir=settings.runs_dir,
         download=settings.download,
         **choices,
     )
@@ -246,7 +303,7 @@ def validate(raw: Mapping[str, Any]) -> RunConfig:
 
 def config_hash(resolved: Mapping[str, Any]) -> str:
     """Identifies the experiment: the resolved config without seed, device and paths."""
-    ignore = {"seed", "device", "data_root", "results_dir", "download"}
+    ignore = {"seed", "device", "data_root", "results_dir", "runs_dir", "download"}
     payload = {k: v for k, v in resolved.items() if k not in ignore}
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -56,5 +56,5 @@ def ensure_writable(folder: str | Path) -> Path:
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:
-        raise UserError(f"results folder {folder} is not writable: {exc.strerror or exc}") from None
+        raise UserError(f"folder {folder} is not writable: {exc.strerror or exc}") from None
     return folder

@@ -1,9 +1,13 @@
 """Where results and data live; never relative to the current working directory.
 
-Order: ``--results-dir`` / ``results_dir`` in the config, then ``$ROBENCH_RESULTS``,
-then the ``leaderboards/`` folder of the source checkout robench runs from (an
-editable install, as in the README), else ``$XDG_DATA_HOME/robench`` (default
-``~/.local/share/robench``).
+Results (records and leaderboards): ``--results-dir`` / ``results_dir`` in the config,
+then ``$ROBENCH_RESULTS``, then the ``leaderboards/`` folder of the source checkout
+robench runs from (an editable install, as in the README), else
+``$XDG_DATA_HOME/robench`` (default ``~/.local/share/robench``).
+
+Run artifacts (checkpoints, evaluation reports and state): ``--runs-dir`` / ``runs_dir``,
+then ``$ROBENCH_RUNS``, then ``runs/`` in the source checkout (git-ignored), else
+``$XDG_DATA_HOME/robench/runs``.
 """
 from __future__ import annotations
 
@@ -34,6 +38,19 @@ def results_root(explicit: str | os.PathLike[str] | None = None) -> Path:
         return checkout / "leaderboards"
     data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data_home) / "robench"
+
+
+def runs_root(explicit: str | os.PathLike[str] | None = None) -> Path:
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    env = os.environ.get("ROBENCH_RUNS")
+    if env:
+        return Path(env).expanduser().resolve()
+    checkout = source_checkout()
+    if checkout is not None:
+        return checkout / "runs"
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "robench" / "runs"
 
 
 def data_root(explicit: str | os.PathLike[str] | None = None) -> Path:

@@ -104,3 +104,16 @@ def pgd(
 def cross_entropy_loss(y: Tensor) -> Callable[[Tensor], Tensor]:
     """Summed CE against labels ``y``: the inner loss of PGD and PGD-AT."""
     return lambda logits: F.cross_entropy(logits, y, reduction="sum")
+
+
+def margin_loss(y: Tensor) -> Callable[[Tensor], Tensor]:
+    """Summed Carlini-Wagner margin, best wrong logit minus true logit (to maximise).
+
+    Unlike cross-entropy it does not saturate: its gradient stays informative on
+    over-confident points, where the softmax rounds to one and CE's gradient to zero.
+    """
+    def loss(logits: Tensor) -> Tensor:
+        true = logits.gather(1, y[:, None]).squeeze(1)
+        wrong = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))
+        return (wrong.max(1).values - true).sum()
+    return loss

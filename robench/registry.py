@@ -12,6 +12,7 @@ robench's own distribution wins, then the alphabetically first distribution; a
 from __future__ import annotations
 
 import importlib.metadata as md
+import re
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any
 
 from robench import api_version
 from robench.api import Architecture, Attack, Dataset, Defense, Plugin
-from robench.errors import PluginLoadError, UnknownPluginError, UserError
+from robench.errors import ConfigError, PluginLoadError, UnknownPluginError, UserError
 from robench.params import build_params, suggest
 
 #: The distribution whose plugins win name conflicts.
@@ -54,6 +55,17 @@ def split_variant(name: str) -> tuple[str | None, str]:
     if not sep or not family or not variant:
         return None, name
     return family, variant
+
+
+_COUNT = re.compile(r"^(?P<base>.*?[^-_\d])[-_]?(?P<count>\d+)$")
+
+
+def split_count(name: str) -> tuple[str | None, int]:
+    """``pgd-20`` -> (``pgd``, 20); a name without a numeric suffix -> (None, 0)."""
+    match = _COUNT.match(name.strip())
+    if match is None:
+        return None, 0
+    return match["base"], int(match["count"])
 
 
 def normalize_name(name: str) -> str:
@@ -160,6 +172,9 @@ class Registry:
         family, _ = split_variant(name)
         if family is not None and normalize_name(family) in self._winners:
             return self._winners[normalize_name(family)]
+        base, _ = split_count(name)
+        if base is not None and normalize_name(base) in self._winners:
+            return self._winners[normalize_name(base)]
         known = self.names()
         hint = suggest(key, known)
         if not hint:
@@ -196,30 +211,51 @@ class Registry:
             self._loaded[entry.key] = self._load_entry(entry)
         return self._loaded[entry.key]
 
-    def canonical_name(self, name: str) -> str:
-        """The registered spelling, e.g. ``PGD_AT`` -> ``pgd-at``, ``TIMM/resnet18`` -> ``timm/resnet18``."""
-        entry = self.entry(name)
+    def _implied(self, name: str, cls: type[Plugin], entry: PluginEntry) -> dict[str, Any]:
+        """The parameter a ``FAMILY/VARIANT`` or ``NAME-N`` spelling sets, if any."""
+        if normalize_name(name) in self._winners:
+            return {}
         family, variant = split_variant(name)
-        if family is not None and normalize_name(name) not in self._winners:
+        if family is not None:
+            if not cls.variant_param:
+                raise UnknownPluginError(
+                    f"{self.kind.name} '{entry.name}' has no variants, so {name!r} is unknown"
+                )
+            return {cls.variant_param: variant}
+        _, count = split_count(name)
+        if not cls.count_param:
+            raise UnknownPluginError(
+                f"{self.kind.name} '{entry.name}' takes no count suffix, so {name!r} is unknown"
+            )
+        return {cls.count_param: count}
+
+    def canonical_name(self, name: str) -> str:
+        """The registered spelling: ``PGD_AT`` -> ``pgd-at``, ``TIMM/resnet18`` ->
+        ``timm/resnet18``, ``PGD20`` -> ``pgd-20``."""
+        entry = self.entry(name)
+        if normalize_name(name) in self._winners:
+            return entry.name
+        family, variant = split_variant(name)
+        if family is not None:
             return f"{entry.name}/{variant}"
-        return entry.name
+        return f"{entry.name}-{split_count(name)[1]}"
 
     def create(self, name: str, params: Mapping[str, Any] | None = None, where: str = "") -> Plugin:
         """Load ``name``, build its Params from ``params`` and instantiate it.
 
-        ``FAMILY/VARIANT`` names set the family plugin's ``variant_param``.
+        ``FAMILY/VARIANT`` names set the family plugin's ``variant_param``; ``NAME-N``
+        names set its ``count_param`` (an explicit value in ``params`` must agree).
         """
         cls = self.load(name)
         entry = self.entry(name)
         section = where or self.kind.name
         values = dict(params or {})
-        family, variant = split_variant(name)
-        if family is not None and normalize_name(name) not in self._winners:
-            if not cls.variant_param:
-                raise UnknownPluginError(
-                    f"{self.kind.name} '{entry.name}' has no variants, so {name!r} is unknown"
+        for key, value in self._implied(name, cls, entry).items():
+            if key in values and values[key] != value:
+                raise ConfigError(
+                    f"{section}: {name!r} sets {key}={value}, but {key}={values[key]!r} is given too"
                 )
-            values[cls.variant_param] = variant
+            values[key] = value
         built = build_params(cls.Params, values, section)
         try:
             return cls(built)

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 import robench
-from robench.api import Architecture, Attack, DataSplits, Dataset, Defense, Plugin
-from robench.config import PLUGIN_SECTIONS, PluginChoice, RunConfig, config_hash
-from robench.engine.evaluate import EvalResult, evaluate
+from robench.api import Architecture, DataSplits, Dataset, Defense, Plugin
+from robench.checkpoint import save_checkpoint
+from robench.config import PLUGIN_SECTIONS, SUITE_SECTION, PluginChoice, RunConfig, config_hash
 from robench.engine.train import EpochStats, train
 from robench.errors import ConfigError, DataNotFoundError, PluginLoadError, RobenchError, UserError
 from robench.io import ensure_writable
@@ -26,8 +26,9 @@ from robench.leaderboard import refresh_leaderboard
 from robench.flops import count_macs
 from robench.model import NormalizedClassifier, count_parameters
 from robench.params import params_to_dict
-from robench.paths import data_root, results_root, source_checkout
+from robench.paths import data_root, results_root, runs_root, source_checkout
 from robench.progress import NullReporter, Reporter
+from robench.protocol import SuiteEntry, check_sweep, create_suite, run_protocol
 from robench.records import RunRecord, SkippedRecord, new_run_id, write_record
 from robench.registry import get_registry
 from robench.seeding import make_generator, seed_everything
@@ -44,11 +45,12 @@ class RunPlan:
     dataset: Dataset
     arch: Architecture
     defense: Defense
-    attack: Attack
+    suite: list[SuiteEntry]
     names: dict[str, str]
     threat: ThreatModel
     device: torch.device
     results_root: Path
+    runs_root: Path
     resolved: dict[str, Any] = field(default_factory=dict)
 
 
@@ -56,6 +58,7 @@ class RunPlan:
 class RunOutcome:
     record: RunRecord
     record_path: Path
+    checkpoint_path: Path
     leaderboard_path: Path
     skipped: list[SkippedRecord]
 
@@ -79,12 +82,16 @@ def _create(section: str, choice: PluginChoice) -> tuple[Plugin, str]:
     return plugin, registry.canonical_name(choice.name)
 
 
-def plan_run(config: RunConfig) -> RunPlan:
-    """Resolve plugins and the threat model; every bad input fails here, before work starts."""
+def plan_run(config: RunConfig, sections: tuple[str, ...] = tuple(PLUGIN_SECTIONS)) -> RunPlan:
+    """Resolve plugins and the threat model; every bad input fails here, before work starts.
+
+    ``sections`` limits which plugins are built (``robench eval`` needs no defense).
+    """
     plugins: dict[str, Plugin] = {}
     names: dict[str, str] = {}
-    for section in PLUGIN_SECTIONS:
+    for section in sections:
         plugins[section], names[section] = _create(section, getattr(config, section))
+    suite = create_suite(config.attacks)
     dataset = plugins["data"]
     assert isinstance(dataset, Dataset)
     default = getattr(dataset, "threat_model", None)
@@ -97,27 +104,33 @@ def plan_run(config: RunConfig) -> RunPlan:
         )
     except ConfigError as exc:
         raise ConfigError(f"threat: {exc}") from None
+    if threat.value == 0:
+        raise ConfigError("threat: eps must be > 0 (eps 0 is clean accuracy, which every run reports)")
+    check_sweep(config.eval, threat)
     resolved: dict[str, Any] = {
         "seed": config.seed,
         "device": config.device,
-        **{s: {"name": names[s], **params_to_dict(plugins[s].params)} for s in PLUGIN_SECTIONS},
+        **{s: {"name": names[s], **params_to_dict(plugins[s].params)} for s in sections},
+        SUITE_SECTION: [{"name": e.name, **e.params} for e in suite],
         "threat": {"norm": threat.norm, "eps": threat.eps},
         "train": params_to_dict(config.train),
         "eval": params_to_dict(config.eval),
         "data_root": config.data_root,
         "results_dir": config.results_dir,
+        "runs_dir": config.runs_dir,
         "download": config.download,
     }
     return RunPlan(
         config=config,
         dataset=dataset,
         arch=plugins["arch"],  # type: ignore[arg-type]
-        defense=plugins["defense"],  # type: ignore[arg-type]
-        attack=plugins["attack"],  # type: ignore[arg-type]
+        defense=plugins.get("defense"),  # type: ignore[arg-type]
+        suite=suite,
         names=names,
         threat=threat,
         device=resolve_device(config.device),
         results_root=ensure_writable(results_root(config.results_dir)),
+        runs_root=ensure_writable(runs_root(config.runs_dir)),
         resolved=resolved,
     )
 
@@ -201,10 +214,12 @@ def _params(plan: RunPlan, section: str) -> dict[str, Any]:
 def execute(plan: RunPlan, reporter: Reporter | None = None) -> RunOutcome:
     reporter = reporter or NullReporter()
     cfg = plan.config
+    names = plan.names
+    run_id = new_run_id(names["defense"], names["arch"], cfg.seed)
     started = time.perf_counter()
     seed_everything(cfg.seed)
     model = build_model(plan)  # before the data: a bad architecture fails in seconds
-    splits = load_data(plan.dataset, plan.names["data"], data_root(cfg.data_root), download=cfg.download)
+    splits = load_data(plan.dataset, names["data"], data_root(cfg.data_root), download=cfg.download)
     if plan.device.type != "cpu":  # the whole uint8 split lives on the GPU; batches are drawn there
         splits = DataSplits(*(s.to(plan.device) if s is not None else None for s in (splits.train, splits.test, splits.val)))
     gen = make_generator(cfg.seed)
@@ -213,14 +228,16 @@ def execute(plan: RunPlan, reporter: Reporter | None = None) -> RunOutcome:
         device=plan.device, generator=gen, augment=lambda x: plan.dataset.augment(x, gen),
         reporter=reporter,
     )
-    result: EvalResult = evaluate(
-        model, splits.test, [plan.attack], plan.threat,
-        batch_size=cfg.eval.batch_size, device=plan.device,
-        generator=make_generator(cfg.seed, plan.device), n_eval=cfg.eval.n_eval, reporter=reporter,
+    run_dir = plan.runs_root / run_id
+    checkpoint = save_checkpoint(
+        run_dir / "model.pt", model, config=plan.resolved, run_id=run_id, epoch=len(history)
     )
-    names = plan.names
+    outcome = run_protocol(
+        model, splits.test, plan.suite, plan.threat, cfg.eval,
+        device=plan.device, seed=cfg.seed, reporter=reporter, state_dir=run_dir / "eval-state",
+    )
     record = RunRecord(
-        run_id=new_run_id(names["defense"], names["arch"], cfg.seed),
+        run_id=run_id,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         robench_version=robench.__version__,
         git_commit=git_commit(),
@@ -235,12 +252,8 @@ def execute(plan: RunPlan, reporter: Reporter | None = None) -> RunOutcome:
         threat={"norm": plan.threat.norm, "eps": plan.threat.eps, "eps_value": plan.threat.value},
         seed=cfg.seed,
         train=plan.resolved["train"],
-        eval={
-            "split": "test",
-            "n": result.n,
-            "attacks": [{"label": plan.attack.label(), **plan.resolved["attack"]}],
-        },
-        accuracy=result.accuracy,
+        eval=outcome.record_section(plan.suite),
+        accuracy=outcome.result.accuracy,
         history=[vars(h) for h in history],
         wall_time_s=round(time.perf_counter() - started, 3),
         device=device_label(plan.device),
@@ -254,4 +267,4 @@ def execute(plan: RunPlan, reporter: Reporter | None = None) -> RunOutcome:
     board, skipped = refresh_leaderboard(
         plan.results_root, record.dataset, record.threat_slug, str(plan.threat)
     )
-    return RunOutcome(record, record_path, board, skipped)
+    return RunOutcome(record, record_path, checkpoint, board, skipped)

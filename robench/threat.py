@@ -35,7 +35,11 @@ def normalize_norm(norm: str) -> str:
 
 @dataclass(frozen=True)
 class ThreatModel:
-    """An Lp ball of radius ``eps`` around each input, intersected with the [0,1] box."""
+    """An Lp ball of radius ``eps`` around each input, intersected with the [0,1] box.
+
+    eps 0 is allowed (the clean point of an eps sweep, a sanity check); a run's threat
+    model must have eps > 0, which :func:`robench.run.plan_run` enforces.
+    """
 
     norm: str
     eps: str
@@ -43,15 +47,19 @@ class ThreatModel:
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", normalize_norm(self.norm))
         frac = parse_fraction(self.eps)
-        if self.norm == "Linf" and not 0 < frac <= 1:
-            raise ConfigError(f"eps must lie in (0, 1] for Linf, got {self.eps}")
-        if frac <= 0:
-            raise ConfigError(f"eps must be > 0, got {self.eps}")
+        if self.norm == "Linf" and not 0 <= frac <= 1:
+            raise ConfigError(f"eps must lie in [0, 1] for Linf, got {self.eps}")
+        if frac < 0:
+            raise ConfigError(f"eps must be >= 0, got {self.eps}")
         object.__setattr__(self, "eps", str(self.eps).strip())
 
     @property
     def value(self) -> float:
         return float(parse_fraction(self.eps))
+
+    def scaled(self, factor: Fraction | int) -> ThreatModel:
+        """The same norm with ``factor`` times the budget, still exact (2 * 8/255 -> 16/255)."""
+        return ThreatModel(self.norm, str(parse_fraction(self.eps) * Fraction(factor)))
 
     @property
     def slug(self) -> str:

@@ -25,3 +25,28 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600)
 def results(tmp_path: Path) -> Path:
     """A results folder outside the repository, so tests never touch leaderboards/."""
     return tmp_path / "results"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _runs_outside_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Checkpoints of test runs go to a temp folder (subprocesses inherit it), not runs/."""
+    os.environ["ROBENCH_RUNS"] = str(tmp_path_factory.mktemp("runs"))
+
+
+@pytest.fixture(scope="session")
+def standard_digits():
+    """(plan, model, test split): smallcnn after 4 epochs of standard training on digits,
+    accurate and breakable. Shared: tests must leave it in eval mode, weights untouched."""
+    import torch
+
+    from robench.config import TrainConfig, resolve, validate
+    from robench.engine.train import train
+    from robench.run import build_model, plan_run
+
+    plan = plan_run(validate(resolve(None, {"defense": {"name": "standard"}})))
+    torch.manual_seed(0)
+    model = build_model(plan)
+    splits = plan.dataset.load(None, 0)
+    train(model, plan.defense, splits.train, plan.threat, TrainConfig(epochs=4, batch_size=64, lr=0.1),
+          device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
+    return plan, model.eval(), splits.test

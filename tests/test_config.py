@@ -15,7 +15,8 @@ def test_default_yaml_reproduces_the_default_run() -> None:
     no_args = plan_run(validate(resolve()))
     from_yaml = plan_run(validate(resolve(REPO / "configs" / "digits" / "default.yaml")))
     assert no_args.resolved == from_yaml.resolved
-    assert no_args.names == {"data": "digits", "arch": "smallcnn", "defense": "pgd-at", "attack": "pgd"}
+    assert no_args.names == {"data": "digits", "arch": "smallcnn", "defense": "pgd-at"}
+    assert [e.attack.label() for e in no_args.suite] == ["FGSM", "PGD-20", "CW-20", "APGD-CE", "APGD-T"]
 
 
 def test_layers_override_in_order(tmp_path: Path) -> None:
@@ -26,7 +27,7 @@ def test_layers_override_in_order(tmp_path: Path) -> None:
     assert run.seed == 3                       # YAML over preset
     assert run.train.lr == pytest.approx(0.2)  # YAML kept where nothing overrides it
     assert run.train.epochs == 11              # --set over flag over YAML
-    assert run.train.batch_size == load_preset()["train"]["batch_size"]  # preset kept
+    assert run.train.batch_size == load_preset("digits")["train"]["batch_size"]  # dataset preset kept
     assert run.defense.params == {"steps": 4, "step_size": "1/16"}
     plan = plan_run(run)
     assert plan.defense.params.step_size == pytest.approx(1 / 16)  # fractions are parsed exactly
@@ -77,8 +78,8 @@ def test_validation_errors_name_the_key(overrides: list[str], message: str) -> N
 
 
 def test_plugin_params_validated_before_any_work() -> None:
-    with pytest.raises(ConfigError, match="attack.restarts: must be >= 1"):
-        plan_run(validate(resolve(None, None, ["attack.restarts=0"])))
+    with pytest.raises(ConfigError, match=r"attacks\[1\] \(pgd\).restarts: must be >= 1"):
+        plan_run(validate(resolve(None, None, ["attacks=[fgsm, {name: pgd, restarts: 0}]"])))
 
 
 def test_yaml_must_be_a_mapping(tmp_path: Path) -> None:

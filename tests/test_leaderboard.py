@@ -1,13 +1,14 @@
 """Markdown leaderboards from real run records."""
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from pathlib import Path
 
 import pytest
 
 from robench.config import resolve, validate
-from robench.leaderboard import leaderboard_frame, refresh_leaderboard
+from robench.leaderboard import UNRELIABLE, leaderboard_frame, refresh_leaderboard, render_markdown
 from robench.records import RunRecord, load_records
 from robench.run import execute, plan_run
 
@@ -15,7 +16,7 @@ from robench.run import execute, plan_run
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("board")
-    base = ["train.epochs=1", "attack.steps=2", "eval.n_eval=90", f"results_dir={root}"]
+    base = ["train.epochs=1", "attacks=[pgd-2]", "eval.n_eval=90", f"results_dir={root}"]
     for extra in (["seed=0", "defense.steps=1"], ["seed=1", "defense.steps=1"], ["seed=0", "defense.name=standard"]):
         execute(plan_run(validate(resolve(None, None, [*base, *extra]))))
     return root
@@ -56,3 +57,19 @@ def test_markdown_regenerates_byte_for_byte(results: Path) -> None:
     assert again == path and path.read_bytes() == first and not skipped
     text = first.decode()
     assert text.startswith("# digits, Linf eps=3/16") and "Rank |" in text and "do not edit" in text
+
+
+def test_flagged_evaluations_are_marked_potentially_unreliable(results: Path) -> None:
+    records = _records(results)
+    assert all(r.eval["flags"] == [] and r.eval["reliable"] for r in records)
+    flag = "APGD-T: there are 3 points with zero gradient! This might lead to unreliable evaluation"
+    flagged = [dataclasses.replace(r, eval={**r.eval, "flags": [flag], "reliable": False})
+               if r.defense["name"] == "standard" else r for r in records]
+    df = leaderboard_frame(flagged)
+    evaluation = dict(zip(df["Defense"], df["Evaluation"]))
+    assert evaluation == {"standard": UNRELIABLE, "pgd-at": "ok"}
+    text = render_markdown(flagged, "t", "src")
+    standard = next(r for r in flagged if r.defense["name"] == "standard")
+    assert f"`{standard.run_id}` (standard, smallcnn, config {standard.config_hash}): {flag}" in text
+    assert list(df.columns)[-4:] == ["Seeds", "Epochs", "Evaluation", "Config"]
+    assert "Worst case (%)" in df.columns

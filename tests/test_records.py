@@ -16,7 +16,7 @@ from robench.run import execute, plan_run
 def record(tmp_path_factory: pytest.TempPathFactory) -> RunRecord:
     root = tmp_path_factory.mktemp("rec")
     plan = plan_run(validate(resolve(None, None, [
-        "train.epochs=1", "defense.steps=1", "attack.steps=2", "eval.n_eval=50", f"results_dir={root}"])))
+        "train.epochs=1", "defense.steps=1", "attacks=[pgd-2]", "eval.n_eval=50", f"results_dir={root}"])))
     return execute(plan).record
 
 

@@ -497,3 +497,25 @@ def test_variant_of_a_plugin_without_variants_is_unknown() -> None:
         get_registry("architecture").create("smallcnn/big")
     with pytest.raises(UnknownPluginError):
         get_registry("architecture").create("nosuchfamily/x")
+
+
+@pytest.mark.parametrize("spelling, steps", [("pgd-20", 20), ("PGD100", 100), ("pgd_7", 7)])
+def test_count_suffix_sets_the_count_param(spelling: str, steps: int) -> None:
+    registry = get_registry("attack")
+    attack = registry.create(spelling)
+    assert attack.params.steps == steps and attack.label() == f"PGD-{steps}"
+    assert registry.canonical_name(spelling) == f"pgd-{steps}"
+    assert registry.create(f"cw-{steps}").label() == f"CW-{steps}"
+
+
+def test_count_suffix_needs_a_count_param_and_agreement() -> None:
+    from robench.errors import ConfigError
+
+    registry = get_registry("attack")
+    with pytest.raises(UnknownPluginError, match="takes no count suffix"):
+        registry.create("fgsm-3")
+    with pytest.raises(ConfigError, match="steps=10 is given too"):
+        registry.create("pgd-20", {"steps": 10})
+    assert registry.create("pgd-20", {"steps": 20}).params.steps == 20
+    # a registered name that ends in digits is never split
+    assert get_registry("architecture").canonical_name("wrn-34-10") == "wrn-34-10"

@@ -217,7 +217,7 @@ def test_run_with_third_party_defense_and_architecture(plugin_site: Path, tmp_pa
     proc = robench_cli(
         plugin_site, results,
         "run", "--defense", "acme-noise", "--arch", "acme-mlp", "--epochs", "1",
-        "--set", "attack.steps=2", "-q",
+        "--attack", "pgd-2", "-q",
     )
     assert proc.returncode == 0, proc.stderr
     # the broken distribution is never imported for a run that does not name it
@@ -231,7 +231,7 @@ def test_run_with_third_party_defense_and_architecture(plugin_site: Path, tmp_pa
     assert rec["arch"]["num_params"] == ACME_MLP_PARAMS  # acme's build() made the model
     assert rec["dataset"] == "digits"
     assert rec["train"]["epochs"] == 1 and len(rec["history"]) == 1
-    assert list(rec["accuracy"]) == ["clean", "PGD-2"]
+    assert list(rec["accuracy"]) == ["clean", "PGD-2", "worst case"]
     assert rec["accuracy"]["clean"] > 20.0  # it trained: well above the 10 % of guessing
 
     boards = sorted(results.glob("digits-*.md"))

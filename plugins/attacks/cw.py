@@ -8,19 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from torch import Tensor
 
+from robench.perturb import margin_loss
 from robench_plugins.attacks.pgd import PGD
-
-
-def margin_loss(y: Tensor) -> Callable[[Tensor], Tensor]:
-    """Summed CW margin: the best wrong logit minus the true logit (to maximise)."""
-    def loss(logits: Tensor) -> Tensor:
-        true = logits.gather(1, y[:, None]).squeeze(1)
-        wrong = logits.masked_fill(torch.nn.functional.one_hot(y, logits.shape[1]).bool(), float("-inf"))
-        return (wrong.max(1).values - true).sum()
-    return loss
 
 
 class CW(PGD):

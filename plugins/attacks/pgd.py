@@ -27,6 +27,7 @@ class PGDParams:
 
 class PGD(Attack):
     Params = PGDParams
+    count_param = "steps"  # pgd-20, pgd-100
 
     name: str = "PGD"
 

@@ -3,38 +3,58 @@
 A point counts as robust after attack k only if it was classified correctly clean and
 under attacks 1..k; the last entry is therefore the worst case over the suite, and
 later (usually stronger, slower) attacks run on ever fewer points.
+
+With a ``state_dir`` the evaluation is resumable: the per-example flags are saved
+after every attack, and whole-set attacks (AutoAttack) keep their own state file
+there, so a rerun after a crash continues where it stopped.
 """
 from __future__ import annotations
 
+import json
+import re
+import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from robench.api import Attack, TensorSplit
 from robench.engine.batches import iterate_batches
+from robench.io import atomic_write_text
 from robench.progress import NullReporter, Reporter
 from robench.threat import ThreatModel
+
+WORST_CASE = "worst case"
+_STATE_FILE = "suite.json"
 
 
 @dataclass(frozen=True)
 class EvalResult:
-    #: percent accuracy: "clean", then one entry per attack label (cumulative worst case).
+    #: percent: "clean", one cumulative entry per attack label, then ``WORST_CASE``
     accuracy: dict[str, float]
     n: int
+    #: reliability warnings raised by the attacks (AutoAttack's sanity checks)
+    flags: list[str] = field(default_factory=list)
+    #: which evaluated points survived every attack, in the order of ``indices``
+    robust: Tensor | None = None
+    indices: Tensor | None = None
 
 
 @torch.no_grad()
-def _predict(model: nn.Module, split: TensorSplit, idx: Tensor, batch_size: int, device: torch.device) -> Tensor:
-    preds = [
-        model(x).argmax(1).cpu()
-        for x, _ in iterate_batches(split, batch_size, device=device, indices=idx)
+def predict_correct(
+    model: nn.Module, split: TensorSplit, idx: Tensor, batch_size: int, device: torch.device
+) -> Tensor:
+    """Boolean flags (on the CPU): is ``split[idx]`` classified correctly."""
+    flags = [
+        (model(x).argmax(1) == y).cpu()
+        for x, y in iterate_batches(split, batch_size, device=device, indices=idx)
     ]
-    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+    return torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)
 
 
-def _percent(flags: Tensor) -> float:
+def percent(flags: Tensor) -> float:
     """Exact percentage from integer counts (no float32 rounding noise in records)."""
     return 100.0 * int(flags.sum()) / len(flags) if len(flags) else 0.0
 
@@ -47,6 +67,56 @@ def subset_indices(n_total: int, n_eval: int | None, seed: int = 0) -> Tensor:
     return torch.randperm(n_total, generator=gen)[:n_eval].sort().values
 
 
+def attack_generator(seed: int, index: int, device: torch.device) -> torch.Generator:
+    """Attack ``index`` of the suite draws from its own stream, so its result does not
+    depend on which attacks ran before it (or were restored from a saved state)."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed * 1_000_003 + index)
+    return gen
+
+
+def _file_safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
+class _SuiteState:
+    """Per-attack robust flags on disk, so a rerun skips the attacks already done."""
+
+    def __init__(self, folder: Path | None, n: int) -> None:
+        self.folder, self.n = folder, n
+        self.done: list[dict[str, object]] = []
+        path = folder / _STATE_FILE if folder is not None else None
+        if path is not None and path.is_file():
+            try:
+                saved = json.loads(path.read_text(encoding="utf-8"))
+                if saved.get("n") == n:
+                    self.done = list(saved["done"])
+            except (OSError, ValueError, KeyError, TypeError):
+                self.done = []  # unreadable state: start over, never crash on it
+
+    def restored(self, position: int, label: str) -> tuple[Tensor, list[str]] | None:
+        """The flags saved for attack ``position`` and the warnings it raised then."""
+        if position < len(self.done) and self.done[position].get("label") == label:
+            entry = self.done[position]
+            bits = entry.get("robust", "")
+            if isinstance(bits, str) and len(bits) == self.n and set(bits) <= {"0", "1"}:
+                return torch.tensor([b == "1" for b in bits], dtype=torch.bool), list(entry.get("flags", []))
+        del self.done[position:]  # the suite changed from here on: redo the rest
+        return None
+
+    def save(self, label: str, robust: Tensor, messages: list[str]) -> None:
+        bits = "".join("1" if b else "0" for b in robust.tolist())
+        self.done.append({"label": label, "robust": bits, "flags": messages})
+        if self.folder is not None:
+            payload = json.dumps({"n": self.n, "done": self.done})
+            atomic_write_text(self.folder / _STATE_FILE, payload)
+
+    def attack_state(self, position: int, label: str) -> Path | None:
+        if self.folder is None:
+            return None
+        return self.folder / f"{position}-{_file_safe(label)}.state.json"
+
+
 def evaluate(
     model: nn.Module,
     split: TensorSplit,
@@ -55,34 +125,60 @@ def evaluate(
     *,
     batch_size: int,
     device: torch.device,
-    generator: torch.Generator,
+    seed: int = 0,
     n_eval: int | None = None,
     reporter: Reporter | None = None,
+    state_dir: Path | None = None,
 ) -> EvalResult:
+    """Clean accuracy, then each attack on the points that survived the ones before.
+
+    ``state_dir`` (optional) must be specific to this model and suite; it is removed
+    when the evaluation completes.
+    """
     reporter = reporter or NullReporter()
     was_training = model.training
     model.eval()
     idx = subset_indices(len(split), n_eval)
     n = len(idx)
-    task = reporter.task("eval clean", 1)
-    robust = _predict(model, split, idx, batch_size, device) == split.y[idx.to(split.y.device)].cpu()
-    task.advance()
+    task = reporter.task("eval clean", n)
+    robust = predict_correct(model, split, idx, batch_size, device)
+    task.advance(n)
     task.done()
-    accuracy = {"clean": _percent(robust)}
-    for attack in attacks:
+    accuracy = {"clean": percent(robust)}
+    state = _SuiteState(state_dir, n)
+    flags: list[str] = []
+    for position, attack in enumerate(attacks):
         label = attack.label()
-        todo = idx[robust]
-        task = reporter.task(f"eval {label}", max(len(todo), 1))
-        still = torch.zeros(len(todo), dtype=torch.bool)
-        pos = 0
-        for x, y in iterate_batches(split, batch_size, device=device, indices=todo):
-            x_adv = attack.perturb(model, x, y, threat, generator=generator)
-            with torch.no_grad():
-                still[pos : pos + len(y)] = (model(x_adv).argmax(1) == y).cpu()
-            pos += len(y)
-            task.advance(len(y))
-        task.done()
-        robust[robust.clone()] = still
-        accuracy[label] = _percent(robust)
+        saved = state.restored(position, label)
+        if saved is not None:
+            robust, messages = saved
+        else:
+            todo = idx[robust]
+            gen = attack_generator(seed, position, device)
+            still = torch.zeros(len(todo), dtype=torch.bool)
+            task = reporter.task(f"eval {label}", max(len(todo), 1))
+            if attack.whole_set and len(todo):
+                x = split.images(todo.to(split.x.device)).to(device)
+                y = split.y[todo.to(split.y.device)].to(device)
+                still[:] = attack.still_correct(
+                    model, x, y, threat, generator=gen, state_path=state.attack_state(position, label)
+                ).cpu()
+                task.advance(len(todo))
+            else:
+                pos = 0
+                for x, y in iterate_batches(split, batch_size, device=device, indices=todo):
+                    still[pos : pos + len(y)] = attack.still_correct(model, x, y, threat, generator=gen).cpu()
+                    pos += len(y)
+                    task.advance(len(y))
+            task.done()
+            robust = robust.clone()
+            robust[robust.clone()] = still
+            messages = attack.flags()
+            state.save(label, robust, messages)
+        accuracy[label] = percent(robust)
+        flags.extend(f"{label}: {m}" for m in messages if f"{label}: {m}" not in flags)
+    accuracy[WORST_CASE] = percent(robust)
+    if state_dir is not None:
+        shutil.rmtree(state_dir, ignore_errors=True)
     model.train(was_training)
-    return EvalResult(accuracy, n)
+    return EvalResult(accuracy, n, flags, robust, idx)

@@ -1,33 +1,24 @@
 """Attack plugins on a really trained digits model: budgets, strength order, AutoAttack."""
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
 import torch
 
-from robench.config import TrainConfig, resolve, validate
 from robench.engine.evaluate import evaluate
-from robench.engine.train import train
 from robench.registry import get_registry
-from robench.run import build_model, plan_run
 from robench.threat import ThreatModel
 
 ALL = ("fgsm", "pgd", "cw", "apgd-ce", "apgd-t", "autoattack")
 SMALL = {"pgd": {"steps": 10}, "cw": {"steps": 10}}
 
 
-@pytest.fixture(scope="module")
-def trained():
-    """smallcnn with standard training on digits: accurate, and breakable."""
-    plan = plan_run(validate(resolve(None, {"defense": {"name": "standard"}})))
-    torch.manual_seed(0)
-    model = build_model(plan)
-    splits = plan.dataset.load(None, 0)
-    train(model, plan.defense, splits.train, plan.threat, TrainConfig(epochs=4, batch_size=64, lr=0.1),
-          device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
-    model.eval()
-    return model, splits.test
+@pytest.fixture
+def trained(standard_digits):
+    _, model, test = standard_digits
+    return model, test
 
 
 def _attack(name: str, **params):
@@ -53,12 +44,11 @@ def test_strength_order_and_autoattack_really_runs(trained, caplog: pytest.LogCa
     model, test = trained
     threat = ThreatModel("Linf", "1/16")
     acc = {}
-    gen = torch.Generator().manual_seed(0)
     for name in ("fgsm", "pgd", "autoattack"):
         attack = get_registry("attack").create(name, {"steps": 20} if name == "pgd" else {})
         with caplog.at_level(logging.INFO, logger="auto-attack"):
             result = evaluate(model, test, [attack], threat, batch_size=500,
-                              device=torch.device("cpu"), generator=gen, n_eval=60)
+                              device=torch.device("cpu"), n_eval=60)
         acc["clean"], acc[name] = result.accuracy["clean"], result.accuracy[attack.label()]
     assert acc["autoattack"] <= acc["pgd"] <= acc["fgsm"] <= acc["clean"]
     assert acc["clean"] > 80 and acc["fgsm"] < acc["clean"]
@@ -75,7 +65,7 @@ def test_autoattack_is_seeded(trained) -> None:
 
 
 def test_cw_margin_is_best_wrong_minus_true() -> None:
-    from robench_plugins.attacks.cw import margin_loss
+    from robench.perturb import margin_loss
 
     logits = torch.tensor([[2.0, 5.0, 1.0], [0.0, -1.0, 3.0]])
     y = torch.tensor([1, 0])
@@ -91,3 +81,49 @@ def test_autoattack_params_are_checked() -> None:
         get_registry("attack").create("autoattack", {"version": "custom", "attacks": ["apgd-xx"]})
     assert get_registry("attack").create("apgd-t").label() == "APGD-T"
     assert get_registry("attack").create("autoattack").label() == "AutoAttack"
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class _DiesAfter(torch.nn.Module):
+    """The trained model, but the process 'crashes' after ``calls`` forward passes."""
+
+    def __init__(self, net: torch.nn.Module, calls: int) -> None:
+        super().__init__()
+        self.net, self.left = net, calls
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.left -= 1
+        if self.left < 0:
+            raise _Interrupted
+        return self.net(x)
+
+
+def test_autoattack_resumes_from_its_state_file(trained, tmp_path) -> None:
+    model, test = trained
+    threat = ThreatModel("Linf", "1/16")
+    x, y = test.images(slice(0, 80)), test.y[:80]
+    suite = {"version": "custom", "attacks": ["apgd-ce", "apgd-t"]}
+    full = _attack("autoattack", **suite).still_correct(model, x, y, threat)
+    one_call = _attack("autoattack", **suite).perturb(model, x, y, threat)
+    with torch.no_grad():
+        assert torch.equal(full, model(one_call).argmax(1) == y)  # staged == AutoAttack in one call
+
+    ce_only = _DiesAfter(model, 10**9)
+    _attack("autoattack", version="custom", attacks=["apgd-ce"]).still_correct(ce_only, x, y, threat)
+    ce_calls = 10**9 - ce_only.left
+
+    state = tmp_path / "aa-state.json"
+    with pytest.raises(_Interrupted):  # dies inside APGD-T, after APGD-CE finished
+        _attack("autoattack", **suite).still_correct(_DiesAfter(model, ce_calls + 20), x, y, threat, state_path=state)
+    saved = json.loads(state.read_text())
+    assert saved["stages"] == ["apgd-ce", "apgd-t"] and saved["done"] == ["apgd-ce"]
+    after_ce = torch.tensor([b == "1" for b in saved["robust"]])
+    assert 0 < int(after_ce.sum()) < len(y)  # APGD-CE's progress is on disk
+
+    calls = _DiesAfter(model, 10**9)
+    resumed = _attack("autoattack", **suite).still_correct(calls, x, y, threat, state_path=state)
+    assert torch.equal(resumed, full)  # same result as the uninterrupted run
+    assert 10**9 - calls.left < 1000  # APGD-CE was not run again (APGD-T alone: ~9 x 100 passes)

@@ -1,0 +1,140 @@
+"""``robench eval``: evaluate a saved model under the evaluation protocol.
+
+The checkpoint carries the config that built the model, so only what changes is
+given: the suite (default: the ``default`` preset's, i.e. the standard suite with
+AutoAttack), the threat model, the subset, the sweep. Nothing about the original run
+record changes; the result is an evaluation report (one JSON file, never overwritten)
+next to the checkpoint or at ``--out``. An interrupted evaluation resumes where it
+stopped when rerun with the same settings (state under the runs folder).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import robench
+from robench.checkpoint import Checkpoint, file_digest, load_checkpoint
+from robench.config import SUITE_SECTION, load_preset, resolve_over, validate
+from robench.errors import UserError
+from robench.io import atomic_write_text
+from robench.paths import data_root
+from robench.progress import NullReporter, Reporter
+from robench.protocol import ProtocolResult, run_protocol
+from robench.run import RunPlan, build_model, device_label, git_commit, load_data, plan_run
+
+REPORT_SCHEMA_VERSION = 1
+#: what a checkpoint's config contributes; the rest comes from the defaults and flags
+_FROM_CHECKPOINT = ("seed", "data", "arch", "defense", "threat", "train")
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    created: str
+    robench_version: str
+    git_commit: str | None
+    checkpoint: str
+    checkpoint_sha256: str
+    source_run_id: str
+    dataset: str
+    arch: str
+    defense: str
+    threat: dict[str, Any]
+    seed: int
+    eval: dict[str, Any]
+    accuracy: dict[str, float]
+    wall_time_s: float
+    device: str
+    config: dict[str, Any]
+    schema_version: int = REPORT_SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+
+
+@dataclass
+class EvalPlan:
+    checkpoint_path: Path
+    checkpoint: Checkpoint
+    digest: str
+    run: RunPlan
+    out_path: Path
+    state_dir: Path
+
+
+def _stamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+
+
+def plan_eval(
+    checkpoint_path: Path,
+    *,
+    config_file: Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    overrides: Sequence[str] = (),
+    out: Path | None = None,
+) -> EvalPlan:
+    path = checkpoint_path.expanduser().resolve()
+    ckpt = load_checkpoint(path)
+    defaults = load_preset("default")
+    base = {k: ckpt.config[k] for k in _FROM_CHECKPOINT if k in ckpt.config}
+    base[SUITE_SECTION] = defaults.get(SUITE_SECTION)
+    base["eval"] = defaults.get("eval", {})
+    raw = resolve_over(base, config_file, flags, overrides, dataset_preset=False)
+    plan = plan_run(validate(raw), sections=("data", "arch"))
+    digest = file_digest(path)
+    key = json.dumps(
+        [digest, plan.resolved[SUITE_SECTION], plan.resolved["threat"], plan.resolved["eval"], plan.resolved["seed"]],
+        sort_keys=True, default=str,
+    )
+    state_dir = plan.runs_root / "eval-state" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    out_path = (out.expanduser().resolve() if out is not None
+                else path.parent / "evals" / f"{_stamp()}-{plan.threat.slug}.json")
+    if out_path.exists():
+        raise UserError(f"{out_path} exists already; not overwriting (choose another --out)")
+    return EvalPlan(path, ckpt, digest, plan, out_path, state_dir)
+
+
+def execute_eval(plan: EvalPlan, reporter: Reporter | None = None) -> tuple[EvalReport, Path, ProtocolResult]:
+    reporter = reporter or NullReporter()
+    run = plan.run
+    started = time.perf_counter()
+    model = build_model(run)
+    try:
+        model.load_state_dict(plan.checkpoint.state_dict)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UserError(f"{plan.checkpoint_path}: weights do not fit {run.names['arch']}: {first}") from None
+    model.to(run.device)
+    splits = load_data(run.dataset, run.names["data"], data_root(run.config.data_root), download=run.config.download)
+    test = splits.test.to(run.device) if run.device.type != "cpu" else splits.test
+    outcome = run_protocol(
+        model, test, run.suite, run.threat, run.config.eval,
+        device=run.device, seed=run.config.seed, reporter=reporter, state_dir=plan.state_dir,
+    )
+    config = plan.checkpoint.config
+    report = EvalReport(
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        robench_version=robench.__version__,
+        git_commit=git_commit(),
+        checkpoint=str(plan.checkpoint_path),
+        checkpoint_sha256=plan.digest,
+        source_run_id=plan.checkpoint.run_id,
+        dataset=run.names["data"],
+        arch=run.names["arch"],
+        defense=str((config.get("defense") or {}).get("name", "unknown")),
+        threat={"norm": run.threat.norm, "eps": run.threat.eps, "eps_value": run.threat.value},
+        seed=run.config.seed,
+        eval=outcome.record_section(run.suite),
+        accuracy=outcome.result.accuracy,
+        wall_time_s=round(time.perf_counter() - started, 3),
+        device=device_label(run.device),
+        config=run.resolved,
+    )
+    path = atomic_write_text(plan.out_path, report.to_json(), overwrite=False)
+    return report, path, outcome
