@@ -153,8 +153,7 @@ class AutoAttackSuite(Attack):
             stages = list(runner.attacks_to_run)  # type: ignore[attr-defined]
             robust, done = _load_state(state_path, stages, len(y))
             if robust is None:
-                with torch.no_grad():
-                    robust = (model(x).argmax(1) == y).cpu()
+                robust = self._correct(model, x, y)
             for stage in stages:
                 if stage in done:
                     continue
@@ -162,14 +161,19 @@ class AutoAttackSuite(Attack):
                 if len(idx):
                     runner.attacks_to_run = [stage]  # type: ignore[attr-defined]
                     x_adv = self._call(runner, x[idx.to(x.device)], y[idx.to(y.device)], threat)
-                    with torch.no_grad():
-                        still = (model(x_adv).argmax(1) == y[idx.to(y.device)]).cpu()
+                    still = self._correct(model, x_adv, y[idx.to(y.device)])
                     robust[idx] = still
                     if stage == "square" and len(done) > 0:
                         self._check_square(int((~still).sum()), len(y))
                 done.append(stage)
                 _save_state(state_path, stages, done, robust)
         return robust.to(y.device)
+
+    @torch.no_grad()
+    def _correct(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """Correctness flags on the CPU, in batches (a whole test set at once would not fit)."""
+        bs = self.params.batch_size
+        return torch.cat([(model(x[i : i + bs]).argmax(1) == y[i : i + bs]).cpu() for i in range(0, len(y), bs)])
 
     def _check_square(self, broken: int, n: int) -> None:
         if n and broken / n > 0.002:

@@ -127,3 +127,27 @@ def test_autoattack_resumes_from_its_state_file(trained, tmp_path) -> None:
     resumed = _attack("autoattack", **suite).still_correct(calls, x, y, threat, state_path=state)
     assert torch.equal(resumed, full)  # same result as the uninterrupted run
     assert 10**9 - calls.left < 1000  # APGD-CE was not run again (APGD-T alone: ~9 x 100 passes)
+
+
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_pgd_plugin_without_random_start_equals_a_reference_loop(norm: str) -> None:
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 3, (8,))
+    eps, step = (0.1, 0.03) if norm == "Linf" else (0.5, 0.2)
+    attack = _attack("pgd", steps=5, step_size=step, random_start=False)
+    got = attack.perturb(model, x, y, ThreatModel(norm, str(eps)))
+    ref = x.clone()  # the textbook loop, written out independently of robench.perturb
+    for _ in range(5):
+        ref.requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(model(ref), y, reduction="sum"), ref)
+        if norm == "Linf":
+            ref = torch.min(torch.max(ref.detach() + step * g.sign(), x - eps), x + eps).clamp(0, 1)
+        else:
+            g_norm = g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)  # a zero gradient stays put
+            delta = ref.detach() + step * g / g_norm - x
+            d_norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+            ref = (x + delta * torch.clamp(eps / d_norm, max=1.0)).clamp(0, 1)
+    assert torch.allclose(got, ref, atol=1e-6)
