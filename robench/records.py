@@ -81,14 +81,15 @@ class RunRecord:
         return cls(**data)
 
 
-def _file_safe(text: str) -> str:
+def file_safe(text: str) -> str:
+    """A name usable as a file name everywhere (``timm/vit`` -> ``timm_vit``)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
 
 
 def new_run_id(defense: str, arch: str, seed: int) -> str:
     """Sortable by time, readable, unique, and safe as a file name (``timm/vit`` -> ``timm_vit``)."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    return f"{stamp}-{_file_safe(defense)}-{_file_safe(arch)}-s{seed}-{secrets.token_hex(3)}"
+    return f"{stamp}-{file_safe(defense)}-{file_safe(arch)}-s{seed}-{secrets.token_hex(3)}"
 
 
 def record_dir(results_root: Path, dataset: str, threat_slug: str) -> Path:

@@ -11,7 +11,6 @@ there, so a rerun after a crash continues where it stopped.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from robench.api import Attack, TensorSplit
 from robench.engine.batches import iterate_batches
 from robench.io import atomic_write_text
 from robench.progress import NullReporter, Reporter
+from robench.records import file_safe
 from robench.threat import ThreatModel
 
 WORST_CASE = "worst case"
@@ -75,10 +75,6 @@ def attack_generator(seed: int, index: int, device: torch.device) -> torch.Gener
     return gen
 
 
-def _file_safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
-
-
 class _SuiteState:
     """Per-attack robust flags on disk, so a rerun skips the attacks already done."""
 
@@ -114,7 +110,7 @@ class _SuiteState:
     def attack_state(self, position: int, label: str) -> Path | None:
         if self.folder is None:
             return None
-        return self.folder / f"{position}-{_file_safe(label)}.state.json"
+        return self.folder / f"{position}-{file_safe(label)}.state.json"
 
 
 def evaluate(
@@ -171,8 +167,9 @@ def evaluate(
                     pos += len(y)
                     task.advance(len(y))
             task.done()
-            robust = robust.clone()
-            robust[robust.clone()] = still
+            updated = robust.clone()
+            updated[robust] = still
+            robust = updated
             messages = attack.flags()
             state.save(label, robust, messages)
         accuracy[label] = percent(robust)
