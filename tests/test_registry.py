@@ -28,6 +28,8 @@ from robench.registry import (
 )
 
 ROBENCH_LABEL = f"robench {robench.__version__}"
+#: The defenses robench itself registers.
+BUILTIN_DEFENSES = {"standard", "pgd-at", "trades", "mart"}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -141,6 +143,8 @@ def _defense_eps(eps: list[md.EntryPoint]) -> list[md.EntryPoint]:
         ("architecture", "smallcnn", Architecture),
         ("defense", "standard", Defense),
         ("defense", "pgd-at", Defense),
+        ("defense", "trades", Defense),
+        ("defense", "mart", Defense),
         ("attack", "pgd", Attack),
     ],
 )
@@ -160,7 +164,7 @@ def test_builtins_are_discovered_through_entry_points(kind: str, name: str, base
 
 
 def test_builtin_names_per_kind_exactly() -> None:
-    assert {"standard", "pgd-at"} <= set(get_registry("defense").names())
+    assert BUILTIN_DEFENSES <= set(get_registry("defense").names())
     assert "pgd" in get_registry("attack").names()
     assert "pgd" not in get_registry("defense").names()  # kinds do not leak into each other
     assert "digits" not in get_registry("architecture").names()
@@ -316,13 +320,13 @@ def test_check_reports_broken_ones_and_loads_the_others(broken_eps) -> None:
     builtin = list(md.entry_points(group="robench.defenses"))
     registry = Registry(KINDS["defense"], entry_points=eps + builtin)
     statuses = {s.entry.name: s for s in registry.check()}  # must not raise
-    assert set(statuses) == set(BROKEN_REASONS) | {"fine", "minor-newer", "exploding", "pgd-at", "standard"}
+    assert set(statuses) == set(BROKEN_REASONS) | {"fine", "minor-newer", "exploding"} | BUILTIN_DEFENSES
     for name, reason in BROKEN_REASONS.items():
         status = statuses[name]
         assert status.plugin is None, name
         assert status.error is not None and reason in status.error and "broken-dist 0.3" in status.error
         assert status.shadowed_by is None
-    for name in ("fine", "minor-newer", "exploding", "pgd-at", "standard"):
+    for name in sorted({"fine", "minor-newer", "exploding"} | BUILTIN_DEFENSES):
         status = statuses[name]
         assert status.error is None, status.error
         assert isinstance(status.plugin, type) and issubclass(status.plugin, Defense)
@@ -457,7 +461,7 @@ def test_conflict_robench_own_distribution_wins(site: Site, order: str) -> None:
     # "aaa-dist" sorts before "robench": only the home-distribution rule makes robench win
     impostor = _defense_eps(site.dist("aaa-dist", "9.9", {"robench.defenses": {"PGD_AT": f"{impostor_mod}:Good"}}))
     home = [ep for ep in md.distribution("robench").entry_points if ep.group == "robench.defenses"]
-    assert {ep.name for ep in home} == {"pgd-at", "standard"}
+    assert {ep.name for ep in home} == BUILTIN_DEFENSES
     eps = home + impostor if order == "robench-first" else impostor + home
     registry = Registry(KINDS["defense"], entry_points=eps)
     message = _discover_with_one_conflict(registry)

@@ -27,11 +27,19 @@ class PGDATParams:
 class PGDAT(Defense):
     Params = PGDATParams
 
-    def loss(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> LossOutput:
+    def adversary(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> Tensor:
+        """The inner maximisation, separate from the outer loss so that each can be
+        checked, timed or swapped on its own (eval-mode BN, frozen weights)."""
         p: PGDATParams = self.params  # type: ignore[assignment]
         step = p.step_size or default_step_size(threat.value, p.steps)
         with attack_mode(model):
             start = random_start(x, threat) if p.random_start else x
-            x_adv = pgd(model, x, threat, cross_entropy_loss(y), steps=p.steps, step_size=step, start=start)
+            return pgd(model, x, threat, cross_entropy_loss(y), steps=p.steps, step_size=step, start=start)
+
+    def objective(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> LossOutput:
+        """The outer loss given the adversaries, with the model in train mode as called."""
         logits = model(x_adv)
         return LossOutput(F.cross_entropy(logits, y), logits)
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> LossOutput:
+        return self.objective(model, x, self.adversary(model, x, y, threat), y)
