@@ -40,7 +40,7 @@ How to run
     python benchmarks/autoattack_overhead.py --n-eval 40     # quick check
     python benchmarks/autoattack_overhead.py --repeats 3     # median of 3 per variant
     python benchmarks/autoattack_overhead.py --version custom --attacks apgd-ce apgd-t
-    python benchmarks/autoattack_overhead.py --checkpoint runs/<run-id>/model.pt
+    python benchmarks/autoattack_overhead.py --checkpoint runs/<run-id>/last.pt
 """
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Time robench's AutoAttack path against pyautoattack called directly.",
         epilog="See the module docstring (benchmarks/autoattack_overhead.py) for details.",
     )
-    p.add_argument("--checkpoint", type=Path, help="a robench model.pt; default: train the default digits model here")
+    p.add_argument("--checkpoint", type=Path, help="a robench checkpoint (best.pt or last.pt); default: train the default digits model here")
     p.add_argument("--n-eval", type=int, default=None, metavar="N",
                    help="evaluate robench's fixed subset of N test points (default: all)")
     p.add_argument("--repeats", type=int, default=1,

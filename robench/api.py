@@ -136,6 +136,11 @@ class Defense(Plugin):
     called with the model in train mode and must leave it so.
     """
 
+    #: The validation accuracy that picks the ``best`` checkpoint: ``"val_pgd"`` (the
+    #: robust-overfitting convention of Rice et al.) or ``"val_clean"`` (for defenses
+    #: that do not aim at robustness, whose PGD accuracy is near zero every epoch).
+    selection_metric: ClassVar[str] = "val_pgd"
+
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> LossOutput:
         raise NotImplementedError
 

@@ -3,6 +3,10 @@
 Saved atomically; loaded with ``torch.load(weights_only=True)``, which unpickles
 tensors and plain containers only, so a checkpoint from an untrusted source cannot
 run code. The config inside lets ``robench eval`` rebuild the exact model.
+
+A run keeps two: ``best.pt`` (highest validation PGD accuracy, with those metrics)
+and ``last.pt``, which also carries the training state that ``--resume`` needs
+(optimizer, RNG states, epoch, history): plain tensors and containers as well.
 """
 from __future__ import annotations
 
@@ -30,10 +34,21 @@ class Checkpoint:
     config: dict[str, Any]
     run_id: str
     epoch: int
+    #: validation metrics at this epoch (``val_clean``, ``val_pgd``), when known
+    metrics: dict[str, Any] | None = None
+    #: what resuming needs (only in ``last.pt``): optimizer, RNG states, history
+    train_state: dict[str, Any] | None = None
 
 
 def save_checkpoint(
-    path: Path, model: nn.Module, *, config: dict[str, Any], run_id: str, epoch: int
+    path: Path,
+    model: nn.Module,
+    *,
+    config: dict[str, Any],
+    run_id: str,
+    epoch: int,
+    metrics: dict[str, Any] | None = None,
+    train_state: dict[str, Any] | None = None,
 ) -> Path:
     payload = {
         "format": FORMAT,
@@ -42,6 +57,8 @@ def save_checkpoint(
         "epoch": epoch,
         "config": config,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "metrics": metrics,
+        "train_state": train_state,
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -73,7 +90,10 @@ def load_checkpoint(path: Path) -> Checkpoint:
         )
     if payload.get("version") != VERSION:
         raise UserError(f"{path}: checkpoint version {payload.get('version')!r}, this robench reads {VERSION}")
-    return Checkpoint(payload["state_dict"], payload["config"], str(payload["run_id"]), int(payload["epoch"]))
+    return Checkpoint(
+        payload["state_dict"], payload["config"], str(payload["run_id"]), int(payload["epoch"]),
+        payload.get("metrics"), payload.get("train_state"),
+    )
 
 
 def _unpickler_detail(message: str) -> str:

@@ -156,15 +156,20 @@ def run(
     runs_dir: Optional[Path] = _RUNS_DIR_OPT,
     overrides: list[str] = _SET_OPT,
     download: bool = typer.Option(False, "--download", help="Download the dataset if it is missing."),
+    resume: Optional[str] = typer.Option(
+        None, "--resume", metavar="RUN",
+        help="Continue an interrupted run (its id, folder or last.pt) with its own config.",
+    ),
     quiet: bool = _QUIET_OPT,
 ) -> None:
-    """Train a model with a defense, evaluate it, record the run and refresh the leaderboard.
+    """Train a model with a defense, evaluate its best and last checkpoints, record the run
+    and refresh the leaderboard.
 
     With no options: PGD-AT on the embedded digits dataset with a small CNN (CPU, about a minute).
     """
     from robench.config import resolve, validate
     from robench.progress import NullReporter, RichReporter
-    from robench.run import execute, plan_run
+    from robench.run import execute, plan_resume, plan_run
 
     flags = _eval_flags(attack, eps, norm, n_eval, eps_sweep, seed, device, data_root, runs_dir)
     for section, value in (("defense", defense), ("arch", arch), ("data", data)):
@@ -177,22 +182,47 @@ def run(
     if results_dir is not None:
         flags["results_dir"] = str(results_dir)
 
-    plan = plan_run(validate(resolve(config, flags, overrides)))
-    out.print(
-        f"[bold]robench run[/]: {plan.names['defense']} on {plan.names['data']} with "
-        f"{plan.names['arch']}, {plan.threat}, seed {plan.config.seed}, {plan.device}"
-    )
-    if quiet:
-        outcome = execute(plan, NullReporter())
+    checkpoint = None
+    if resume is not None:
+        changed = sorted(k for k in flags if k not in ("device", "data_root", "runs_dir", "results_dir"))
+        if config is not None or overrides or changed:
+            given = ["--config"] * (config is not None) + ["--set"] * bool(overrides) + changed
+            raise typer.BadParameter(
+                f"continues a run with its own config; it cannot change {', '.join(given)}", param_hint="--resume"
+            )
+        plan, checkpoint = plan_resume(resume, {k: v for k, v in flags.items()})
+        done = len((checkpoint.train_state or {}).get("history", []))
+        out.print(Text(f"robench run --resume: {plan.run_id}, after epoch {done} of {plan.config.train.epochs}"),
+                  soft_wrap=True)
     else:
-        with RichReporter(err) as reporter:
-            outcome = execute(plan, reporter)
+        plan = plan_run(validate(resolve(config, flags, overrides)))
+        out.print(
+            f"[bold]robench run[/]: {plan.names['defense']} on {plan.names['data']} with "
+            f"{plan.names['arch']}, {plan.threat}, seed {plan.config.seed}, {plan.device}"
+        )
+    out.print(Text(f"run folder:  {plan.run_dir}"), soft_wrap=True)
+    try:
+        if quiet:
+            outcome = execute(plan, NullReporter(), resume=checkpoint)
+        else:
+            with RichReporter(err) as reporter:
+                outcome = execute(plan, reporter, resume=checkpoint)
+    except KeyboardInterrupt:
+        if (plan.run_dir / "last.pt").is_file():
+            err.print(Text(f"interrupted; continue with: robench run --resume {plan.run_id}"), soft_wrap=True)
+        raise
 
     rec = outcome.record
-    _print_evaluation(f"{rec.dataset}, {plan.threat}", rec.accuracy, rec.eval)
+    _print_evaluation(f"{rec.dataset}, {plan.threat}, {rec.selected} checkpoint (epoch "
+                      f"{rec.checkpoints[rec.selected]['epoch']})", rec.accuracy, rec.eval)
+    other = "last" if rec.selected == "best" else "best"
+    if other in rec.checkpoints:
+        acc = rec.checkpoints[other]["accuracy"]
+        out.print(f"{other} checkpoint (epoch {rec.checkpoints[other]['epoch']}): "
+                  f"clean {acc['clean']:.2f}, worst case {acc['worst case']:.2f}")
     out.print(f"test images: {rec.eval['n']}   wall time: {rec.wall_time_s:.1f} s")
     out.print(Text(f"record:      {outcome.record_path}"), soft_wrap=True)
-    out.print(Text(f"checkpoint:  {outcome.checkpoint_path}"), soft_wrap=True)
+    out.print(Text(f"checkpoints: {outcome.run_dir} (best.pt, last.pt, log.jsonl)"), soft_wrap=True)
     out.print(Text(f"leaderboard: {outcome.leaderboard_path}"), soft_wrap=True)
     for skipped in outcome.skipped:
         err.print(Text(f"warning: skipped invalid record {skipped.path}: {skipped.reason}"))
@@ -201,7 +231,7 @@ def run(
 @app.command("eval")
 def eval_checkpoint(
     checkpoint: Path = typer.Option(
-        ..., "--checkpoint", metavar="PATH", help="A model.pt written by robench run.", show_default=False
+        ..., "--checkpoint", metavar="PATH", help="A best.pt or last.pt written by robench run.", show_default=False
     ),
     config: Optional[Path] = _CONFIG_OPT,
     attack: Optional[list[str]] = _ATTACK_OPT,

@@ -48,7 +48,20 @@ class TrainConfig:
     lr: float = param(0.1, gt=0, help="peak learning rate of SGD")
     momentum: float = param(0.9, ge=0, lt=1)
     weight_decay: float = param(5e-4, ge=0)
-    schedule: Literal["cosine", "constant"] = param("cosine", help="learning-rate schedule")
+    nesterov: bool = param(False, help="Nesterov momentum")
+    schedule: Literal["piecewise", "cosine", "onecycle", "constant"] = param(
+        "cosine", help="learning-rate schedule, set per step"
+    )
+    milestones: tuple[int, ...] = param(
+        (), help="piecewise: lr *= gamma once this many epochs are done, e.g. [100, 105]"
+    )
+    gamma: float = param(0.1, gt=0, help="piecewise: factor at each milestone")
+    peak: float = param(0.4, gt=0, lt=1, help="onecycle: fraction of the run at which lr peaks")
+    eps_warmup_epochs: int = param(0, ge=0, help="ramp the training eps linearly from 0 over this many epochs")
+    val_steps: int = param(10, ge=1, help="steps of the PGD attack on the validation split after each epoch")
+    select: Literal["best", "last"] = param(
+        "best", help="checkpoint the record reports: best validation PGD accuracy, or the last epoch"
+    )
 
 
 @dataclass(frozen=True)

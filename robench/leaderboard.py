@@ -1,7 +1,8 @@
 """Leaderboards built with pandas from run records, never edited by hand.
 
 Runs are grouped by (defense, architecture, config hash): the same experiment under
-different seeds. Each accuracy shows mean +- sample std over seeds. Rows rank by the
+different seeds. Each run reports one checkpoint (``best`` by validation accuracy or
+``last``, per ``train.select``; the record keeps both), named in the Checkpoint column. Each accuracy shows mean +- sample std over seeds. Rows rank by the
 worst case over the evaluation suite (the last column). A row whose evaluation raised
 any flag (AutoAttack's sanity checks, robench's gradient-masking checks) is marked
 "potentially unreliable" and its flags are listed under the table. The markdown holds
@@ -57,6 +58,7 @@ def leaderboard_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
             "arch": rec.arch["name"],
             "config": rec.config_hash,
             "epochs": rec.train.get("epochs"),
+            "checkpoint": rec.selected,
             "seed": rec.seed,
             "flags": len(_flags(rec)),
         }
@@ -65,7 +67,10 @@ def leaderboard_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     rank_metric = metrics[-1]
     grouped = df.groupby(["defense", "arch", "config"], sort=True)
-    table = grouped.agg(epochs=("epochs", "first"), seeds=("seed", "nunique"), flags=("flags", "sum"))
+    table = grouped.agg(
+        epochs=("epochs", "first"), seeds=("seed", "nunique"), flags=("flags", "sum"),
+        checkpoint=("checkpoint", lambda s: ", ".join(sorted(set(s)))),
+    )
     table["evaluation"] = table["flags"].map(lambda k: UNRELIABLE if k else "ok")
     table["_rank"] = grouped[rank_metric].mean()
     table["_clean"] = grouped["clean"].mean() if "clean" in df else 0.0
@@ -75,7 +80,7 @@ def leaderboard_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
         ["_rank", "_clean", "defense", "arch", "config"], ascending=[False, False, True, True, True]
     )
     table.insert(0, "rank", range(1, len(table) + 1))
-    out = table[["rank", "defense", "arch", *metrics, "seeds", "epochs", "evaluation", "config"]]
+    out = table[["rank", "defense", "arch", *metrics, "seeds", "epochs", "checkpoint", "evaluation", "config"]]
     return out.rename(
         columns={
             "rank": "Rank",
@@ -83,6 +88,7 @@ def leaderboard_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
             "arch": "Architecture",
             "seeds": "Seeds",
             "epochs": "Epochs",
+            "checkpoint": "Checkpoint",
             "config": "Config",
             "evaluation": "Evaluation",
             **{m: {"clean": "Clean", WORST_CASE: "Worst case"}.get(m, m) + " (%)" for m in metrics},
@@ -91,7 +97,7 @@ def leaderboard_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
 
 
 def _alignment(df: pd.DataFrame) -> list[str]:
-    text_columns = {"Defense", "Architecture", "Config", "Evaluation"}
+    text_columns = {"Defense", "Architecture", "Checkpoint", "Config", "Evaluation"}
     return ["left" if c in text_columns else "right" for c in df.columns]
 
 

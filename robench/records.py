@@ -16,7 +16,9 @@ from typing import Any
 
 from robench.io import atomic_write_text
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: the checkpoints a run evaluates: best validation PGD accuracy, and the last epoch
+CHECKPOINT_NAMES = ("best", "last")
 
 
 @dataclass(frozen=True)
@@ -31,14 +33,21 @@ class RunRecord:
     threat: dict[str, Any]
     seed: int
     train: dict[str, Any]
+    #: the reported checkpoint's evaluation section (suite, flags, checks, sweep)
     eval: dict[str, Any]
-    #: percent; "clean" first, then one cumulative entry per attack (last = worst case)
+    #: the reported checkpoint's accuracies in percent: "clean" first, then one
+    #: cumulative entry per attack (the last is the worst case)
     accuracy: dict[str, float]
     history: list[dict[str, Any]]
     wall_time_s: float
     device: str
     config_hash: str
     config: dict[str, Any]
+    #: "best" and/or "last": {"epoch", "val_clean", "val_pgd", "accuracy", "eval"} each
+    checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: which checkpoint ``accuracy`` and ``eval`` repeat (train.select, or "last" without
+    #: a validation split); leaderboards report it
+    selected: str = "last"
     schema_version: int = SCHEMA_VERSION
     notes: list[str] = field(default_factory=list)
 
@@ -55,7 +64,9 @@ class RunRecord:
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version == 1:
+            data = _from_v1(data)
+        elif version != SCHEMA_VERSION:
             raise ValueError(f"schema_version {version!r}, expected {SCHEMA_VERSION}")
         names = {f.name: f for f in dataclasses.fields(cls)}
         missing = [n for n, f in names.items() if n not in data and f.default is dataclasses.MISSING
@@ -78,7 +89,21 @@ class RunRecord:
             raise ValueError("accuracy must map names to percentages in [0, 100]")
         if not {"norm", "eps"} <= set(data["threat"]):
             raise ValueError("threat needs norm and eps")
+        checkpoints = data.get("checkpoints") or {}
+        if not isinstance(checkpoints, dict) or not set(checkpoints) <= set(CHECKPOINT_NAMES):
+            raise ValueError(f"checkpoints must map {' and/or '.join(CHECKPOINT_NAMES)} to results")
+        selected = data.get("selected", "last")
+        if checkpoints and (selected not in checkpoints or checkpoints[selected].get("accuracy") != data["accuracy"]):
+            raise ValueError(f"accuracy does not match the selected checkpoint {selected!r}")
         return cls(**data)
+
+
+def _from_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 records evaluated the last epoch only."""
+    data = {**data, "schema_version": SCHEMA_VERSION, "selected": "last"}
+    epochs = (data.get("train") or {}).get("epochs") if isinstance(data.get("train"), dict) else None
+    data["checkpoints"] = {"last": {"epoch": epochs, "accuracy": data.get("accuracy"), "eval": data.get("eval")}}
+    return data
 
 
 def file_safe(text: str) -> str:

@@ -5,10 +5,12 @@ any data is loaded or any step is trained; :func:`execute` does the work.
 """
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +18,14 @@ import torch
 from torch import nn
 
 import robench
-from robench.api import Architecture, DataSplits, Dataset, Defense, Plugin
-from robench.checkpoint import save_checkpoint
-from robench.config import PLUGIN_SECTIONS, SUITE_SECTION, PluginChoice, RunConfig, config_hash
+from robench.api import Architecture, DataSplits, Dataset, Defense, Plugin, TensorSplit
+from robench.checkpoint import Checkpoint, load_checkpoint
+from robench.config import PLUGIN_SECTIONS, SUITE_SECTION, PluginChoice, RunConfig, config_hash, validate
+from robench.engine.schedule import check_schedule
+from robench.engine.train import LAST as LAST_CHECKPOINT
 from robench.engine.train import EpochStats, train
 from robench.errors import ConfigError, DataNotFoundError, PluginLoadError, RobenchError, UserError
-from robench.io import ensure_writable
+from robench.io import atomic_write_text, ensure_writable
 from robench.leaderboard import refresh_leaderboard
 from robench.flops import count_macs
 from robench.model import NormalizedClassifier, count_parameters
@@ -29,11 +33,13 @@ from robench.params import params_to_dict
 from robench.paths import data_root, results_root, runs_root, source_checkout
 from robench.progress import NullReporter, Reporter
 from robench.protocol import SuiteEntry, check_sweep, create_suite, run_protocol
-from robench.records import RunRecord, SkippedRecord, new_run_id, write_record
+from robench.records import RunRecord, SkippedRecord, new_run_id, record_dir, write_record
 from robench.registry import get_registry
 from robench.seeding import make_generator, seed_everything
 from robench.threat import ThreatModel
 
+#: validation accuracies a defense may pick its best checkpoint by
+SELECTION_METRICS = ("val_pgd", "val_clean")
 #: Train/val/test splits drawn by a dataset plugin use this seed, so that every run,
 #: whatever its own seed, is evaluated on the same held-out images.
 DATA_SPLIT_SEED = 0
@@ -52,13 +58,17 @@ class RunPlan:
     results_root: Path
     runs_root: Path
     resolved: dict[str, Any] = field(default_factory=dict)
+    #: a new id (time, defense, arch, seed, random suffix), or the resumed run's
+    run_id: str = ""
+    #: checkpoints, the epoch log and evaluation state: ``<runs root>/<run id>``
+    run_dir: Path = Path()
 
 
 @dataclass
 class RunOutcome:
     record: RunRecord
     record_path: Path
-    checkpoint_path: Path
+    run_dir: Path
     leaderboard_path: Path
     skipped: list[SkippedRecord]
 
@@ -92,6 +102,12 @@ def plan_run(config: RunConfig, sections: tuple[str, ...] = tuple(PLUGIN_SECTION
     for section in sections:
         plugins[section], names[section] = _create(section, getattr(config, section))
     suite = create_suite(config.attacks)
+    defense = plugins.get("defense")
+    if defense is not None and getattr(defense, "selection_metric", None) not in SELECTION_METRICS:
+        raise PluginLoadError(
+            f"defense '{names['defense']}' has selection_metric {getattr(defense, 'selection_metric', None)!r}; "
+            f"expected one of {', '.join(SELECTION_METRICS)}"
+        )
     dataset = plugins["data"]
     assert isinstance(dataset, Dataset)
     default = getattr(dataset, "threat_model", None)
@@ -107,6 +123,7 @@ def plan_run(config: RunConfig, sections: tuple[str, ...] = tuple(PLUGIN_SECTION
     if threat.value == 0:
         raise ConfigError("threat: eps must be > 0 (eps 0 is clean accuracy, which every run reports)")
     check_sweep(config.eval, threat)
+    check_schedule(config.train)
     resolved: dict[str, Any] = {
         "seed": config.seed,
         "device": config.device,
@@ -120,6 +137,8 @@ def plan_run(config: RunConfig, sections: tuple[str, ...] = tuple(PLUGIN_SECTION
         "runs_dir": config.runs_dir,
         "download": config.download,
     }
+    runs = ensure_writable(runs_root(config.runs_dir))
+    run_id = new_run_id(names.get("defense", "eval"), names["arch"], config.seed)
     return RunPlan(
         config=config,
         dataset=dataset,
@@ -130,9 +149,42 @@ def plan_run(config: RunConfig, sections: tuple[str, ...] = tuple(PLUGIN_SECTION
         threat=threat,
         device=resolve_device(config.device),
         results_root=ensure_writable(results_root(config.results_dir)),
-        runs_root=ensure_writable(runs_root(config.runs_dir)),
+        runs_root=runs,
         resolved=resolved,
+        run_id=run_id,
+        run_dir=runs / run_id,
     )
+
+
+#: settings a resumed run may change: where things are, and the device
+RESUME_SETTINGS = ("device", "data_root", "results_dir", "runs_dir")
+
+
+def plan_resume(target: str, settings: Mapping[str, Any] | None = None) -> tuple[RunPlan, Checkpoint]:
+    """Plan the continuation of an interrupted run, from its id, its folder or its last.pt.
+
+    The configuration is the run's own (from the checkpoint); only ``RESUME_SETTINGS``
+    may change.
+    """
+    settings = dict(settings or {})
+    unknown = sorted(set(settings) - set(RESUME_SETTINGS))
+    if unknown:
+        raise ConfigError(f"--resume continues a run with its own config; it cannot change {', '.join(unknown)}")
+    given = Path(target).expanduser()
+    candidates = [given, given / LAST_CHECKPOINT, runs_root(settings.get("runs_dir")) / target / LAST_CHECKPOINT]
+    path = next((c for c in candidates if c.is_file()), None)
+    if path is None:
+        raise UserError(f"--resume {target}: no run found (looked for {candidates[1]} and {candidates[2]})")
+    ckpt = load_checkpoint(path.resolve())
+    if ckpt.train_state is None:
+        raise UserError(f"--resume: {path} holds no training state (a best.pt or an older checkpoint); give the run's last.pt")
+    config = validate({**ckpt.config, **{k: v for k, v in settings.items() if v is not None}})
+    plan = plan_run(config)
+    plan.run_id, plan.run_dir = ckpt.run_id, path.resolve().parent
+    finished = record_dir(plan.results_root, plan.names["data"], plan.threat.slug) / f"{ckpt.run_id}.json"
+    if finished.exists():
+        raise UserError(f"run {ckpt.run_id} finished already; its record is {finished}")
+    return plan, ckpt
 
 
 def _check_splits(splits: Any, dataset: Dataset, name: str) -> DataSplits:
@@ -211,11 +263,42 @@ def _params(plan: RunPlan, section: str) -> dict[str, Any]:
     return {k: v for k, v in plan.resolved[section].items() if k != "name"}
 
 
-def execute(plan: RunPlan, reporter: Reporter | None = None) -> RunOutcome:
+def _evaluate_checkpoint(
+    plan: RunPlan, model: nn.Module, test: TensorSplit, run_dir: Path, name: str, stats: EpochStats,
+    reporter: Reporter,
+) -> dict[str, Any]:
+    """The protocol on one checkpoint; its result is kept in the run folder, so a
+    resumed run does not redo a finished evaluation."""
+    saved = run_dir / f"eval-{name}.json"
+    if saved.is_file():
+        done = json.loads(saved.read_text(encoding="utf-8"))
+        if done.get("epoch") == stats.epoch:
+            return done
+    outcome = run_protocol(
+        model, test, plan.suite, plan.threat, plan.config.eval,
+        device=plan.device, seed=plan.config.seed, reporter=reporter, state_dir=run_dir / f"eval-state-{name}",
+    )
+    result = {
+        "epoch": stats.epoch,
+        "val_clean": stats.val_clean,
+        "val_pgd": stats.val_pgd,
+        "accuracy": outcome.result.accuracy,
+        "eval": outcome.record_section(plan.suite),
+    }
+    atomic_write_text(saved, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def execute(plan: RunPlan, reporter: Reporter | None = None, resume: Checkpoint | None = None) -> RunOutcome:
+    """Train, evaluate the best and the last checkpoint, write the record, refresh the board.
+
+    With ``resume`` (a ``last.pt`` with training state), training continues after its
+    epoch under the same run id, and finished evaluations are not redone.
+    """
     reporter = reporter or NullReporter()
     cfg = plan.config
     names = plan.names
-    run_id = new_run_id(names["defense"], names["arch"], cfg.seed)
+    run_id, run_dir = plan.run_id, plan.run_dir
     started = time.perf_counter()
     seed_everything(cfg.seed)
     model = build_model(plan)  # before the data: a bad architecture fails in seconds
@@ -223,19 +306,29 @@ def execute(plan: RunPlan, reporter: Reporter | None = None) -> RunOutcome:
     if plan.device.type != "cpu":  # the whole uint8 split lives on the GPU; batches are drawn there
         splits = DataSplits(*(s.to(plan.device) if s is not None else None for s in (splits.train, splits.test, splits.val)))
     gen = make_generator(cfg.seed)
-    history: list[EpochStats] = train(
+    trained = train(
         model, plan.defense, splits.train, plan.threat, cfg.train,
         device=plan.device, generator=gen, augment=lambda x: plan.dataset.augment(x, gen),
-        reporter=reporter,
+        reporter=reporter, val_split=splits.val, val_batch_size=cfg.eval.batch_size, seed=cfg.seed,
+        run_dir=run_dir, meta={"config": plan.resolved, "run_id": run_id}, resume=resume,
     )
-    run_dir = plan.runs_root / run_id
-    checkpoint = save_checkpoint(
-        run_dir / "model.pt", model, config=plan.resolved, run_id=run_id, epoch=len(history)
-    )
-    outcome = run_protocol(
-        model, splits.test, plan.suite, plan.threat, cfg.eval,
-        device=plan.device, seed=cfg.seed, reporter=reporter, state_dir=run_dir / "eval-state",
-    )
+    history = trained.history
+    notes = [] if resume is None else [f"resumed after epoch {len(resume.train_state['history'])}"]  # type: ignore[index]
+    checkpoints = {"last": _evaluate_checkpoint(plan, model, splits.test, run_dir, "last", history[-1], reporter)}
+    if trained.best_epoch is None:
+        notes.append("no validation split: no best checkpoint; the record reports the last epoch")
+    elif trained.best_epoch == history[-1].epoch:
+        checkpoints["best"] = dict(checkpoints["last"])
+    else:
+        best = load_checkpoint(trained.files["best"])
+        model.load_state_dict(best.state_dict)
+        checkpoints["best"] = _evaluate_checkpoint(
+            plan, model, splits.test, run_dir, "best", history[best.epoch - 1], reporter
+        )
+    if "best" in checkpoints:
+        checkpoints["best"]["selected_by"] = plan.defense.selection_metric
+    selected = cfg.train.select if cfg.train.select in checkpoints else "last"
+    previous = float((resume.train_state or {}).get("elapsed_s", 0.0)) if resume is not None else 0.0
     record = RunRecord(
         run_id=run_id,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -252,19 +345,22 @@ def execute(plan: RunPlan, reporter: Reporter | None = None) -> RunOutcome:
         threat={"norm": plan.threat.norm, "eps": plan.threat.eps, "eps_value": plan.threat.value},
         seed=cfg.seed,
         train=plan.resolved["train"],
-        eval=outcome.record_section(plan.suite),
-        accuracy=outcome.result.accuracy,
-        history=[vars(h) for h in history],
-        wall_time_s=round(time.perf_counter() - started, 3),
+        eval=checkpoints[selected]["eval"],
+        accuracy=checkpoints[selected]["accuracy"],
+        history=[asdict(h) for h in history],
+        wall_time_s=round(previous + time.perf_counter() - started, 3),
         device=device_label(plan.device),
         config_hash=config_hash(plan.resolved),
         config=plan.resolved,
+        checkpoints=checkpoints,
+        selected=selected,
+        notes=notes,
     )
     try:
         record_path = write_record(record, plan.results_root)
-    except FileExistsError:  # pragma: no cover - run ids carry a random suffix
+    except FileExistsError:
         raise UserError(f"record {record.run_id} exists already; not overwriting") from None
     board, skipped = refresh_leaderboard(
         plan.results_root, record.dataset, record.threat_slug, str(plan.threat)
     )
-    return RunOutcome(record, record_path, checkpoint, board, skipped)
+    return RunOutcome(record, record_path, run_dir, board, skipped)

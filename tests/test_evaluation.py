@@ -19,8 +19,8 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     )
     assert proc.returncode == 0, proc.stderr
     record = json.loads(next((root / "results" / "records").rglob("*.json")).read_text())
-    checkpoint = root / "runs" / record["run_id"] / "model.pt"
-    assert checkpoint.is_file() and f"checkpoint:  {checkpoint}" in proc.stdout
+    checkpoint = root / "runs" / record["run_id"] / "last.pt"
+    assert checkpoint.is_file() and f"checkpoints: {checkpoint.parent} (best.pt, last.pt" in proc.stdout
     return {"root": root, "record": record, "checkpoint": checkpoint}
 
 
@@ -36,7 +36,8 @@ def test_eval_reproduces_the_run_and_writes_a_report(trained_run: dict) -> None:
     report = json.loads(reports[0].read_text())
     assert report["source_run_id"] == record["run_id"] and report["defense"] == "pgd-at"
     assert list(report["accuracy"]) == ["clean", "FGSM", "PGD-5", "APGD-CE", "worst case"]
-    assert report["accuracy"]["clean"] == record["accuracy"]["clean"]  # the same weights came back
+    # the same weights came back
+    assert report["accuracy"]["clean"] == record["checkpoints"]["last"]["accuracy"]["clean"]
     assert report["accuracy"]["worst case"] <= report["accuracy"]["PGD-5"] <= report["accuracy"]["FGSM"]
     assert [a["name"] for a in report["eval"]["attacks"]] == ["fgsm", "pgd-5", "apgd-ce"]
     sweep = report["eval"]["eps_sweep"]

@@ -71,5 +71,5 @@ def test_flagged_evaluations_are_marked_potentially_unreliable(results: Path) ->
     text = render_markdown(flagged, "t", "src")
     standard = next(r for r in flagged if r.defense["name"] == "standard")
     assert f"`{standard.run_id}` (standard, smallcnn, config {standard.config_hash}): {flag}" in text
-    assert list(df.columns)[-4:] == ["Seeds", "Epochs", "Evaluation", "Config"]
+    assert list(df.columns)[-5:] == ["Seeds", "Epochs", "Checkpoint", "Evaluation", "Config"]
     assert "Worst case (%)" in df.columns

@@ -25,7 +25,7 @@ def test_record_round_trips_and_holds_provenance(record: RunRecord, tmp_path: Pa
     assert path == tmp_path / "records" / "digits" / "linf-3_16" / f"{record.run_id}.json"
     data = json.loads(path.read_text())
     assert RunRecord.from_dict(data) == record
-    assert data["schema_version"] == 1 and data["robench_version"]
+    assert data["schema_version"] == 2 and data["robench_version"]
     assert data["config"]["defense"] == {"name": "pgd-at", "steps": 1, "step_size": None, "random_start": True}
     assert data["defense"] == {"name": "pgd-at", "params": {"steps": 1, "step_size": None, "random_start": True}}
     n = data["eval"]["n"]
@@ -58,3 +58,34 @@ def test_invalid_records_are_reported_not_dropped(record: RunRecord, tmp_path: P
     reasons = {s.path.name: s.reason for s in skipped}
     assert set(reasons) == {"torn.json", "bad-acc.json", "old.json"}
     assert "percentages" in reasons["bad-acc.json"] and "schema_version" in reasons["old.json"]
+
+
+def test_record_keeps_best_and_last_checkpoints(record: RunRecord) -> None:
+    # one epoch: the best checkpoint is the last one, evaluated once and kept under both names
+    assert set(record.checkpoints) == {"best", "last"} and record.selected == "best"
+    for name in ("best", "last"):
+        entry = record.checkpoints[name]
+        assert entry["epoch"] == 1 and entry["accuracy"] == record.accuracy
+        assert entry["val_pgd"] is not None and "flags" in entry["eval"]
+    assert record.history[0]["val_clean"] == record.checkpoints["best"]["val_clean"]
+
+
+def test_selected_checkpoint_must_match_the_top_level_accuracy(record: RunRecord) -> None:
+    data = json.loads(record.to_json())
+    data["checkpoints"]["best"] = {**data["checkpoints"]["best"], "accuracy": {"clean": 1.0}}
+    with pytest.raises(ValueError, match="selected checkpoint"):
+        RunRecord.from_dict(data)
+    data = json.loads(record.to_json())
+    data["checkpoints"]["middle"] = data["checkpoints"]["best"]
+    with pytest.raises(ValueError, match="best and/or last"):
+        RunRecord.from_dict(data)
+
+
+def test_version_1_records_read_as_last_checkpoint(record: RunRecord) -> None:
+    data = json.loads(record.to_json())
+    for key in ("checkpoints", "selected"):
+        del data[key]
+    data["schema_version"] = 1
+    old = RunRecord.from_dict(data)
+    assert old.selected == "last" and old.checkpoints["last"]["accuracy"] == record.accuracy
+    assert old.schema_version == 2

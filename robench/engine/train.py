@@ -1,51 +1,100 @@
-"""The training loop: SGD with momentum, a per-step LR schedule, a defense's batch loss.
+"""The training loop: SGD, a per-step schedule, a defense's batch loss, per-epoch validation.
 
-Metrics accumulate on the device and are read once per epoch, so the loop does not
-synchronise with the GPU at every step.
+After every epoch the model is scored on the held-out validation split (clean and
+PGD accuracy), ``best.pt`` is replaced when the defense's selection metric improves
+(PGD accuracy, the robust-overfitting convention of Rice et al.; clean accuracy for
+standard training), and ``last.pt`` is written with everything a
+resume needs, so a crash loses at most the epoch in progress. Metrics accumulate on
+the device and are read once per epoch, so the loop does not synchronise with the
+GPU at every step.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from robench.api import Defense, TensorSplit
+from robench.checkpoint import Checkpoint, save_checkpoint
 from robench.config import TrainConfig
 from robench.engine.batches import iterate_batches, num_batches
+from robench.engine.schedule import learning_rate, warmed_threat
 from robench.errors import RobenchError
+from robench.io import atomic_write_text
+from robench.perturb import attack_mode, cross_entropy_loss, default_step_size, pgd, random_start
 from robench.progress import NullReporter, Reporter
 from robench.threat import ThreatModel
+
+LAST, BEST, LOG = "last.pt", "best.pt", "log.jsonl"
 
 
 @dataclass(frozen=True)
 class EpochStats:
     epoch: int
-    loss: float
-    accuracy: float
     lr: float
+    loss: float
+    #: training accuracy on the logits the defense returns (adversarial ones for AT)
+    accuracy: float
+    #: clean and PGD accuracy on the validation split; None without one
+    val_clean: float | None
+    val_pgd: float | None
     seconds: float
+    #: the training eps at the end of the epoch (below the threat's during eps warm-up)
+    eps: str
+
+
+@dataclass
+class TrainResult:
+    history: list[EpochStats]
+    best_epoch: int | None = None
+    #: files written when a run folder was given
+    files: dict[str, Path] = field(default_factory=dict)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        nesterov=cfg.nesterov,
     )
 
 
-def make_schedule(
-    optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    if cfg.schedule == "cosine":
-        def factor(step: int) -> float:
-            return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
-    else:
-        def factor(step: int) -> float:
-            return 1.0
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+def validation_accuracy(
+    model: nn.Module, split: TensorSplit, threat: ThreatModel, *, steps: int, batch_size: int,
+    device: torch.device, generator: torch.Generator,
+) -> tuple[float, float]:
+    """Clean and PGD-``steps`` accuracy (%) in eval mode: CE, random start, 2.5 eps/steps."""
+    clean = robust = 0
+    with attack_mode(model):
+        for x, y in iterate_batches(split, batch_size, device=device):
+            with torch.no_grad():
+                clean += int((model(x).argmax(1) == y).sum())
+            start = random_start(x, threat, generator)
+            x_adv = pgd(model, x, threat, cross_entropy_loss(y), steps=steps,
+                        step_size=default_step_size(threat.value, steps), start=start)
+            with torch.no_grad():
+                robust += int((model(x_adv).argmax(1) == y).sum())
+    return 100.0 * clean / len(split), 100.0 * robust / len(split)
+
+
+def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "data": generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: Mapping[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["data"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def train(
@@ -59,36 +108,101 @@ def train(
     generator: torch.Generator,
     augment: Callable[[Tensor], Tensor] | None = None,
     reporter: Reporter | None = None,
-) -> list[EpochStats]:
-    """Train ``model`` in place for ``cfg.epochs`` epochs; returns per-epoch statistics."""
+    val_split: TensorSplit | None = None,
+    val_batch_size: int = 512,
+    seed: int = 0,
+    run_dir: Path | None = None,
+    meta: Mapping[str, Any] | None = None,
+    resume: Checkpoint | None = None,
+) -> TrainResult:
+    """Train ``model`` in place for ``cfg.epochs`` epochs (from ``resume``'s epoch on).
+
+    With ``run_dir``, writes ``last.pt``, ``best.pt`` and ``log.jsonl`` there after
+    every epoch; ``meta`` (``config``, ``run_id``) goes into the checkpoints.
+    """
     reporter = reporter or NullReporter()
     optimizer = make_optimizer(model, cfg)
     steps = num_batches(len(split), cfg.batch_size)
-    schedule = make_schedule(optimizer, cfg, steps * cfg.epochs)
     history: list[EpochStats] = []
+    best_epoch, best_score, elapsed = None, -math.inf, 0.0
+    if resume is not None:
+        state = resume.train_state or {}
+        model.load_state_dict(resume.state_dict)
+        optimizer.load_state_dict(state["optimizer"])
+        _restore_rng(state["rng"], generator)
+        history = [EpochStats(**h) for h in state["history"]]
+        best_epoch, best_score = state["best_epoch"], state["best_score"]
+        elapsed = float(state.get("elapsed_s", 0.0))
+    files = {"last": run_dir / LAST, "best": run_dir / BEST, "log": run_dir / LOG} if run_dir else {}
     task = reporter.task("train", cfg.epochs * steps)
-    for epoch in range(1, cfg.epochs + 1):
+    task.advance(len(history) * steps)
+    for epoch in range(len(history) + 1, cfg.epochs + 1):
         model.train()
         start = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        lr = optimizer.param_groups[0]["lr"]
-        for x, y in iterate_batches(
+        first_lr, eps = learning_rate(cfg, (epoch - 1) * steps, steps), threat.eps
+        batches = iterate_batches(
             split, cfg.batch_size, device=device, shuffle=True, generator=generator, augment=augment
-        ):
-            out = defense.loss(model, x, y, threat)
+        )
+        for i, (x, y) in enumerate(batches):
+            step = (epoch - 1) * steps + i
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, step, steps)
+            step_threat = warmed_threat(threat, cfg, step, steps)
+            out = defense.loss(model, x, y, step_threat)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             optimizer.step()
-            schedule.step()
             loss_sum += out.loss.detach() * y.shape[0]
             correct += (out.logits.detach().argmax(1) == y).sum()
+            eps = step_threat.eps
             task.advance(1, epoch=f"{epoch}/{cfg.epochs}")
         loss = loss_sum.item() / len(split)
         if not math.isfinite(loss):
             raise RobenchError(f"training loss became {loss} in epoch {epoch}; stopping")
-        history.append(
-            EpochStats(epoch, loss, 100.0 * correct.item() / len(split), lr, time.perf_counter() - start)
-        )
+        val_clean = val_pgd = None
+        if val_split is not None and len(val_split):
+            val_clean, val_pgd = validation_accuracy(
+                model, val_split, threat, steps=cfg.val_steps, batch_size=val_batch_size, device=device,
+                generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
+            )
+        seconds = time.perf_counter() - start
+        elapsed += seconds
+        stats = EpochStats(epoch, first_lr, loss, 100.0 * correct.item() / len(split),
+                           val_clean, val_pgd, round(seconds, 3), eps)
+        history.append(stats)
+        score = getattr(stats, defense.selection_metric, None)
+        improved = score is not None and score > best_score
+        if improved:
+            best_epoch, best_score = epoch, score
+        task.advance(0, epoch=f"{epoch}/{cfg.epochs}",
+                     val=f"{val_clean:.1f}/{val_pgd:.1f}" if val_pgd is not None else "-")
+        if run_dir is not None:
+            _save_epoch(files, model, optimizer, generator, history, best_epoch, best_score,
+                        elapsed, improved, meta or {})
     task.done()
-    return history
+    return TrainResult(history, best_epoch, files)
+
+
+def _save_epoch(
+    files: Mapping[str, Path], model: nn.Module, optimizer: torch.optim.Optimizer,
+    generator: torch.Generator, history: list[EpochStats], best_epoch: int | None,
+    best_score: float, elapsed: float, improved: bool, meta: Mapping[str, Any],
+) -> None:
+    """best.pt (if improved), then last.pt, then the log: each write is atomic."""
+    stats = history[-1]
+    common = {"config": dict(meta.get("config", {})), "run_id": str(meta.get("run_id", "")), "epoch": stats.epoch}
+    metrics = {"val_clean": stats.val_clean, "val_pgd": stats.val_pgd}
+    if improved:
+        save_checkpoint(files["best"], model, metrics=metrics, **common)
+    save_checkpoint(files["last"], model, metrics=metrics, train_state={
+        "optimizer": optimizer.state_dict(),
+        "rng": _rng_state(generator),
+        "history": [asdict(h) for h in history],
+        "best_epoch": best_epoch,
+        "best_score": best_score,
+        "elapsed_s": elapsed,
+    }, **common)
+    lines = [json.dumps({**asdict(h), "best": h.epoch == best_epoch}) for h in history]
+    atomic_write_text(files["log"], "\n".join(lines) + "\n")
