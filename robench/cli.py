@@ -61,7 +61,7 @@ def _root(
     """Train, attack and rank adversarially robust image classifiers.
 
     Start with `robench run` (PGD adversarial training on the embedded digits
-    dataset, about a minute on a laptop CPU) and `robench list` (installed plugins).
+    dataset, under two minutes on a laptop CPU) and `robench list` (installed plugins).
     """
     if ctx.invoked_subcommand is None:
         out.print(ctx.get_help())
@@ -165,7 +165,7 @@ def run(
     """Train a model with a defense, evaluate its best and last checkpoints, record the run
     and refresh the leaderboard.
 
-    With no options: PGD-AT on the embedded digits dataset with a small CNN (CPU, about a minute).
+    With no options: PGD-AT on the embedded digits dataset with a small CNN (CPU, under two minutes).
     """
     from robench.config import resolve, validate
     from robench.progress import NullReporter, RichReporter

@@ -4,7 +4,7 @@ Misclassification-aware adversarial training: a boosted cross-entropy on the adv
 (it also pushes down the strongest wrong class) plus a KL term weighted by how badly the
 clean point is classified, because the authors found that misclassified examples
 matter most for robustness. The settings and the numerical constants are the official
-code's (shared/REFERENCE.md section 2) so that results compare with published ones;
+code's (github.com/YisenWang/MART, mart.py) so that results compare with published ones;
 the attack shares TRADES' start and step size.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """PGD adversarial training (Madry et al., ICLR 2018): minimise CE on PGD adversaries.
 
-Defaults follow the PGD-AT column of shared/REFERENCE.md section 2 (Rice et al. /
-Bag of Tricks setup): CE inner loss, uniform random start in the eps-ball, 10 steps of
+Defaults follow Rice et al. (ICML 2020, arXiv 2002.11569) and Bag of Tricks for AT
+(Pang et al., ICLR 2021, arXiv 2010.00467): CE inner loss, uniform random start in the eps-ball, 10 steps of
 2.5*eps/10 (= 2/255 at 8/255), BN in eval mode during the attack.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Clean CE plus beta * KL(clean prediction || adversarial one): TRADES trades accuracy
 for smoothness instead of fitting labels on adversaries. Published numbers depend on
-the official code's settings (shared/REFERENCE.md section 2), so they are kept: the
+the official code's settings (trades.py in that repository), so they are kept: the
 attack starts at x plus tiny Gaussian noise (at x the KL and its gradient vanish),
 steps 0.007 at eps 0.031, and the outer loss differentiates through both predictions.
 

@@ -1,5 +1,5 @@
 """The adversarial-training defenses, loaded through the registry, against their
-formulas written out by hand (the official TRADES and MART code's, REFERENCE.md s. 2)."""
+formulas written out by hand (the official TRADES and MART code's)."""
 from __future__ import annotations
 
 import copy
