@@ -1,11 +1,14 @@
 """Training and evaluation loops on real digits data."""
 from __future__ import annotations
 
+import json
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
 import torch
 
+from robench.checkpoint import load_checkpoint
 from robench.config import resolve, validate
 from robench.engine.evaluate import evaluate, subset_indices
 from robench.registry import get_registry
@@ -35,6 +38,32 @@ def test_training_lowers_the_loss(tmp_path: Path) -> None:
     losses = [h["loss"] for h in rec.history]
     assert losses[-1] < losses[0] * 0.5
     assert rec.accuracy["clean"] > 80.0 and rec.eval["n"] == 120
+
+
+def test_run_folder_holds_checkpoints_and_epoch_log(tmp_path: Path) -> None:
+    plan = plan_run(validate(resolve(None, {"defense": {"name": "pgd-at", "steps": 2}},
+                                     [*FAST, f"results_dir={tmp_path}", "train.epochs=3"])))
+    rec = execute(plan).record
+    log = [json.loads(line) for line in (plan.run_dir / "log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log] == [1, 2, 3]
+    assert [e["val_pgd"] for e in log] == [h["val_pgd"] for h in rec.history]
+    best_epoch = rec.checkpoints["best"]["epoch"]
+    assert [e["epoch"] for e in log if e["best"]] == [best_epoch]
+    assert max(e["val_pgd"] for e in log) == log[best_epoch - 1]["val_pgd"]
+    best, last = load_checkpoint(plan.run_dir / "best.pt"), load_checkpoint(plan.run_dir / "last.pt")
+    assert (best.epoch, last.epoch, best.train_state) == (best_epoch, 3, None)
+    assert last.train_state is not None and len(last.train_state["history"]) == 3
+    assert best.config == last.config == rec.config and best.run_id == rec.run_id
+    assert not list(plan.run_dir.glob("eval-state*"))  # evaluation state removed when done
+
+
+def test_without_a_validation_split_the_last_checkpoint_is_reported(tmp_path: Path) -> None:
+    plan = plan_run(validate(resolve(None, {"defense": {"name": "pgd-at", "steps": 2}},
+                                     [*FAST, f"results_dir={tmp_path}", "data.val_size=0", "train.epochs=1"])))
+    rec = execute(plan).record
+    assert set(rec.checkpoints) == {"last"} and rec.selected == "last"
+    assert rec.history[0]["val_pgd"] is None and "no validation split" in rec.notes[0]
+    assert not (plan.run_dir / "best.pt").exists() and (plan.run_dir / "last.pt").exists()
 
 
 class Counting:
@@ -101,3 +130,28 @@ def test_subset_is_fixed_and_sorted() -> None:
     a, b = subset_indices(100, 10), subset_indices(100, 10)
     assert torch.equal(a, b) and len(a) == 10 and torch.equal(a, a.sort().values)
     assert len(subset_indices(5, 10)) == 5
+
+
+def test_eps_warmup_reaches_the_defense_and_the_log() -> None:
+    from robench.api import Defense, LossOutput
+    from robench.config import TrainConfig
+    from robench.engine.train import train
+
+    seen: list[str] = []
+
+    class Recording(Defense):
+        def loss(self, model, x, y, threat):
+            seen.append(threat.eps)
+            logits = model(x)
+            return LossOutput(torch.nn.functional.cross_entropy(logits, y), logits)
+
+    plan = plan_run(validate(resolve(None, {"defense": {"name": "standard"}})))
+    split = plan.dataset.load(None, 0).train
+    steps = -(-len(split) // 256)
+    result = train(build_model(plan), Recording(), split, plan.threat,
+                   TrainConfig(epochs=3, batch_size=256, eps_warmup_epochs=2),
+                   device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
+    ramp = 2 * steps
+    assert seen[: ramp] == [str(Fraction(3, 16) * Fraction(k + 1, ramp)) for k in range(ramp - 1)] + ["3/16"]
+    assert set(seen[ramp:]) == {"3/16"}
+    assert [h.eps for h in result.history] == [str(Fraction(3, 16) * Fraction(steps, ramp)), "3/16", "3/16"]
