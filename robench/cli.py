@@ -190,7 +190,7 @@ def run(
             raise typer.BadParameter(
                 f"continues a run with its own config; it cannot change {', '.join(given)}", param_hint="--resume"
             )
-        plan, checkpoint = plan_resume(resume, {k: v for k, v in flags.items()})
+        plan, checkpoint = plan_resume(resume, flags)
         done = len((checkpoint.train_state or {}).get("history", []))
         out.print(Text(f"robench run --resume: {plan.run_id}, after epoch {done} of {plan.config.train.epochs}"),
                   soft_wrap=True)

@@ -90,7 +90,8 @@ class RunRecord:
         if not {"norm", "eps"} <= set(data["threat"]):
             raise ValueError("threat needs norm and eps")
         checkpoints = data.get("checkpoints") or {}
-        if not isinstance(checkpoints, dict) or not set(checkpoints) <= set(CHECKPOINT_NAMES):
+        if (not isinstance(checkpoints, dict) or not set(checkpoints) <= set(CHECKPOINT_NAMES)
+                or not all(isinstance(v, dict) for v in checkpoints.values())):
             raise ValueError(f"checkpoints must map {' and/or '.join(CHECKPOINT_NAMES)} to results")
         selected = data.get("selected", "last")
         if checkpoints and (selected not in checkpoints or checkpoints[selected].get("accuracy") != data["accuracy"]):

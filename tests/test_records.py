@@ -79,6 +79,10 @@ def test_selected_checkpoint_must_match_the_top_level_accuracy(record: RunRecord
     data["checkpoints"]["middle"] = data["checkpoints"]["best"]
     with pytest.raises(ValueError, match="best and/or last"):
         RunRecord.from_dict(data)
+    data = json.loads(record.to_json())
+    data["checkpoints"]["best"] = 42.0
+    with pytest.raises(ValueError, match="best and/or last"):
+        RunRecord.from_dict(data)
 
 
 def test_version_1_records_read_as_last_checkpoint(record: RunRecord) -> None:
