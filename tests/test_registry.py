@@ -29,7 +29,7 @@ from robench.registry import (
 
 ROBENCH_LABEL = f"robench {robench.__version__}"
 #: The defenses robench itself registers.
-BUILTIN_DEFENSES = {"standard", "pgd-at", "trades", "mart"}
+BUILTIN_DEFENSES = {"standard", "pgd-at", "trades", "mart", "uadat"}
 
 
 # ----------------------------------------------------------------------------- helpers

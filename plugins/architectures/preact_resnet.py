@@ -12,7 +12,7 @@ conv2,shortcut.0}``, ``bn``, ``linear``), so its checkpoints load directly; a
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -53,6 +53,9 @@ class PreActBlock(nn.Module):
 
 class PreActResNet(CheckpointCompat):
     """Pre-activation ResNet for small images; any input size (global average pooling)."""
+
+    #: stage outputs, for defenses that work on features (robench.features)
+    feature_layers: ClassVar[tuple[str, ...]] = ("layer1", "layer2", "layer3", "layer4")
 
     def __init__(
         self,

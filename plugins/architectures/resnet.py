@@ -151,6 +151,9 @@ class CifarResNet(CheckpointCompat):
     """ResNet with BasicBlocks for small images: 3x3 stem, four stages 64..512 wide,
     global average pooling (any input size), linear head."""
 
+    #: stage outputs, for defenses that work on features (robench.features)
+    feature_layers: ClassVar[tuple[str, ...]] = ("layer1", "layer2", "layer3", "layer4")
+
     def __init__(
         self,
         blocks: tuple[int, int, int, int] = (2, 2, 2, 2),

@@ -21,7 +21,7 @@ class SmallCNN(Architecture):
     def build(self, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
         p: SmallCNNParams = self.params  # type: ignore[assignment]
         c, w = input_shape[0], p.width
-        return nn.Sequential(
+        net = nn.Sequential(
             nn.Conv2d(c, w, 3, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
@@ -31,3 +31,5 @@ class SmallCNN(Architecture):
             nn.Linear(16 * w, p.hidden), nn.ReLU(inplace=True),
             nn.Linear(p.hidden, num_classes),
         )
+        net.feature_layers = ("1", "3", "6")  # the three conv blocks' outputs (robench.features)
+        return net

@@ -98,6 +98,8 @@ class WideResNet(CheckpointCompat):
     """WRN-``depth``-``widen_factor``; takes normalised inputs of any size, returns logits."""
 
     ignored_checkpoint_keys: ClassVar[tuple[str, ...]] = TRADES_UNUSED_KEYS
+    #: stage outputs, for defenses that work on features (robench.features)
+    feature_layers: ClassVar[tuple[str, ...]] = ("block1", "block2", "block3")
 
     def __init__(
         self,
