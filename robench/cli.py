@@ -88,6 +88,9 @@ _SET_OPT = typer.Option(
     [], "--set", "-s", metavar="KEY=VALUE", help="Override any config value, e.g. --set defense.steps=5."
 )
 _QUIET_OPT = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+_ARCH_OPT = typer.Option(None, "--arch", metavar="NAME", help="Architecture plugin, e.g. smallcnn.")
+_DATA_OPT = typer.Option(None, "--data", metavar="NAME", help="Dataset plugin, e.g. digits.")
+_EPOCHS_OPT = typer.Option(None, "--epochs", metavar="N", help="Training epochs.")
 
 
 def _eval_flags(
@@ -139,12 +142,12 @@ def _print_evaluation(title: str, accuracy: dict[str, float], section: dict[str,
 def run(
     config: Optional[Path] = _CONFIG_OPT,
     defense: Optional[str] = typer.Option(None, "--defense", metavar="NAME", help="Defense plugin, e.g. pgd-at."),
-    arch: Optional[str] = typer.Option(None, "--arch", metavar="NAME", help="Architecture plugin, e.g. smallcnn."),
-    data: Optional[str] = typer.Option(None, "--data", metavar="NAME", help="Dataset plugin, e.g. digits."),
+    arch: Optional[str] = _ARCH_OPT,
+    data: Optional[str] = _DATA_OPT,
     attack: Optional[list[str]] = _ATTACK_OPT,
     eps: Optional[str] = _EPS_OPT,
     norm: Optional[str] = _NORM_OPT,
-    epochs: Optional[int] = typer.Option(None, "--epochs", metavar="N", help="Training epochs."),
+    epochs: Optional[int] = _EPOCHS_OPT,
     n_eval: Optional[int] = _N_EVAL_OPT,
     eps_sweep: bool = _SWEEP_OPT,
     seed: Optional[int] = _SEED_OPT,
@@ -226,6 +229,69 @@ def run(
     out.print(Text(f"leaderboard: {outcome.leaderboard_path}"), soft_wrap=True)
     for skipped in outcome.skipped:
         err.print(Text(f"warning: skipped invalid record {skipped.path}: {skipped.reason}"))
+
+
+@app.command()
+def ablate(
+    defense: str = typer.Option(..., "--defense", metavar="NAME", help="Defense to ablate, e.g. uadat."),
+    off: list[str] = typer.Option(
+        ..., "--off", metavar="PARAM", help="A component switch (boolean hyperparameter) to turn off; repeat."
+    ),
+    seeds: str = typer.Option("0,1,2", "--seeds", metavar="LIST", help="Comma-separated seeds."),
+    config: Optional[Path] = _CONFIG_OPT,
+    arch: Optional[str] = _ARCH_OPT,
+    data: Optional[str] = _DATA_OPT,
+    attack: Optional[list[str]] = _ATTACK_OPT,
+    eps: Optional[str] = _EPS_OPT,
+    norm: Optional[str] = _NORM_OPT,
+    epochs: Optional[int] = _EPOCHS_OPT,
+    n_eval: Optional[int] = _N_EVAL_OPT,
+    device: Optional[str] = _DEVICE_OPT,
+    data_root: Optional[Path] = _DATA_ROOT_OPT,
+    results_dir: Optional[Path] = typer.Option(
+        None, "--results-dir", metavar="DIR", help="Where the ablation's records go (default: <results>/ablations/<defense>)."
+    ),
+    runs_dir: Optional[Path] = _RUNS_DIR_OPT,
+    overrides: list[str] = _SET_OPT,
+    quiet: bool = _QUIET_OPT,
+) -> None:
+    """Ablate a defense: the full method, each named component off, and all off, over seeds.
+
+    Every variant is an ordinary run; the results folder's leaderboard is the ablation
+    table. Rerun the same command to finish an interrupted ablation.
+    """
+    from robench.ablation import plan_ablation
+    from robench.errors import UserError
+    from robench.progress import NullReporter, RichReporter
+    from robench.run import execute
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds expects comma-separated integers such as 0,1,2, got {seeds!r}") from None
+    flags = _eval_flags(attack, eps, norm, n_eval, False, None, device, data_root, runs_dir)
+    for section, value in (("arch", arch), ("data", data)):
+        if value is not None:
+            flags[section] = {"name": value}
+    if epochs is not None:
+        flags["train"] = {"epochs": epochs}
+    plan = plan_ablation(defense, off, seed_list, config_file=config, flags=flags, overrides=overrides,
+                         results_dir=str(results_dir) if results_dir else None)
+    out.print(Text(f"robench ablate: {defense}, {len(plan.runs)} run(s) to do, {len(plan.done)} already "
+                   f"recorded, into {plan.results}"), soft_wrap=True)
+    board = None
+    for i, (variant, seed, run_plan) in enumerate(plan.runs, 1):
+        out.print(f"[{i}/{len(plan.runs)}] {variant.label}, seed {seed}")
+        if quiet:
+            outcome = execute(run_plan, NullReporter())
+        else:
+            with RichReporter(err) as reporter:
+                outcome = execute(run_plan, reporter)
+        acc = outcome.record.accuracy
+        out.print(f"  clean {acc['clean']:.2f}, worst case {acc['worst case']:.2f}")
+        board = outcome.leaderboard_path
+    if board is not None:
+        out.print(Text(f"ablation table: {board}"), soft_wrap=True)
 
 
 @app.command("eval")

@@ -34,6 +34,15 @@ def _flags(rec: RunRecord) -> list[str]:
     return [str(f) for f in flags] if isinstance(flags, list) else [str(flags)]
 
 
+def defense_label(rec: RunRecord) -> str:
+    """``trades`` or, with hyperparameters away from the defaults, ``trades (beta=1.0)``."""
+    changed = rec.defense.get("changed") or {}
+    if not isinstance(changed, dict) or not changed:
+        return rec.defense["name"]
+    values = ", ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in sorted(changed.items()))
+    return f"{rec.defense['name']} ({values})"
+
+
 def _metrics(records: Sequence[RunRecord]) -> list[str]:
     """Accuracy keys in suite order, the worst case last."""
     metrics: list[str] = []
@@ -54,7 +63,7 @@ def leaderboard_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
     rows = []
     for rec in records:
         row = {
-            "defense": rec.defense["name"],
+            "defense": defense_label(rec),
             "arch": rec.arch["name"],
             "config": rec.config_hash,
             "epochs": rec.train.get("epochs"),

@@ -259,6 +259,16 @@ def device_label(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def changed_params(plugin: Plugin) -> dict[str, Any]:
+    """The hyperparameters set away from the plugin's defaults (leaderboards show them)."""
+    mine = params_to_dict(plugin.params)
+    try:
+        defaults = params_to_dict(type(plugin.params)())
+    except TypeError:  # a Params dataclass with required fields has no defaults to compare
+        return {}
+    return {k: v for k, v in mine.items() if defaults.get(k) != v}
+
+
 def _params(plan: RunPlan, section: str) -> dict[str, Any]:
     return {k: v for k, v in plan.resolved[section].items() if k != "name"}
 
@@ -341,7 +351,8 @@ def execute(plan: RunPlan, reporter: Reporter | None = None, resume: Checkpoint 
             "num_params": count_parameters(model),
             "macs": count_macs(model, tuple(plan.dataset.input_shape)),
         },
-        defense={"name": names["defense"], "params": _params(plan, "defense")},
+        defense={"name": names["defense"], "params": _params(plan, "defense"),
+                 "changed": changed_params(plan.defense)},
         threat={"norm": plan.threat.norm, "eps": plan.threat.eps, "eps_value": plan.threat.value},
         seed=cfg.seed,
         train=plan.resolved["train"],

@@ -27,7 +27,8 @@ def test_record_round_trips_and_holds_provenance(record: RunRecord, tmp_path: Pa
     assert RunRecord.from_dict(data) == record
     assert data["schema_version"] == 2 and data["robench_version"]
     assert data["config"]["defense"] == {"name": "pgd-at", "steps": 1, "step_size": None, "random_start": True}
-    assert data["defense"] == {"name": "pgd-at", "params": {"steps": 1, "step_size": None, "random_start": True}}
+    assert data["defense"] == {"name": "pgd-at", "params": {"steps": 1, "step_size": None, "random_start": True},
+                               "changed": {"steps": 1}}
     n = data["eval"]["n"]
     assert all(round(acc * n / 100) * 100 / n == acc for acc in data["accuracy"].values())  # exact counts
     assert data["arch"]["num_params"] > 0 and data["device"].startswith("cpu")

@@ -27,8 +27,9 @@ from robench_plugins.defenses.pgd_at import PGDAT, PGDATParams
 
 @dataclass(frozen=True)
 class UADATParams(PGDATParams):
-    beta: float = param(6.0, ge=0, help="weight of the distribution match L_match")
-    align_weight: float = param(1.0, ge=0, help="lambda, weight of the gradient alignment L_align")
+    # beta and lambda: the best validation PGD accuracy of a sweep on digits (docs/uadat.md)
+    beta: float = param(0.5, ge=0, help="weight of the distribution match L_match")
+    align_weight: float = param(0.1, ge=0, help="lambda, weight of the gradient alignment L_align")
     samples: int = param(2, ge=1, help="M, sampled adversaries per example")
     sample_prob: float = param(0.5, ge=0, le=1, help="p, chance that a layer resamples in a forward pass")
     layers: tuple[str, ...] = param((), help="feature layers; empty: those the architecture declares")
