@@ -80,7 +80,7 @@ class UADAT(PGDAT):
         x_adv = self.adversary(model, x, y, threat)
         layers = feature_modules(model, p.layers) if (p.sampling or p.refine) else []
         x_in = x.detach().requires_grad_(p.align)
-        with FeatureHooks(layers, record=p.refine) as clean_hooks:
+        with FeatureHooks(layers if p.refine else [], record=True) as clean_hooks:
             logits = model(x_in)
         stats = torch.cat([torch.cat(s, 1) for s in clean_hooks.stats.values()], 1).detach() if p.refine else None
         target = reference(logits, y, stats, width=p.kernel_width, smoothing=p.smoothing).detach()
