@@ -82,10 +82,9 @@ def plan_ablation(
         for seed in seeds:
             extra = [f"defense.{name}=false" for name in variant.off] + [f"seed={seed}"]
             runs.append((variant, seed, plan_run(validate(resolve(config_file, flags, [*overrides, *extra])))))
-    recorded = set()
-    for _, _, plan in runs[:1]:
-        records, _ = load_records(record_dir(plan.results_root, plan.names["data"], plan.threat.slug))
-        recorded = {(r.config_hash, r.seed) for r in records}
+    first = runs[0][2]  # every variant shares the dataset and threat model, so one folder
+    records, _ = load_records(record_dir(first.results_root, first.names["data"], first.threat.slug))
+    recorded = {(r.config_hash, r.seed) for r in records}
     todo = [(v, s, p) for v, s, p in runs if (config_hash(p.resolved), s) not in recorded]
     done = [(v, s) for v, s, p in runs if (config_hash(p.resolved), s) in recorded]
     return AblationPlan(todo, done, root)

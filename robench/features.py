@@ -7,7 +7,7 @@ A defense asks :func:`feature_modules` and never needs to know the architecture.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -88,7 +88,12 @@ class FeatureHooks:
     return replacement features (or None to keep them); every output's statistics are
     kept in ``stats`` when ``record`` is set."""
 
-    def __init__(self, modules: Sequence[tuple[str, nn.Module]], transform=None, record: bool = False) -> None:
+    def __init__(
+        self,
+        modules: Sequence[tuple[str, nn.Module]],
+        transform: Callable[[str, Tensor], Tensor | None] | None = None,
+        record: bool = False,
+    ) -> None:
         self.modules, self.transform, self.record = list(modules), transform, record
         self.stats: dict[str, tuple[Tensor, Tensor]] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
