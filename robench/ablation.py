@@ -85,6 +85,11 @@ def plan_ablation(
     first = runs[0][2]  # every variant shares the dataset and threat model, so one folder
     records, _ = load_records(record_dir(first.results_root, first.names["data"], first.threat.slug))
     recorded = {(r.config_hash, r.seed) for r in records}
-    todo = [(v, s, p) for v, s, p in runs if (config_hash(p.resolved), s) not in recorded]
-    done = [(v, s) for v, s, p in runs if (config_hash(p.resolved), s) in recorded]
+    todo: list[tuple[Variant, int, RunPlan]] = []
+    done: list[tuple[Variant, int]] = []
+    for variant, seed, plan in runs:
+        if (config_hash(plan.resolved), seed) in recorded:
+            done.append((variant, seed))
+        else:
+            todo.append((variant, seed, plan))
     return AblationPlan(todo, done, root)

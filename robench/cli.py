@@ -5,10 +5,12 @@ Set ``ROBENCH_DEBUG=1`` to see the traceback of an internal failure.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
@@ -118,6 +120,28 @@ def _eval_flags(
     return flags
 
 
+@contextlib.contextmanager
+def _reporter(quiet: bool) -> Iterator[Any]:
+    """Progress bars on stderr, or none with --quiet."""
+    from robench.progress import NullReporter, RichReporter
+
+    if quiet:
+        yield NullReporter()
+    else:
+        with RichReporter(err) as reporter:
+            yield reporter
+
+
+def _plugin_flags(flags: dict[str, Any], epochs: Optional[int], **plugins: Optional[str]) -> dict[str, Any]:
+    """Add --defense/--arch/--data (names) and --epochs to the command-line layer."""
+    for section, value in plugins.items():
+        if value is not None:
+            flags[section] = {"name": value}
+    if epochs is not None:
+        flags["train"] = {"epochs": epochs}
+    return flags
+
+
 def _print_evaluation(title: str, accuracy: dict[str, float], section: dict[str, Any]) -> None:
     table = Table()
     table.add_column(title)
@@ -171,15 +195,10 @@ def run(
     With no options: PGD-AT on the embedded digits dataset with a small CNN (CPU, under two minutes).
     """
     from robench.config import resolve, validate
-    from robench.progress import NullReporter, RichReporter
-    from robench.run import execute, plan_resume, plan_run
+    from robench.run import RESUME_SETTINGS, execute, plan_resume, plan_run
 
-    flags = _eval_flags(attack, eps, norm, n_eval, eps_sweep, seed, device, data_root, runs_dir)
-    for section, value in (("defense", defense), ("arch", arch), ("data", data)):
-        if value is not None:
-            flags[section] = {"name": value}
-    if epochs is not None:
-        flags["train"] = {"epochs": epochs}
+    flags = _plugin_flags(_eval_flags(attack, eps, norm, n_eval, eps_sweep, seed, device, data_root, runs_dir),
+                          epochs, defense=defense, arch=arch, data=data)
     if download:
         flags["download"] = True
     if results_dir is not None:
@@ -187,7 +206,7 @@ def run(
 
     checkpoint = None
     if resume is not None:
-        changed = sorted(k for k in flags if k not in ("device", "data_root", "runs_dir", "results_dir"))
+        changed = sorted(k for k in flags if k not in RESUME_SETTINGS)
         if config is not None or overrides or changed:
             given = ["--config"] * (config is not None) + ["--set"] * bool(overrides) + changed
             raise typer.BadParameter(
@@ -205,11 +224,8 @@ def run(
         )
     out.print(Text(f"run folder:  {plan.run_dir}"), soft_wrap=True)
     try:
-        if quiet:
-            outcome = execute(plan, NullReporter(), resume=checkpoint)
-        else:
-            with RichReporter(err) as reporter:
-                outcome = execute(plan, reporter, resume=checkpoint)
+        with _reporter(quiet) as reporter:
+            outcome = execute(plan, reporter, resume=checkpoint)
     except KeyboardInterrupt:
         if (plan.run_dir / "last.pt").is_file():
             err.print(Text(f"interrupted; continue with: robench run --resume {plan.run_id}"), soft_wrap=True)
@@ -262,19 +278,14 @@ def ablate(
     """
     from robench.ablation import plan_ablation
     from robench.errors import UserError
-    from robench.progress import NullReporter, RichReporter
     from robench.run import execute
 
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
         raise UserError(f"--seeds expects comma-separated integers such as 0,1,2, got {seeds!r}") from None
-    flags = _eval_flags(attack, eps, norm, n_eval, False, None, device, data_root, runs_dir)
-    for section, value in (("arch", arch), ("data", data)):
-        if value is not None:
-            flags[section] = {"name": value}
-    if epochs is not None:
-        flags["train"] = {"epochs": epochs}
+    flags = _plugin_flags(_eval_flags(attack, eps, norm, n_eval, False, None, device, data_root, runs_dir),
+                          epochs, arch=arch, data=data)
     plan = plan_ablation(defense, off, seed_list, config_file=config, flags=flags, overrides=overrides,
                          results_dir=str(results_dir) if results_dir else None)
     out.print(Text(f"robench ablate: {defense}, {len(plan.runs)} run(s) to do, {len(plan.done)} already "
@@ -282,11 +293,8 @@ def ablate(
     board = None
     for i, (variant, seed, run_plan) in enumerate(plan.runs, 1):
         out.print(f"[{i}/{len(plan.runs)}] {variant.label}, seed {seed}")
-        if quiet:
-            outcome = execute(run_plan, NullReporter())
-        else:
-            with RichReporter(err) as reporter:
-                outcome = execute(run_plan, reporter)
+        with _reporter(quiet) as reporter:
+            outcome = execute(run_plan, reporter)
         acc = outcome.record.accuracy
         out.print(f"  clean {acc['clean']:.2f}, worst case {acc['worst case']:.2f}")
         board = outcome.leaderboard_path
@@ -320,7 +328,6 @@ def eval_checkpoint(
     Rerun the same command after an interruption to resume (AutoAttack included).
     """
     from robench.evaluation import execute_eval, plan_eval
-    from robench.progress import NullReporter, RichReporter
 
     flags = _eval_flags(attack, eps, norm, n_eval, eps_sweep, seed, device, data_root, runs_dir)
     plan = plan_eval(checkpoint, config_file=config, flags=flags, overrides=overrides, out=out_file)
@@ -329,11 +336,8 @@ def eval_checkpoint(
         f"robench eval: {plan.checkpoint.run_id} ({run_plan.names['arch']} on {run_plan.names['data']}), "
         f"{run_plan.threat}, {len(run_plan.suite)} attack(s), {run_plan.device}"
     ), soft_wrap=True)
-    if quiet:
-        report, path, _ = execute_eval(plan, NullReporter())
-    else:
-        with RichReporter(err) as reporter:
-            report, path, _ = execute_eval(plan, reporter)
+    with _reporter(quiet) as reporter:
+        report, path, _ = execute_eval(plan, reporter)
     _print_evaluation(f"{report.dataset}, {run_plan.threat}", report.accuracy, report.eval)
     out.print(f"test images: {report.eval['n']}   wall time: {report.wall_time_s:.1f} s")
     out.print(Text(f"report: {path}"), soft_wrap=True)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robench.api import Defense, LossOutput
+from robench.api import LossOutput
 from robench.features import FeatureHooks, batch_spread, channel_stats, feature_modules, renormalize
 from robench.params import param
 from robench.threat import ThreatModel
@@ -74,11 +74,18 @@ def gradient_misalignment(g_clean: Tensor, g_adv: Tensor) -> Tensor:
 
 class UADAT(PGDAT):
     Params = UADATParams
+    _layers: tuple[nn.Module, list[tuple[str, nn.Module]]] | None = None
+
+    def feature_layers(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        """The model's feature layers, looked up once per model rather than every batch."""
+        if self._layers is None or self._layers[0] is not model:
+            self._layers = (model, feature_modules(model, self.params.layers))  # type: ignore[attr-defined]
+        return self._layers[1]
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> LossOutput:
         p: UADATParams = self.params  # type: ignore[assignment]
         x_adv = self.adversary(model, x, y, threat)
-        layers = feature_modules(model, p.layers) if (p.sampling or p.refine) else []
+        layers = self.feature_layers(model) if (p.sampling or p.refine) else []
         x_in = x.detach().requires_grad_(p.align)
         with FeatureHooks(layers if p.refine else [], record=True) as clean_hooks:
             logits = model(x_in)

@@ -69,18 +69,21 @@ def validation_accuracy(
     model: nn.Module, split: TensorSplit, threat: ThreatModel, *, steps: int, batch_size: int,
     device: torch.device, generator: torch.Generator,
 ) -> tuple[float, float]:
-    """Clean and PGD-``steps`` accuracy (%) in eval mode: CE, random start, 2.5 eps/steps."""
-    clean = robust = 0
+    """Clean and PGD-``steps`` accuracy (%) in eval mode: CE, random start, 2.5 eps/steps.
+
+    Counts stay on the device and are read once at the end."""
+    clean = torch.zeros((), device=device, dtype=torch.long)
+    robust = torch.zeros((), device=device, dtype=torch.long)
     with attack_mode(model):
         for x, y in iterate_batches(split, batch_size, device=device):
             with torch.no_grad():
-                clean += int((model(x).argmax(1) == y).sum())
+                clean += (model(x).argmax(1) == y).sum()
             start = random_start(x, threat, generator)
             x_adv = pgd(model, x, threat, cross_entropy_loss(y), steps=steps,
                         step_size=default_step_size(threat.value, steps), start=start)
             with torch.no_grad():
-                robust += int((model(x_adv).argmax(1) == y).sum())
-    return 100.0 * clean / len(split), 100.0 * robust / len(split)
+                robust += (model(x_adv).argmax(1) == y).sum()
+    return 100.0 * clean.item() / len(split), 100.0 * robust.item() / len(split)
 
 
 def _rng_state(generator: torch.Generator) -> dict[str, Any]:
