@@ -89,7 +89,7 @@ class UADAT(PGDAT):
         x_in = x.detach().requires_grad_(p.align)
         with FeatureHooks(layers if p.refine else [], record=True) as clean_hooks:
             logits = model(x_in)
-        stats = torch.cat([torch.cat(s, 1) for s in clean_hooks.stats.values()], 1).detach() if p.refine else None
+        stats = torch.cat([torch.cat(s, 1) for s in clean_hooks.stats.values()], 1) if p.refine else None
         target = reference(logits, y, stats, width=p.kernel_width, smoothing=p.smoothing).detach()
 
         m = p.samples if p.sampling else 1
@@ -102,7 +102,9 @@ class UADAT(PGDAT):
         match = F.kl_div(F.log_softmax(logits_adv, 1), target.repeat(m, 1), reduction="batchmean")
         loss = ce + p.beta * match
         if p.align:
-            (g_clean,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x_in, create_graph=True)
-            (g_adv,) = torch.autograd.grad(F.cross_entropy(logits_adv, ys, reduction="sum"), xa, create_graph=True)
+            g_clean, g_adv = torch.autograd.grad(  # one pass over both graphs
+                [F.cross_entropy(logits, y, reduction="sum"), F.cross_entropy(logits_adv, ys, reduction="sum")],
+                [x_in, xa], create_graph=True,
+            )
             loss = loss + p.align_weight * gradient_misalignment(g_clean, g_adv)
         return LossOutput(loss, logits_adv[: len(y)])

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robench.errors import ConfigError
-from robench.features import FeatureHooks, batch_spread, channel_stats, feature_modules
+from robench.features import FeatureHooks, batch_spread, channel_stats, feature_modules, renormalize
 from robench.model import NormalizedClassifier
 from robench.registry import get_registry
 from robench.threat import ThreatModel
@@ -55,6 +55,23 @@ def test_channel_statistics_and_their_batch_spread_by_hand():
     assert batch_spread(sigma).item() == pytest.approx(math.sqrt(expected**2 + 1e-6))
     # repeating the batch (M samples per example) leaves the spread unchanged
     assert torch.allclose(batch_spread(mu.repeat(3, 1)), batch_spread(mu))
+
+
+def test_fast_statistics_equal_torchs_mean_and_population_variance():
+    h = torch.randn(6, 4, 5, 5) * 3 + 1
+    mu, sigma = channel_stats(h)
+    assert torch.allclose(mu, h.mean(dim=(2, 3)), atol=1e-6)
+    assert torch.allclose(sigma, (h.var(dim=(2, 3), unbiased=False) + 1e-6).sqrt(), atol=1e-5)
+    new_mu, new_sigma = mu + 1, sigma * 2
+    by_formula = (h - mu[..., None, None]) / sigma[..., None, None] * new_sigma[..., None, None] + new_mu[..., None, None]
+    assert torch.allclose(renormalize(h, mu, sigma, new_mu, new_sigma), by_formula, atol=1e-5)
+
+
+def test_recorded_statistics_are_constants():
+    model = tiny_model()
+    with FeatureHooks(feature_modules(model), record=True) as hooks:
+        model(torch.rand(2, 3, 8, 8)).sum().backward()
+    assert hooks.stats and all(not t.requires_grad for pair in hooks.stats.values() for t in pair)
 
 
 def test_sampling_with_zero_noise_leaves_features_unchanged():
