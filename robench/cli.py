@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 import robench
+from robench.cli_boards import leaderboard, plot_app
 from robench.errors import RobenchError
 
 out = Console(highlight=False)
@@ -415,6 +416,9 @@ def _arch_size(plugin: Any, name: str, shape: tuple[int, int, int], classes: int
     except Exception as exc:  # one bad architecture must not break the listing
         return ["", f"cannot build: {type(exc).__name__}"]
 
+
+app.command("leaderboard")(leaderboard)
+app.add_typer(plot_app, name="plot")
 
 data_app = typer.Typer(help="Dataset files: where they live and how to get them.", no_args_is_help=True)
 app.add_typer(data_app, name="data")

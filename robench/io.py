@@ -4,9 +4,13 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from robench.errors import UserError
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def atomic_write_bytes(
@@ -20,6 +24,7 @@ def atomic_write_bytes(
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.chmod(tmp, 0o666 & ~_UMASK)  # as open() would create it, not mkstemp's 0600
     except OSError as exc:
         raise UserError(f"cannot write to {path.parent}: {exc.strerror or exc}") from None
     try:
@@ -58,3 +63,26 @@ def ensure_writable(folder: str | Path) -> Path:
     except OSError as exc:
         raise UserError(f"folder {folder} is not writable: {exc.strerror or exc}") from None
     return folder
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path) -> Iterator[None]:
+    """Hold an advisory lock on ``path`` (created if missing) while the block runs.
+
+    Runs sharing a results folder each write their own record, then rebuild the board
+    under this lock: the last to take it has seen every record written before it, so
+    the board never drops a run. Without ``fcntl`` (Windows) it does not lock.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

@@ -1,0 +1,67 @@
+"""Leaderboards, built with pandas from run records and never edited by hand.
+
+``table`` groups runs into experiments and ranks them; ``formats`` writes markdown,
+CSV, LaTeX and HTML; ``reference`` reads published numbers, shown apart as
+"reported"; ``robustbench`` exports one run as a RobustBench entry. The committed
+boards, ``<results>/<dataset>-<threat>.md``, are rebuilt by :func:`refresh_leaderboard`
+after every run and all at once by :func:`refresh_all` (``robench leaderboard --refresh``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from robench.io import atomic_write_text, exclusive_lock
+from robench.leaderboard.formats import (
+    FORMATS, board_title, render_csv, render_html, render_latex, render_markdown,
+)
+from robench.leaderboard.reference import ReportedRow, load_reported
+from robench.leaderboard.table import (
+    AUTOATTACK, UNRELIABLE, Filters, defense_label, experiment_table, ranking_rule, run_table,
+)
+from robench.records import SkippedRecord, load_records, record_dir
+
+__all__ = [
+    "AUTOATTACK", "FORMATS", "UNRELIABLE", "Filters", "ReportedRow", "board_title", "defense_label",
+    "experiment_table", "load_reported", "ranking_rule", "refresh_all", "refresh_leaderboard", "render_csv",
+    "render_html", "render_latex", "render_markdown", "run_table",
+]
+
+#: held while a board is rebuilt (git-ignored)
+LOCK_FILE = ".leaderboard.lock"
+
+
+def refresh_leaderboard(
+    results_root: Path, dataset: str, threat_slug: str, threat_label: str
+) -> tuple[Path, list[SkippedRecord]]:
+    """Rebuild ``<results>/<dataset>-<threat slug>.md`` from its records and reported rows."""
+    folder = record_dir(results_root, dataset, threat_slug)
+    with exclusive_lock(results_root / LOCK_FILE):  # concurrent runs: the last rebuild sees every record
+        records, skipped = load_records(folder)
+        reported, bad = load_reported(results_root)
+        mine = [r for r in reported if r.dataset == dataset and r.threat_slug == threat_slug]
+        source = folder.relative_to(results_root).as_posix()
+        text = render_markdown(records, f"{dataset}, {threat_label}", source, mine)
+        path = atomic_write_text(results_root / f"{dataset}-{threat_slug}.md", text)
+    return path, skipped + bad
+
+
+def refresh_all(results_root: Path) -> tuple[list[Path], list[SkippedRecord]]:
+    """Rebuild every board under ``results_root``: one per records folder, and one per
+    reference file's dataset and threat even before any run (so published numbers show)."""
+    boards: dict[tuple[str, str], str] = {}
+    skipped: list[SkippedRecord] = []
+    base = results_root / "records"
+    for folder in sorted(p for p in base.glob("*/*") if p.is_dir()) if base.is_dir() else []:
+        records, bad = load_records(folder)
+        skipped += bad
+        label = board_title(records).split(", ", 1)[-1] if records else folder.name
+        boards[(folder.parent.name, folder.name)] = label
+    reported, bad = load_reported(results_root)
+    skipped += bad
+    for row in reported:
+        boards.setdefault((row.dataset, row.threat_slug), f"{row.norm} eps={row.eps}")
+    paths = []
+    for (dataset, slug), label in sorted(boards.items()):
+        path, _ = refresh_leaderboard(results_root, dataset, slug, label)
+        paths.append(path)
+    return paths, skipped
