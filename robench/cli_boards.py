@@ -7,13 +7,17 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
 from robench.errors import UserError
+
+if TYPE_CHECKING:
+    from robench.leaderboard import ReportedRow
+    from robench.records import RunRecord
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -24,7 +28,10 @@ _DEFENSE = typer.Option(None, "--defense", metavar="NAME", help="Only this defen
 _THREAT = typer.Option(None, "--threat", metavar="THREAT", help='Only this threat model, e.g. linf-8_255 or "Linf 8/255" (repeatable).')
 
 
-def _selected(results_dir: Optional[Path], data, arch, defense, threat):  # type: ignore[no-untyped-def]
+def _selected(
+    results_dir: Optional[Path], data: Optional[list[str]], arch: Optional[list[str]],
+    defense: Optional[list[str]], threat: Optional[list[str]],
+) -> tuple[Path, list[RunRecord], list[ReportedRow]]:
     """(results root, filtered records, reported rows for the same datasets and threats)."""
     from robench.leaderboard import Filters, load_reported
     from robench.paths import results_root
@@ -101,11 +108,8 @@ def leaderboard(
         raise typer.BadParameter("--format robustbench and --run RUN go together", param_hint="--run")
     root, records, reported = _selected(results_dir, data, arch, defense, threat)
     if fmt == "robustbench":
-        matches = [r for r in records if r.run_id == run] or [r for r in records if r.run_id.startswith(str(run))]
-        if len(matches) != 1:
-            found = "no run" if not matches else f"{len(matches)} runs"
-            raise UserError(f"{found} with id {run!r} among the selected records in {root / 'records'}")
-        info = model_info(matches[0], name=name, link=link, authors=authors, venue=venue, additional_data=additional_data)
+        record = _find_run(records, str(run), root / "records")
+        info = model_info(record, name=name, link=link, authors=authors, venue=venue, additional_data=additional_data)
         _emit(json.dumps(info, indent=2) + "\n", output)
         return
     title = board_title(records) if records else "robench leaderboard"
@@ -123,7 +127,7 @@ def leaderboard(
 plot_app = typer.Typer(help="PNG plots from run records (matplotlib).", no_args_is_help=True)
 
 
-def _find_run(records, run: str, where: Path):  # type: ignore[no-untyped-def]
+def _find_run(records: list[RunRecord], run: str, where: Path) -> RunRecord:
     matches = [r for r in records if r.run_id == run] or [r for r in records if r.run_id.startswith(run)]
     if len(matches) != 1:
         found = "no run" if not matches else f"{len(matches)} runs"
@@ -163,7 +167,7 @@ def plot_board(
     if not records:
         raise UserError(f"no run records match the filters in {root / 'records'}")
     folder = output.expanduser() if output else root / "plots"
-    boards: dict[tuple[str, str], list] = {}
+    boards: dict[tuple[str, str], list[RunRecord]] = {}
     for rec in records:
         boards.setdefault((rec.dataset, rec.threat_slug), []).append(rec)
     for (dataset, slug), recs in sorted(boards.items()):
