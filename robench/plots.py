@@ -148,7 +148,10 @@ def _sweep_figure(records: Sequence[RunRecord], title: str, source: str) -> Figu
                             color=line.get_color(), alpha=0.2)
     attacks = sorted({rec.eval["eps_sweep"]["attack"] for rec in swept})
     ax.set_xticks(sorted(ticks), [ticks[x] for x in sorted(ticks)], rotation=45 if len(ticks) > 6 else 0)
-    ax.set(xlabel=f"eps ({swept[0].threat['norm']})", ylabel=f"{', '.join(attacks)} accuracy (%)", title=title)
+    budget = float(swept[0].threat["eps_value"])
+    ax.axvline(budget, color="grey", linestyle=":", linewidth=1)  # the threat model's eps
+    ax.set(xlabel=f"eps ({swept[0].threat['norm']}); dotted: the threat model's eps",
+           ylabel="robust accuracy (%)", title=f"{title}\n{'; '.join(attacks)}")
     _percent_axis(ax)
     ax.grid(alpha=0.3)
     _legend(fig, ax)

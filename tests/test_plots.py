@@ -35,8 +35,18 @@ def _load(folder: Path) -> list[RunRecord]:
 
 @pytest.fixture(scope="module")
 def digits() -> list[RunRecord]:
-    """15 real runs: 5 defenses x 3 seeds, no AutoAttack in their suite, no eps sweep."""
+    """15 real runs: 5 defenses x 3 seeds, AutoAttack in their suite, with eps sweeps."""
     return _load(BOARDS / "records" / "digits" / "linf-3_16")
+
+
+@pytest.fixture(scope="module")
+def ablation() -> list[RunRecord]:
+    """15 real UAD-AT runs whose suite ends at APGD-T (no AutoAttack) and have no eps sweep."""
+    return _load(BOARDS / "ablations" / "uadat" / "records")
+
+
+def _no_sweep(rec: RunRecord) -> RunRecord:
+    return dataclasses.replace(rec, eval={**rec.eval, "eps_sweep": None})
 
 
 def _by_defense(records: list[RunRecord], name: str) -> list[RunRecord]:
@@ -102,9 +112,9 @@ def test_eps_sweep_is_the_mean_over_seeds_per_experiment(digits: list[RunRecord]
     }
     swept = [_made_up_sweep(rec, acc) for name, runs in made_up.items()
              for rec, acc in zip(_by_defense(digits, name), runs)]
-    records = swept + _by_defense(digits, "trades")  # runs without a sweep are left out
+    records = swept + [_no_sweep(r) for r in _by_defense(digits, "trades")]  # runs without a sweep are left out
     ax = _sweep_figure(records, "test", "test data").axes[0]
-    lines = {line.get_label(): line for line in ax.get_lines()}
+    lines = {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
     assert set(lines) == {"pgd-at (3 seeds)", "standard (3 seeds)"}
     for name, runs in made_up.items():
         line = lines[f"{name} (3 seeds)"]
@@ -116,21 +126,32 @@ def test_eps_sweep_is_the_mean_over_seeds_per_experiment(digits: list[RunRecord]
     _assert_png(path, (8, 6))
 
 
-def test_eps_sweep_without_any_sweep_is_a_user_error(digits: list[RunRecord], tmp_path: Path) -> None:
+def test_eps_sweep_of_the_committed_runs_is_their_mean(digits: list[RunRecord]) -> None:
+    ax = _sweep_figure(digits, "digits", "records").axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
+    for name in ("pgd-at", "standard", "trades", "mart", "uadat"):
+        runs = _by_defense(digits, name)
+        expected = [statistics.fmean(col) for col in zip(*[[p["accuracy"] for p in r.eval["eps_sweep"]["points"]]
+                                                           for r in runs])]
+        assert np.allclose(lines[f"{name} (3 seeds)"].get_ydata(), expected)
+    assert any(list(line.get_xdata()) == [0.1875, 0.1875] for line in ax.get_lines())  # the threat's eps
+
+
+def test_eps_sweep_without_any_sweep_is_a_user_error(ablation: list[RunRecord], tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"no record in leaderboards/x has an eps sweep; run with --eps-sweep"):
-        plot_eps_sweep(digits, tmp_path / "sweep.png", "digits", source="leaderboards/x")
+        plot_eps_sweep(ablation, tmp_path / "sweep.png", "digits", source="leaderboards/x")
     assert not (tmp_path / "sweep.png").exists()
 
 
 def test_clean_vs_robust_point_is_the_mean_of_its_seeds(digits: list[RunRecord], tmp_path: Path) -> None:
     ax = _clean_robust_figure(digits, "digits").axes[0]
-    assert "worst case (APGD-T" in ax.get_ylabel() and "no AutoAttack" in ax.get_ylabel()
+    assert ax.get_ylabel() == "robust accuracy (%): AutoAttack"
     containers = {c.get_label(): c for c in ax.containers}
     assert set(containers) == {f"{name} (3 seeds)" for name in ("pgd-at", "standard", "trades", "mart", "uadat")}
     for name in ("pgd-at", "standard", "trades", "mart", "uadat"):
         runs = _by_defense(digits, name)
         clean = [r.accuracy["clean"] for r in runs]
-        robust = [r.accuracy[WORST_CASE] for r in runs]
+        robust = [r.accuracy["AutoAttack"] for r in runs]
         container = containers[f"{name} (3 seeds)"]
         point = container.lines[0]
         assert np.allclose([point.get_xdata()[0], point.get_ydata()[0]], [statistics.fmean(clean), statistics.fmean(robust)])
@@ -156,7 +177,8 @@ def test_clean_vs_robust_groups_by_config_and_defense_settings() -> None:
     assert len(labels) == 5
 
 
-def test_robust_metric_is_autoattack_only_when_every_run_has_it(digits: list[RunRecord]) -> None:
+def test_robust_metric_is_autoattack_only_when_every_run_has_it(ablation: list[RunRecord]) -> None:
+    digits = ablation
     key, label = robust_metric(digits)
     assert key == WORST_CASE and "APGD-T" in label and "no AutoAttack" in label
     # TEST DATA: an invented AutoAttack accuracy, 10 points under each run's worst case
@@ -166,6 +188,6 @@ def test_robust_metric_is_autoattack_only_when_every_run_has_it(digits: list[Run
     assert robust_metric([*with_aa[:-1], digits[-1]])[0] == WORST_CASE
     ax = _clean_robust_figure(with_aa, "aa").axes[0]
     assert ax.get_ylabel() == "robust accuracy (%): AutoAttack"
-    mart = _by_defense(with_aa, "mart")
-    (point,) = [c.lines[0] for c in ax.containers if c.get_label() == "mart (3 seeds)"]
-    assert np.isclose(point.get_ydata()[0], statistics.fmean(r.accuracy["AutoAttack"] for r in mart))
+    full = [r for r in with_aa if defense_label(r) == "uadat"]
+    (point,) = [c.lines[0] for c in ax.containers if c.get_label() == "uadat (3 seeds)"]
+    assert len(full) == 3 and np.isclose(point.get_ydata()[0], statistics.fmean(r.accuracy["AutoAttack"] for r in full))
