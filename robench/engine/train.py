@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robench.api import Defense, TensorSplit
+from robench.api import Defense, LossOutput, TensorSplit
 from robench.checkpoint import Checkpoint, save_checkpoint
 from robench.config import TrainConfig
 from robench.engine.batches import iterate_batches, num_batches
@@ -63,6 +63,19 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
         nesterov=cfg.nesterov,
     )
+
+
+def train_step(
+    model: nn.Module, defense: Defense, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, threat: ThreatModel,
+) -> LossOutput:
+    """One optimisation step on a batch: the defense's loss (attack included), backward, SGD.
+
+    The unit ``robench bench`` times against the reference loops in ``benchmarks/``."""
+    out = defense.loss(model, x, y, threat)
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    optimizer.step()
+    return out
 
 
 def validation_accuracy(
@@ -153,10 +166,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, step, steps)
             step_threat = warmed_threat(threat, cfg, step, steps)
-            out = defense.loss(model, x, y, step_threat)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            optimizer.step()
+            out = train_step(model, defense, optimizer, x, y, step_threat)
             loss_sum += out.loss.detach() * y.shape[0]
             correct += (out.logits.detach().argmax(1) == y).sum()
             eps = step_threat.eps

@@ -1,0 +1,58 @@
+"""``robench bench``: time robench's training step against the reference loops.
+
+Registered on the main app by :mod:`robench.cli`, which owns exit codes and error lines.
+"""
+from __future__ import annotations
+
+import platform
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+out = Console(highlight=False)
+
+DEFAULT_DEFENSES = ["standard", "pgd-at", "trades", "mart", "uadat"]
+
+
+def bench(
+    defense: Optional[list[str]] = typer.Option(None, "--defense", metavar="NAME", help="Defense to time (repeatable; default: all five built-ins)."),
+    arch: str = typer.Option("preact-resnet-18", "--arch", metavar="NAME", help="Architecture, e.g. wrn-34-10 on a GPU."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per step."),
+    size: int = typer.Option(32, "--size", min=4, help="Image side (3 channels)."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
+    repeats: int = typer.Option(3, "--repeats", min=1, help="Timed steps per variant (medians)."),
+    warmup: int = typer.Option(1, "--warmup", min=0, help="Untimed steps first."),
+    peak_tflops: Optional[float] = typer.Option(None, "--peak-tflops", min=0.0, help="The device's peak TFLOP/s at this precision, to print the achieved fraction."),
+) -> None:
+    """Time one training step of each defense against a plain reference loop (benchmarks/reference_loops.py), in one process on the same model, batch and device: images/s, the ratio robench/reference, and achieved TFLOP/s."""
+    from robench.bench import bench as run_bench
+    from robench.run import resolve_device
+
+    dev = resolve_device(device)
+    for name in defense or DEFAULT_DEFENSES:  # unknown names fail before any timing
+        from robench.registry import get_registry
+
+        get_registry("defense").create(name, {})
+    rows = run_bench(defense or DEFAULT_DEFENSES, arch, batch_size=batch_size, size=size, device=dev,
+                     repeats=repeats, warmup=warmup, peak_tflops=peak_tflops)
+    import torch
+
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
+    out.print(f"robench bench: {arch}, {size}x{size}, batch {batch_size}, {dev} ({where}), torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads, median of {repeats}")
+    table = Table(show_edge=False)
+    for col in ("defense", "s/step", "images/s", "ref s/step", "ratio", "TFLOP/s", "of peak"):
+        table.add_column(col, justify="left" if col == "defense" else "right")
+    for r in rows:
+        table.add_row(
+            r.defense, f"{r.seconds:.4f}", f"{r.images_per_s:.1f}",
+            "-" if r.reference_seconds is None else f"{r.reference_seconds:.4f}",
+            "-" if r.ratio is None else f"{r.ratio:.3f}",
+            "-" if r.tflops is None else f"{r.tflops:.4f}",
+            "-" if r.peak_fraction is None else f"{100 * r.peak_fraction:.1f}%",
+        )
+    out.print(table)
+    out.print("ratio = robench s/step / reference s/step (below 1.0: robench is faster). UAD-AT has no official "
+              "code, so no reference. TFLOP/s use the per-image forward-pass counts in robench/bench.py.")
