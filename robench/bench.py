@@ -37,8 +37,6 @@ from robench.threat import ThreatModel
 #: robench's cached clean target; UAD-AT estimated: PGD-AT + a clean pass + a second
 #: sampled copy + about two training steps of double backprop)
 FORWARD_PASSES = {"standard": 3, "pgd-at": 23, "trades": 27, "mart": 26, "uadat": 35}
-#: the reference loops' costs, where they differ (official TRADES recomputes p(x))
-REFERENCE_PASSES = {"trades": 39}
 
 
 @dataclass(frozen=True)

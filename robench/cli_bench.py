@@ -27,17 +27,18 @@ def bench(
     peak_tflops: Optional[float] = typer.Option(None, "--peak-tflops", min=0.0, help="The device's peak TFLOP/s at this precision, to print the achieved fraction."),
 ) -> None:
     """Time one training step of each defense against a plain reference loop (benchmarks/reference_loops.py), in one process on the same model, batch and device: images/s, the ratio robench/reference, and achieved TFLOP/s."""
+    import torch
+
     from robench.bench import bench as run_bench
+    from robench.registry import get_registry
     from robench.run import resolve_device
 
     dev = resolve_device(device)
-    for name in defense or DEFAULT_DEFENSES:  # unknown names fail before any timing
-        from robench.registry import get_registry
-
+    names = defense or DEFAULT_DEFENSES
+    for name in names:  # unknown names fail before any timing
         get_registry("defense").create(name, {})
-    rows = run_bench(defense or DEFAULT_DEFENSES, arch, batch_size=batch_size, size=size, device=dev,
+    rows = run_bench(names, arch, batch_size=batch_size, size=size, device=dev,
                      repeats=repeats, warmup=warmup, peak_tflops=peak_tflops)
-    import torch
 
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
     out.print(f"robench bench: {arch}, {size}x{size}, batch {batch_size}, {dev} ({where}), torch {torch.__version__}, "

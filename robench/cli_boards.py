@@ -112,7 +112,7 @@ def leaderboard(
         info = model_info(record, name=name, link=link, authors=authors, venue=venue, additional_data=additional_data)
         _emit(json.dumps(info, indent=2) + "\n", output)
         return
-    title = board_title(records) if records else "robench leaderboard"
+    title = board_title(records)
     source = "records"
     by_seed = by == "seed"
     text = {

@@ -24,6 +24,7 @@ from matplotlib.transforms import Bbox
 from robench.errors import UserError
 from robench.io import atomic_write_bytes
 from robench.leaderboard import defense_label, ranking_rule
+from robench.leaderboard.table import threat_label
 from robench.records import RunRecord
 
 DPI = 120
@@ -48,7 +49,7 @@ def _experiments(records: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
     groups: dict[tuple[str, ...], list[RunRecord]] = {}
     for rec in records:
         key = (defense_label(rec), rec.arch["name"], rec.dataset,
-               f"{rec.threat['norm']} {rec.threat['eps']}", rec.config_hash)
+               threat_label(rec), rec.config_hash)
         groups.setdefault(key, []).append(rec)
     varies = [len({k[i] for k in groups}) > 1 for i in range(4)]
     varies[0] = True  # the defense always names the group

@@ -8,6 +8,7 @@ after every run and all at once by :func:`refresh_all` (``robench leaderboard --
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from robench.io import atomic_write_text, exclusive_lock
@@ -16,9 +17,10 @@ from robench.leaderboard.formats import (
 )
 from robench.leaderboard.reference import ReportedRow, load_reported
 from robench.leaderboard.table import (
-    AUTOATTACK, UNRELIABLE, Filters, defense_label, experiment_table, ranking_rule, run_table,
+    AUTOATTACK, UNRELIABLE, Filters, defense_label, experiment_table, ranking_rule, run_table, threat_title,
 )
-from robench.records import SkippedRecord, load_records, record_dir
+from robench.records import RunRecord, SkippedRecord, load_records, record_dir
+from robench.threat import ThreatModel
 
 __all__ = [
     "AUTOATTACK", "FORMATS", "UNRELIABLE", "Filters", "ReportedRow", "board_title", "defense_label",
@@ -30,38 +32,41 @@ __all__ = [
 LOCK_FILE = ".leaderboard.lock"
 
 
+def _write_board(
+    results_root: Path, dataset: str, threat_slug: str, threat_title: str,
+    records: Sequence[RunRecord], reported: Sequence[ReportedRow],
+) -> Path:
+    mine = [r for r in reported if r.dataset == dataset and r.threat_slug == threat_slug]
+    source = record_dir(results_root, dataset, threat_slug).relative_to(results_root).as_posix()
+    text = render_markdown(records, f"{dataset}, {threat_title}", source, mine)
+    return atomic_write_text(results_root / f"{dataset}-{threat_slug}.md", text)
+
+
 def refresh_leaderboard(
     results_root: Path, dataset: str, threat_slug: str, threat_label: str
 ) -> tuple[Path, list[SkippedRecord]]:
     """Rebuild ``<results>/<dataset>-<threat slug>.md`` from its records and reported rows."""
-    folder = record_dir(results_root, dataset, threat_slug)
     with exclusive_lock(results_root / LOCK_FILE):  # concurrent runs: the last rebuild sees every record
-        records, skipped = load_records(folder)
+        records, skipped = load_records(record_dir(results_root, dataset, threat_slug))
         reported, bad = load_reported(results_root)
-        mine = [r for r in reported if r.dataset == dataset and r.threat_slug == threat_slug]
-        source = folder.relative_to(results_root).as_posix()
-        text = render_markdown(records, f"{dataset}, {threat_label}", source, mine)
-        path = atomic_write_text(results_root / f"{dataset}-{threat_slug}.md", text)
+        path = _write_board(results_root, dataset, threat_slug, threat_label, records, reported)
     return path, skipped + bad
 
 
 def refresh_all(results_root: Path) -> tuple[list[Path], list[SkippedRecord]]:
     """Rebuild every board under ``results_root``: one per records folder, and one per
     reference file's dataset and threat even before any run (so published numbers show)."""
-    boards: dict[tuple[str, str], str] = {}
-    skipped: list[SkippedRecord] = []
-    base = results_root / "records"
-    for folder in sorted(p for p in base.glob("*/*") if p.is_dir()) if base.is_dir() else []:
-        records, bad = load_records(folder)
-        skipped += bad
-        label = board_title(records).split(", ", 1)[-1] if records else folder.name
-        boards[(folder.parent.name, folder.name)] = label
-    reported, bad = load_reported(results_root)
-    skipped += bad
-    for row in reported:
-        boards.setdefault((row.dataset, row.threat_slug), f"{row.norm} eps={row.eps}")
-    paths = []
-    for (dataset, slug), label in sorted(boards.items()):
-        path, _ = refresh_leaderboard(results_root, dataset, slug, label)
-        paths.append(path)
+    with exclusive_lock(results_root / LOCK_FILE):
+        reported, skipped = load_reported(results_root)
+        boards: dict[tuple[str, str], tuple[str, list[RunRecord]]] = {}
+        base = results_root / "records"
+        for folder in sorted(p for p in base.glob("*/*") if p.is_dir()) if base.is_dir() else []:
+            records, bad = load_records(folder)
+            skipped += bad
+            title = threat_title(records[0]) if records else folder.name
+            boards[(folder.parent.name, folder.name)] = (title, records)
+        for row in reported:
+            boards.setdefault((row.dataset, row.threat_slug), (str(ThreatModel(row.norm, row.eps)), []))
+        paths = [_write_board(results_root, dataset, slug, title, records, reported)
+                 for (dataset, slug), (title, records) in sorted(boards.items())]
     return paths, skipped

@@ -15,7 +15,7 @@ import pandas as pd
 from robench.engine.evaluate import WORST_CASE
 from robench.leaderboard.reference import ReportedRow
 from robench.leaderboard.table import (
-    AUTOATTACK, CLEAN, UNRELIABLE, experiment_table, flags, metrics, run_table, threat_label,
+    AUTOATTACK, CLEAN, UNRELIABLE, experiment_table, flags, metrics, run_table, threat_title,
 )
 from robench.records import RunRecord
 
@@ -50,8 +50,8 @@ def measured_display(records: Sequence[RunRecord], by_seed: bool = False) -> pd.
             out[name] = df[col]
     out["Defense"], out["Architecture"] = df["defense"], df["arch"]
     for m in keys:
-        out[_name(m)] = [_number(v, None if by_seed else s)
-                         for v, s in zip(df[m], df[f"{m} std"] if not by_seed else [None] * len(df))]
+        stds = [None] * len(df) if by_seed else df[f"{m} std"]
+        out[_name(m)] = [_number(v, s) for v, s in zip(df[m], stds)]
     if by_seed:
         out["Seed"], out["Run"] = df["seed"].astype(str), df["run_id"].map(lambda r: f"`{r}`")
     else:
@@ -196,9 +196,5 @@ def render_html(records: Sequence[RunRecord], title: str, source: str, reported:
 
 def board_title(records: Sequence[RunRecord]) -> str:
     """``digits, Linf eps=3/16`` for one dataset and threat; a plain title otherwise."""
-    pairs = sorted({(r.dataset, threat_label(r)) for r in records})
-    if len(pairs) == 1:
-        dataset, threat = pairs[0]
-        norm, eps = threat.split(" ", 1)
-        return f"{dataset}, {norm} eps={eps}"
-    return "robench leaderboard"
+    pairs = {(r.dataset, threat_title(r)) for r in records}
+    return ", ".join(pairs.pop()) if len(pairs) == 1 else "robench leaderboard"
