@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from robench.config import TrainConfig
+from robench.engine.precision import Precision
 from robench.engine.train import make_optimizer, train_step
 from robench.errors import UserError
 from robench.flops import count_macs
@@ -77,14 +78,25 @@ def _timed(fn: Callable[[], object], device: torch.device) -> float:
 def bench(
     defenses: Sequence[str], arch: str, *, batch_size: int, size: int, device: torch.device, repeats: int = 3,
     warmup: int = 1, eps: str = "8/255", peak_tflops: float | None = None, seed: int = 0,
+    precision: str = "fp32", channels_last: bool = False, compile_model: bool = False,
 ) -> list[BenchRow]:
-    """Median seconds per training step of each defense, robench and reference interleaved."""
+    """Median seconds per training step of each defense, robench and reference interleaved.
+
+    ``precision``, ``channels_last`` and ``compile_model`` apply to robench's side only:
+    the reference stays what the official code does (fp32, eager, contiguous).
+    """
     torch.manual_seed(seed)
     net = get_registry("architecture").create(arch, {}).build(10, (3, size, size))
     model: nn.Module = NormalizedClassifier(net, (0.5,) * 3, (0.25,) * 3).to(device)
     forward_flops = 2 * count_macs(model, (3, size, size))
     x = torch.rand(batch_size, 3, size, size, device=device)
     y = torch.randint(0, 10, (batch_size,), device=device)
+    mine: nn.Module = copy.deepcopy(model)  # same weights, robench's memory format
+    x_ours = x
+    if channels_last:
+        mine.to(memory_format=torch.channels_last)
+        x_ours = x.contiguous(memory_format=torch.channels_last)
+    stepped = torch.compile(mine) if compile_model else mine
     threat = ThreatModel("Linf", eps)
     loops = reference_loops().REFERENCE_STEPS
     start = copy.deepcopy(model.state_dict())
@@ -94,9 +106,10 @@ def bench(
         ref = loops.get(name)
         times: dict[str, list[float]] = {"robench": [], "reference": []}
         for i in range(warmup + repeats):
-            model.load_state_dict(start)
-            opt = make_optimizer(model.train(), TrainConfig())
-            took = _timed(lambda: train_step(model, defense, opt, x, y, threat), device)
+            mine.load_state_dict(start)
+            opt = make_optimizer(mine.train(), TrainConfig(), device)
+            prec = Precision(precision, device)
+            took = _timed(lambda: train_step(stepped.train(), defense, opt, x_ours, y, threat, prec), device)
             if i >= warmup:
                 times["robench"].append(took)
             if ref is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
 import sys
 import warnings
@@ -69,6 +70,8 @@ def _root(
     """
     if ctx.invoked_subcommand is None:
         out.print(ctx.get_help())
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone talks
+        out.quiet = True
 
 
 _CONFIG_OPT = typer.Option(
@@ -95,6 +98,50 @@ _QUIET_OPT = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 _ARCH_OPT = typer.Option(None, "--arch", metavar="NAME", help="Architecture plugin, e.g. smallcnn.")
 _DATA_OPT = typer.Option(None, "--data", metavar="NAME", help="Dataset plugin, e.g. digits.")
 _EPOCHS_OPT = typer.Option(None, "--epochs", metavar="N", help="Training epochs.")
+#: environment variable with the command line of a process that ``--nproc`` starts
+TORCHRUN_ARGV = "ROBENCH_TORCHRUN_ARGV"
+_NPROC_OPT = typer.Option(
+    None, "--nproc", metavar="N", min=1,
+    help="Train on N processes (one per GPU; gloo on CPU) through torchrun; train.batch_size stays the global batch.",
+)
+
+
+def _launch_torchrun(nproc: Optional[int], device: str, batch_size: int) -> None:
+    """Start this very command under torchrun with ``nproc`` processes, then exit with its code.
+
+    Does nothing when ``nproc`` is 1 or unset, or inside torchrun already (where the
+    number of processes must then agree).
+    """
+    import subprocess
+
+    from robench.engine.distributed import world_from_env
+    from robench.errors import UserError
+
+    world = world_from_env()
+    if world.active or os.environ.get("RANK") is not None:
+        if nproc is not None and nproc != world.size:
+            raise UserError(f"--nproc {nproc} but torchrun started {world.size} process(es)")
+        return
+    if nproc is None or nproc == 1:
+        return
+    if batch_size < nproc:
+        raise UserError(f"train.batch_size {batch_size} is the global batch; it must be at least --nproc {nproc}")
+    if device.startswith("cuda"):
+        import torch
+
+        if nproc > torch.cuda.device_count():
+            raise UserError(f"--nproc {nproc}: only {torch.cuda.device_count()} CUDA device(s) here")
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    # the arguments travel in the environment: torchrun's own parser would claim some (--nproc)
+    env[TORCHRUN_ARGV] = json.dumps(sys.argv[1:])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "robench"]
+    out.print(Text(f"torchrun: {nproc} processes"), soft_wrap=True)
+    code = subprocess.call(cmd, env=env)
+    if code != 0:
+        err.print(Text(f"error: a torchrun process failed (exit code {code}); its message is above"), soft_wrap=True)
+    raise typer.Exit(code if code in (0, 2) else 1)
 
 
 def _eval_flags(
@@ -127,7 +174,7 @@ def _reporter(quiet: bool) -> Iterator[Any]:
     """Progress bars on stderr, or none with --quiet."""
     from robench.progress import NullReporter, RichReporter
 
-    if quiet:
+    if quiet or os.environ.get("RANK", "0") != "0":
         yield NullReporter()
     else:
         with RichReporter(err) as reporter:
@@ -189,6 +236,14 @@ def run(
         None, "--resume", metavar="RUN",
         help="Continue an interrupted run (its id, folder or last.pt) with its own config.",
     ),
+    precision: Optional[str] = typer.Option(
+        None, "--precision", metavar="P", help="fp32, bf16 or fp16 (with loss scaling) for training; evaluation stays fp32.",
+    ),
+    channels_last: bool = typer.Option(False, "--channels-last", help="Channels-last memory format (GPU tensor cores)."),
+    compile_model: bool = typer.Option(
+        False, "--compile", help="torch.compile the training forward passes (UAD-AT's double backward stays eager).",
+    ),
+    nproc: Optional[int] = _NPROC_OPT,
     quiet: bool = _QUIET_OPT,
 ) -> None:
     """Train a model with a defense, evaluate its best and last checkpoints, record the run
@@ -205,6 +260,11 @@ def run(
         flags["download"] = True
     if results_dir is not None:
         flags["results_dir"] = str(results_dir)
+    if precision is not None:
+        flags.setdefault("train", {})["precision"] = precision
+    engine = {k: True for k, on in (("channels_last", channels_last), ("compile", compile_model)) if on}
+    if engine:
+        flags["engine"] = engine
 
     checkpoint = None
     if resume is not None:
@@ -220,9 +280,12 @@ def run(
                   soft_wrap=True)
     else:
         plan = plan_run(validate(resolve(config, flags, overrides)))
+    _launch_torchrun(nproc, str(plan.device), plan.config.train.batch_size)  # every input is checked before processes start
+    if checkpoint is None:
+        procs = f", {plan.world.size} processes" if plan.world.active else ""
         out.print(
             f"[bold]robench run[/]: {plan.names['defense']} on {plan.names['data']} with "
-            f"{plan.names['arch']}, {plan.threat}, seed {plan.config.seed}, {plan.device}"
+            f"{plan.names['arch']}, {plan.threat}, seed {plan.config.seed}, {plan.device}{procs}"
         )
     out.print(Text(f"run folder:  {plan.run_dir}"), soft_wrap=True)
     try:
@@ -232,6 +295,8 @@ def run(
         if (plan.run_dir / "last.pt").is_file():
             err.print(Text(f"interrupted; continue with: robench run --resume {plan.run_id}"), soft_wrap=True)
         raise
+    if outcome is None:  # a torchrun rank other than 0: rank 0 reports
+        return
 
     rec = outcome.record
     _print_evaluation(f"{rec.dataset}, {plan.threat}, {rec.selected} checkpoint (epoch "
@@ -297,6 +362,8 @@ def ablate(
         out.print(f"[{i}/{len(plan.runs)}] {variant.label}, seed {seed}")
         with _reporter(quiet) as reporter:
             outcome = execute(run_plan, reporter)
+        if outcome is None:  # a torchrun rank other than 0
+            continue
         acc = outcome.record.accuracy
         out.print(f"  clean {acc['clean']:.2f}, worst case {acc['worst case']:.2f}")
         board = outcome.leaderboard_path
@@ -467,6 +534,8 @@ def _one_line(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code."""
+    if argv is None and TORCHRUN_ARGV in os.environ:  # a process that --nproc started
+        argv = json.loads(os.environ.pop(TORCHRUN_ARGV))
     command = typer.main.get_command(app)
     debug = bool(os.environ.get("ROBENCH_DEBUG"))
     warnings.showwarning = _show_warning

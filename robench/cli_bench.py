@@ -25,6 +25,9 @@ def bench(
     repeats: int = typer.Option(3, "--repeats", min=1, help="Timed steps per variant (medians)."),
     warmup: int = typer.Option(1, "--warmup", min=0, help="Untimed steps first."),
     peak_tflops: Optional[float] = typer.Option(None, "--peak-tflops", min=0.0, help="The device's peak TFLOP/s at this precision, to print the achieved fraction."),
+    precision: str = typer.Option("fp32", "--precision", metavar="P", help="robench's side: fp32, bf16 or fp16 (the reference stays fp32)."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="robench's side in channels-last memory format."),
+    compile_model: bool = typer.Option(False, "--compile", help="robench's side under torch.compile (give --warmup >= 2)."),
 ) -> None:
     """Time one training step of each defense against a plain reference loop (benchmarks/reference_loops.py), in one process on the same model, batch and device: images/s, the ratio robench/reference, and achieved TFLOP/s."""
     import torch
@@ -33,16 +36,23 @@ def bench(
     from robench.registry import get_registry
     from robench.run import resolve_device
 
+    from robench.engine.precision import PRECISIONS
+    from robench.errors import UserError
+
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     dev = resolve_device(device)
     names = defense or DEFAULT_DEFENSES
     for name in names:  # unknown names fail before any timing
         get_registry("defense").create(name, {})
     rows = run_bench(names, arch, batch_size=batch_size, size=size, device=dev,
-                     repeats=repeats, warmup=warmup, peak_tflops=peak_tflops)
+                     repeats=repeats, warmup=warmup, peak_tflops=peak_tflops, precision=precision,
+                     channels_last=channels_last, compile_model=compile_model)
 
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
     out.print(f"robench bench: {arch}, {size}x{size}, batch {batch_size}, {dev} ({where}), torch {torch.__version__}, "
-              f"{torch.get_num_threads()} threads, median of {repeats}")
+              f"{torch.get_num_threads()} threads, median of {repeats}; robench side: {precision}"
+              + (", channels-last" if channels_last else "") + (", compiled" if compile_model else ""))
     table = Table(show_edge=False)
     for col in ("defense", "s/step", "images/s", "ref s/step", "ratio", "TFLOP/s", "of peak"):
         table.add_column(col, justify="left" if col == "defense" else "right")

@@ -62,6 +62,9 @@ class TrainConfig:
     select: Literal["best", "last"] = param(
         "best", help="checkpoint the record reports: best validation PGD accuracy, or the last epoch"
     )
+    precision: Literal["fp32", "bf16", "fp16"] = param(
+        "fp32", help="training forward passes, attacks included, under autocast (fp16: with loss scaling); validation stays fp32"
+    )
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,19 @@ class EvalConfig:
     check_n: int = param(500, ge=1, help="points the checks use (the first of the evaluated ones)")
     eps_sweep: bool = param(False, help="also record PGD-20 accuracy versus eps")
     sweep_eps: tuple[str, ...] = param((), help='eps values of the sweep, e.g. ["0", "4/255"]; empty: 0 to 2x eps')
+    precision: Literal["fp32", "bf16", "fp16"] = param(
+        "fp32", help="the final evaluation's forward passes; keep fp32 unless you know the attacks hold up"
+    )
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the work is done, not what is computed: not part of the experiment's hash."""
+
+    channels_last: bool = param(False, help="model and batches in channels-last memory format (GPU tensor cores)")
+    compile: bool = param(False, help="torch.compile the training forward passes; UAD-AT's double backward stays eager")
+    sync_bn: bool = param(False, help="multi-GPU: BatchNorm over the global batch (SyncBatchNorm, CUDA only)")
+    deterministic: bool = param(True, help="deterministic kernels, no cuDNN autotuning: bit-exact CPU repeats; false is faster on GPUs")
 
 
 @dataclass(frozen=True)
@@ -99,6 +115,7 @@ class RunConfig:
     threat: ThreatConfig
     train: TrainConfig
     eval: EvalConfig
+    engine: EngineConfig = EngineConfig()
     data_root: str | None = None
     results_dir: str | None = None
     runs_dir: str | None = None
@@ -119,7 +136,7 @@ _SETTING_KEYS = [f.name for f in dataclasses.fields(_Settings)]
 TOP_LEVEL_KEYS = (
     _SETTING_KEYS
     + list(PLUGIN_SECTIONS)
-    + [SUITE_SECTION, "threat", "train", "eval"]
+    + [SUITE_SECTION, "threat", "train", "eval", "engine"]
 )
 
 
@@ -226,7 +243,7 @@ def merge(base: dict[str, Any], layer: Mapping[str, Any], origin: str) -> dict[s
                 out[key] = {**old, **new}
         elif key == SUITE_SECTION:
             out[key] = _as_suite(value, origin)
-        elif key in ("threat", "train", "eval"):
+        elif key in ("threat", "train", "eval", "engine"):
             out[key] = {**(out.get(key) or {}), **_as_section(value, key, origin)}
         else:
             out[key] = value
@@ -299,12 +316,14 @@ def validate(raw: Mapping[str, Any]) -> RunConfig:
     threat = build_params(ThreatConfig, raw.get("threat") or {}, "threat")
     train = build_params(TrainConfig, raw.get("train") or {}, "train")
     evaluation = build_params(EvalConfig, raw.get("eval") or {}, "eval")
+    engine = build_params(EngineConfig, raw.get("engine") or {}, "engine")
     return RunConfig(
         seed=settings.seed,
         device=settings.device,
         threat=threat,
         train=train,
         eval=evaluation,
+        engine=engine,
         attacks=tuple(suite),
         data_root=settings.data_root,
         results_dir=settings.results_dir,
@@ -314,9 +333,16 @@ def validate(raw: Mapping[str, Any]) -> RunConfig:
     )
 
 
+#: keys added after records existed, with the value every earlier run implicitly had
+_IMPLICIT: dict[tuple[str, str], Any] = {("train", "precision"): "fp32", ("eval", "precision"): "fp32"}
+
+
 def config_hash(resolved: Mapping[str, Any]) -> str:
-    """Identifies the experiment: the resolved config without seed, device and paths."""
-    ignore = {"seed", "device", "data_root", "results_dir", "runs_dir", "download"}
+    """Identifies the experiment: the resolved config without seed, device, paths and engine settings."""
+    ignore = {"seed", "device", "data_root", "results_dir", "runs_dir", "download", "engine"}
     payload = {k: v for k, v in resolved.items() if k not in ignore}
+    for (section, key), value in _IMPLICIT.items():  # keys added later: old records keep their hash
+        if isinstance(payload.get(section), Mapping) and payload[section].get(key, value) == value:
+            payload[section] = {k: v for k, v in payload[section].items() if k != key}
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

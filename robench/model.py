@@ -6,7 +6,8 @@ hands an attack a model that expects normalised inputs.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -36,3 +37,14 @@ class NormalizedClassifier(nn.Module):
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+@contextmanager
+def eager_forwards() -> Iterator[None]:
+    """Run forward passes eagerly inside, even where the engine compiled the model.
+
+    For losses that differentiate through input gradients (double backward), which
+    torch.compile does not support; everything else in the step stays compiled.
+    """
+    with torch.compiler.set_stance("force_eager"):
+        yield

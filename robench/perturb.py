@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +76,25 @@ def ascent_step(x_adv: Tensor, grad: Tensor, step_size: float, threat: ThreatMod
     return x_adv + step_size * grad / _flat_norm(grad)
 
 
+_ATTACK_LOSS_SCALE: ContextVar[float] = ContextVar("attack_loss_scale", default=1.0)
+
+
+def attack_loss_scale() -> float:
+    """The factor on losses whose input gradient an attack takes (1 except under fp16 training)."""
+    return _ATTACK_LOSS_SCALE.get()
+
+
+@contextmanager
+def scaled_attack_losses(scale: float) -> Iterator[None]:
+    """Scale attack losses by ``scale`` (fp16: keeps small input gradients from underflowing;
+    sign and normalised steps do not change)."""
+    token = _ATTACK_LOSS_SCALE.set(scale)
+    try:
+        yield
+    finally:
+        _ATTACK_LOSS_SCALE.reset(token)
+
+
 def pgd(
     model: nn.Module,
     x: Tensor,
@@ -96,7 +116,7 @@ def pgd(
     for _ in range(steps):
         x_adv.requires_grad_(True)
         loss = loss_fn(model(x_adv))
-        (grad,) = torch.autograd.grad(loss, x_adv)
+        (grad,) = torch.autograd.grad(loss * attack_loss_scale(), x_adv)
         x_adv = project(ascent_step(x_adv.detach(), grad, step_size, threat), x, threat).detach()
     return x_adv
 

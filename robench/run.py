@@ -21,9 +21,11 @@ import robench
 from robench.api import Architecture, DataSplits, Dataset, Defense, Plugin, TensorSplit
 from robench.checkpoint import Checkpoint, load_checkpoint
 from robench.config import PLUGIN_SECTIONS, SUITE_SECTION, PluginChoice, RunConfig, config_hash, validate
+from robench.engine.distributed import SINGLE, World, broadcast_object, close_process_group, init_process_group, world_from_env
+from robench.engine.precision import evaluation_model
 from robench.engine.schedule import check_schedule
 from robench.engine.train import LAST as LAST_CHECKPOINT
-from robench.engine.train import EpochStats, train
+from robench.engine.train import EpochStats, TrainResult, train
 from robench.errors import ConfigError, DataNotFoundError, PluginLoadError, RobenchError, UserError
 from robench.io import atomic_write_text, ensure_writable
 from robench.leaderboard import refresh_leaderboard
@@ -62,6 +64,8 @@ class RunPlan:
     run_id: str = ""
     #: checkpoints, the epoch log and evaluation state: ``<runs root>/<run id>``
     run_dir: Path = Path()
+    #: the torchrun processes sharing the training (one by default)
+    world: World = SINGLE
 
 
 @dataclass
@@ -124,6 +128,13 @@ def plan_run(config: RunConfig, sections: tuple[str, ...] = tuple(PLUGIN_SECTION
         raise ConfigError("threat: eps must be > 0 (eps 0 is clean accuracy, which every run reports)")
     check_sweep(config.eval, threat)
     check_schedule(config.train)
+    world = world_from_env()
+    device = resolve_device(config.device)
+    if config.engine.sync_bn and device.type != "cuda":
+        raise ConfigError("engine.sync_bn: SyncBatchNorm needs CUDA devices; drop it on CPU")
+    if world.active and config.train.batch_size < world.size:
+        raise ConfigError(f"train.batch_size {config.train.batch_size} is the global batch; it must be at least "
+                          f"the number of processes ({world.size})")
     resolved: dict[str, Any] = {
         "seed": config.seed,
         "device": config.device,
@@ -132,6 +143,7 @@ def plan_run(config: RunConfig, sections: tuple[str, ...] = tuple(PLUGIN_SECTION
         "threat": {"norm": threat.norm, "eps": threat.eps},
         "train": params_to_dict(config.train),
         "eval": params_to_dict(config.eval),
+        "engine": params_to_dict(config.engine),
         "data_root": config.data_root,
         "results_dir": config.results_dir,
         "runs_dir": config.runs_dir,
@@ -147,12 +159,13 @@ def plan_run(config: RunConfig, sections: tuple[str, ...] = tuple(PLUGIN_SECTION
         suite=suite,
         names=names,
         threat=threat,
-        device=resolve_device(config.device),
+        device=device,
         results_root=ensure_writable(results_root(config.results_dir)),
         runs_root=runs,
         resolved=resolved,
         run_id=run_id,
         run_dir=runs / run_id,
+        world=world,
     )
 
 
@@ -285,7 +298,7 @@ def _evaluate_checkpoint(
         if done.get("epoch") == stats.epoch:
             return done
     outcome = run_protocol(
-        model, test, plan.suite, plan.threat, plan.config.eval,
+        evaluation_model(model, plan.config.eval.precision, plan.device), test, plan.suite, plan.threat, plan.config.eval,
         device=plan.device, seed=plan.config.seed, reporter=reporter, state_dir=run_dir / f"eval-state-{name}",
     )
     result = {
@@ -299,18 +312,36 @@ def _evaluate_checkpoint(
     return result
 
 
-def execute(plan: RunPlan, reporter: Reporter | None = None, resume: Checkpoint | None = None) -> RunOutcome:
+def execute(plan: RunPlan, reporter: Reporter | None = None, resume: Checkpoint | None = None) -> RunOutcome | None:
     """Train, evaluate the best and the last checkpoint, write the record, refresh the board.
 
     With ``resume`` (a ``last.pt`` with training state), training continues after its
-    epoch under the same run id, and finished evaluations are not redone.
+    epoch under the same run id, and finished evaluations are not redone. Under
+    torchrun every rank trains its shard; rank 0 alone evaluates and records, and the
+    other ranks return None.
     """
     reporter = reporter or NullReporter()
     cfg = plan.config
     names = plan.names
+    world = plan.world
+    plan.device = init_process_group(world, plan.device)
+    try:
+        if world.active:  # rank 0's id: one run folder, one record
+            plan.run_id = broadcast_object(plan.run_id, world)
+            plan.run_dir = plan.run_dir.parent / plan.run_id if resume is None else plan.run_dir
+        trained, model, splits, started = _train(plan, reporter, resume)
+    finally:
+        close_process_group()
+    if not world.is_main:
+        return None
+    return _evaluate_and_record(plan, reporter, resume, trained, model, splits, started)
+
+
+def _train(plan: RunPlan, reporter: Reporter, resume: Checkpoint | None) -> tuple[TrainResult, nn.Module, DataSplits, float]:
+    cfg, names = plan.config, plan.names
     run_id, run_dir = plan.run_id, plan.run_dir
     started = time.perf_counter()
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed, deterministic=cfg.engine.deterministic)
     model = build_model(plan)  # before the data: a bad architecture fails in seconds
     splits = load_data(plan.dataset, names["data"], data_root(cfg.data_root), download=cfg.download)
     if plan.device.type != "cpu":  # the whole uint8 split lives on the GPU; batches are drawn there
@@ -321,7 +352,17 @@ def execute(plan: RunPlan, reporter: Reporter | None = None, resume: Checkpoint 
         device=plan.device, generator=gen, augment=lambda x: plan.dataset.augment(x, gen),
         reporter=reporter, val_split=splits.val, val_batch_size=cfg.eval.batch_size, seed=cfg.seed,
         run_dir=run_dir, meta={"config": plan.resolved, "run_id": run_id}, resume=resume,
+        engine=cfg.engine, world=plan.world,
     )
+    return trained, model, splits, started
+
+
+def _evaluate_and_record(
+    plan: RunPlan, reporter: Reporter, resume: Checkpoint | None, trained: TrainResult, model: nn.Module,
+    splits: DataSplits, started: float,
+) -> RunOutcome:
+    cfg, names = plan.config, plan.names
+    run_id, run_dir = plan.run_id, plan.run_dir
     history = trained.history
     notes = [] if resume is None else [f"resumed after epoch {len(resume.train_state['history'])}"]  # type: ignore[index]
     checkpoints = {"last": _evaluate_checkpoint(plan, model, splits.test, run_dir, "last", history[-1], reporter)}
@@ -360,7 +401,7 @@ def execute(plan: RunPlan, reporter: Reporter | None = None, resume: Checkpoint 
         accuracy=checkpoints[selected]["accuracy"],
         history=[asdict(h) for h in history],
         wall_time_s=round(previous + time.perf_counter() - started, 3),
-        device=device_label(plan.device),
+        device=device_label(plan.device) if not plan.world.active else f"{plan.world.size} x {device_label(plan.device)}",
         config_hash=config_hash(plan.resolved),
         config=plan.resolved,
         checkpoints=checkpoints,

@@ -20,7 +20,9 @@ from torch import Tensor, nn
 
 from robench.api import LossOutput
 from robench.features import FeatureHooks, batch_spread, channel_stats, feature_modules, renormalize
+from robench.model import eager_forwards
 from robench.params import param
+from robench.perturb import attack_loss_scale
 from robench.threat import ThreatModel
 from robench_plugins.defenses.pgd_at import PGDAT, PGDATParams
 
@@ -54,7 +56,7 @@ def reference(logits: Tensor, y: Tensor, stats: Tensor | None, *, width: float, 
     feature statistics; a label-smoothed one-hot of y_i when the batch has none."""
     probs = F.softmax(logits, 1)
     correct = logits.argmax(1) == y
-    if stats is None or bool(correct.all()):
+    if stats is None:  # no `if correct.all()` shortcut: it would wait for the GPU every step
         return probs
     peers = correct[None, :] & (y[None, :] == y[:, None])
     d2 = torch.cdist(stats, stats).pow(2) / stats.shape[1]
@@ -83,8 +85,13 @@ class UADAT(PGDAT):
         return self._layers[1]
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> LossOutput:
+        x_adv = self.adversary(model, x, y, threat)  # compiled when the engine compiles
+        # eager: torch.compile has no double backward and ignores hooks added after compiling
+        with eager_forwards():
+            return self.outer_loss(model, x, x_adv, y)
+
+    def outer_loss(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> LossOutput:
         p: UADATParams = self.params  # type: ignore[assignment]
-        x_adv = self.adversary(model, x, y, threat)
         layers = self.feature_layers(model) if (p.sampling or p.refine) else []
         x_in = x.detach().requires_grad_(p.align)
         with FeatureHooks(layers if p.refine else [], record=True) as clean_hooks:
@@ -102,8 +109,9 @@ class UADAT(PGDAT):
         match = F.kl_div(F.log_softmax(logits_adv, 1), target.repeat(m, 1), reduction="batchmean")
         loss = ce + p.beta * match
         if p.align:
+            scale = attack_loss_scale()  # > 1 under fp16 only; the cosine does not see it
             g_clean, g_adv = torch.autograd.grad(  # one pass over both graphs
-                [F.cross_entropy(logits, y, reduction="sum"), F.cross_entropy(logits_adv, ys, reduction="sum")],
+                [scale * F.cross_entropy(logits, y, reduction="sum"), scale * F.cross_entropy(logits_adv, ys, reduction="sum")],
                 [x_in, xa], create_graph=True,
             )
             loss = loss + p.align_weight * gradient_misalignment(g_clean, g_adv)

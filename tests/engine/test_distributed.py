@@ -1,0 +1,93 @@
+"""Data-parallel training through real torchrun processes (gloo on CPU)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, run_cli
+from robench.engine.distributed import World
+
+#: one optimisation step per epoch: the global batch is the whole digits train split
+ONE_STEP = ["--epochs", "1", "--set", "train.batch_size=4096", "--set", "defense.random_start=false",
+            "--attack", "fgsm", "--set", "eval.checks=false", "-q"]
+
+
+@pytest.mark.parametrize("n,size", [(10, 1), (10, 3), (7, 2), (2, 2)])
+def test_shards_cover_the_global_batch_once(n: int, size: int) -> None:
+    shards = [World(rank, size).shard(n) for rank in range(size)]
+    covered = [i for s in shards for i in range(n)[s]]
+    assert covered == list(range(n))
+    assert max(s.stop - s.start for s in shards) - min(s.stop - s.start for s in shards) <= 1
+    # DDP averages the ranks' gradients of weight x shard mean: every image must count 1/n
+    for rank, s in enumerate(shards):
+        per_image = World(rank, size).loss_weight(s.stop - s.start, n) / size / (s.stop - s.start)
+        assert per_image == pytest.approx(1 / n)
+
+
+def _records(results: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(results.glob("records/*/*/*.json"))]
+
+
+def _weights(record: dict, runs: Path) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(runs / record["run_id"] / "last.pt", weights_only=True)
+    return ckpt["state_dict"]
+
+
+def test_two_processes_take_the_single_process_step(tmp_path: Path) -> None:
+    """`robench run --nproc 2` (a real torchrun, 2 gloo processes): one record, and after
+    one step on the same global batch the weights equal the single-process step's."""
+    runs = tmp_path / "runs"
+    env = {"ROBENCH_RUNS": str(runs)}
+    single = run_cli("run", *ONE_STEP, "--results-dir", str(tmp_path / "one"), env=env)
+    assert single.returncode == 0, single.stderr
+    double = run_cli("run", *ONE_STEP, "--nproc", "2", "--results-dir", str(tmp_path / "two"), env=env)
+    assert double.returncode == 0, double.stderr
+    assert double.stdout.count("record:") == 1  # rank 0 alone reports
+    (one,) = _records(tmp_path / "one")
+    (two,) = _records(tmp_path / "two")
+    assert two["device"].startswith("2 x cpu") and one["device"].startswith("cpu")
+    assert two["config_hash"] == one["config_hash"]  # the same experiment
+    assert len(list(runs.iterdir())) == 2  # one run folder per run, not per process
+
+    w1, w2 = _weights(one, runs), _weights(two, runs)
+    torch.manual_seed(0)  # the initial weights, as the runs drew them (seed 0)
+    from robench.config import resolve, validate
+    from robench.run import build_model, plan_run
+
+    init = build_model(plan_run(validate(resolve(None, {})))).state_dict()
+    moved = max((w1[k] - init[k]).abs().max().item() for k in init)
+    assert moved > 1e-4  # the step changed the weights, by far more than the tolerance below
+    for key in w1:
+        torch.testing.assert_close(w2[key], w1[key], rtol=1e-5, atol=1e-7, msg=key)
+
+
+def test_uadat_double_backward_under_torchrun(tmp_path: Path) -> None:
+    """The documented form `torchrun --nproc-per-node 2 -m robench run ...`, with UAD-AT's
+    gradient alignment (autograd.grad with create_graph, then one backward, under DDP)."""
+    env = {**os.environ, "ROBENCH_RUNS": str(tmp_path / "runs"), "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "robench", "run", "--defense", "uadat", "--epochs", "1", "--set", "train.batch_size=256",
+         "--attack", "fgsm", "--set", "eval.checks=false", "--results-dir", str(tmp_path / "res"), "-q"],
+        capture_output=True, text=True, env=env, timeout=600, cwd=str(REPO),
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    (rec,) = _records(tmp_path / "res")
+    assert rec["defense"]["name"] == "uadat" and rec["device"].startswith("2 x cpu")
+    assert rec["history"][0]["loss"] > 0 and rec["accuracy"]["clean"] > 10
+
+
+def test_nproc_errors_are_one_line(tmp_path: Path) -> None:
+    bad = run_cli("run", "--nproc", "2", "--set", "train.batch_size=1", "--results-dir", str(tmp_path))
+    assert bad.returncode == 2 and "global batch" in bad.stderr and "Traceback" not in bad.stderr
+    zero = run_cli("run", "--nproc", "0", "--results-dir", str(tmp_path))
+    assert zero.returncode == 2 and "--nproc" in zero.stderr
+    sync = run_cli("run", "--set", "engine.sync_bn=true", "--device", "cpu", "--results-dir", str(tmp_path))
+    assert sync.returncode == 2 and "SyncBatchNorm needs CUDA" in sync.stderr
+    assert "Traceback" not in sync.stderr
