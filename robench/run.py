@@ -169,8 +169,8 @@ def plan_run(config: RunConfig, sections: tuple[str, ...] = tuple(PLUGIN_SECTION
     )
 
 
-#: settings a resumed run may change: where things are, and the device
-RESUME_SETTINGS = ("device", "data_root", "results_dir", "runs_dir")
+#: settings a resumed run may change: where things are, the device and how the work is done
+RESUME_SETTINGS = ("device", "data_root", "results_dir", "runs_dir", "engine")
 
 
 def plan_resume(target: str, settings: Mapping[str, Any] | None = None) -> tuple[RunPlan, Checkpoint]:

@@ -91,3 +91,61 @@ def test_nproc_errors_are_one_line(tmp_path: Path) -> None:
     sync = run_cli("run", "--set", "engine.sync_bn=true", "--device", "cpu", "--results-dir", str(tmp_path))
     assert sync.returncode == 2 and "SyncBatchNorm needs CUDA" in sync.stderr
     assert "Traceback" not in sync.stderr
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (torchrun starts its workers in their own sessions)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def test_killed_torchrun_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    """SIGKILL to a `--nproc 2` run after its first epoch, then `--resume RUN --nproc 2`:
+    the same weights as the run left alone (data order, per-rank attack noise and BN
+    statistics all come back from last.pt)."""
+    import contextlib
+    import signal
+    import time
+
+    args = ["--epochs", "3", "--set", "defense.steps=2", "--attack", "fgsm", "--set", "eval.checks=false", "-q",
+            "--nproc", "2"]
+    whole = run_cli("run", *args, "--results-dir", str(tmp_path / "whole"),
+                    env={"ROBENCH_RUNS": str(tmp_path / "runs-whole")})
+    assert whole.returncode == 0, whole.stderr
+    runs = tmp_path / "runs-cut"
+    env = {**os.environ, "ROBENCH_RUNS": str(runs), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "robench", "run", *args, "--results-dir", str(tmp_path / "cut")],
+                            cwd=str(REPO), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(runs.glob("*/log.jsonl")):
+            assert proc.poll() is None and time.monotonic() < deadline, "no epoch finished before the run ended"
+            time.sleep(0.05)
+    finally:
+        for pid in [proc.pid, *_descendants(proc.pid)]:  # the launcher, torchrun and both ranks
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+    (run_dir,) = runs.iterdir()
+    resumed = run_cli("run", "--resume", run_dir.name, "--nproc", "2", "--results-dir", str(tmp_path / "cut"),
+                      env={"ROBENCH_RUNS": str(runs)})
+    assert resumed.returncode == 0, resumed.stderr
+    (a,), (b,) = _records(tmp_path / "whole"), _records(tmp_path / "cut")
+    assert b["notes"] and "resumed after epoch" in b["notes"][0]
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+    assert a["accuracy"] == b["accuracy"]
+    wa, wb = _weights(a, tmp_path / "runs-whole"), _weights(b, runs)
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
