@@ -252,7 +252,7 @@ def run(
     With no options: PGD-AT on the embedded digits dataset with a small CNN (CPU, under two minutes).
     """
     from robench.config import resolve, validate
-    from robench.run import RESUME_SETTINGS, execute, plan_resume, plan_run
+    from robench.run import RESUME_SETTINGS, execute, plan_resume, plan_run, resume_point
 
     flags = _plugin_flags(_eval_flags(attack, eps, norm, n_eval, eps_sweep, seed, device, data_root, runs_dir),
                           epochs, defense=defense, arch=arch, data=data)
@@ -275,9 +275,8 @@ def run(
                 f"continues a run with its own config; it cannot change {', '.join(given)}", param_hint="--resume"
             )
         plan, checkpoint = plan_resume(resume, flags)
-        done = len((checkpoint.train_state or {}).get("history", []))
-        out.print(Text(f"robench run --resume: {plan.run_id}, after epoch {done} of {plan.config.train.epochs}"),
-                  soft_wrap=True)
+        out.print(Text(f"robench run --resume: {plan.run_id}, continuing after {resume_point(checkpoint)} "
+                       f"({plan.config.train.epochs} epochs in all)"), soft_wrap=True)
     else:
         plan = plan_run(validate(resolve(config, flags, overrides)))
     _launch_torchrun(nproc, str(plan.device), plan.config.train.batch_size)  # every input is checked before processes start
@@ -288,9 +287,15 @@ def run(
             f"{plan.names['arch']}, {plan.threat}, seed {plan.config.seed}, {plan.device}{procs}"
         )
     out.print(Text(f"run folder:  {plan.run_dir}"), soft_wrap=True)
+    from robench.engine.train import TrainingStopped
+
     try:
         with _reporter(quiet) as reporter:
             outcome = execute(plan, reporter, resume=checkpoint)
+    except TrainingStopped as stopped:
+        if plan.world.is_main:
+            err.print(Text(f"{stopped}; continue with: robench run --resume {plan.run_id}"), soft_wrap=True)
+        raise typer.Exit(stopped.exit_code) from None
     except KeyboardInterrupt:
         if (plan.run_dir / "last.pt").is_file():
             err.print(Text(f"interrupted; continue with: robench run --resume {plan.run_id}"), soft_wrap=True)

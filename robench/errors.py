@@ -40,3 +40,19 @@ class DataNotFoundError(UserError):
 
     Plugins say what they looked for and where; robench adds how to get the data.
     """
+
+
+class CheckpointError(UserError):
+    """A checkpoint file is missing, unreadable, unsafe, or does not fit the model.
+
+    The message names the file and, for a mismatch, what the weights were built for.
+    """
+
+
+class WriteError(UserError):
+    """An output file or folder cannot be written: no space left, over a size limit,
+    read-only, or a regular file where a folder should be.
+
+    The user fixes it (frees space, picks another folder), so it exits with 2; the
+    message names the path and the operating system's reason (``os.strerror``).
+    """

@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import robench
-from robench.checkpoint import Checkpoint, file_digest, load_checkpoint
+from robench.checkpoint import Checkpoint, file_digest, load_checkpoint, load_weights
 from robench.config import SUITE_SECTION, load_preset, resolve_over, validate
 from robench.errors import UserError
 from robench.io import atomic_write_text
 from robench.paths import data_root
 from robench.progress import NullReporter, Reporter
 from robench.protocol import ProtocolResult, run_protocol
+from robench.registry import get_registry
 from robench.run import RunPlan, build_model, device_label, git_commit, load_data, plan_run
 
 REPORT_SCHEMA_VERSION = 1
@@ -100,16 +101,54 @@ def plan_eval(
     return EvalPlan(path, ckpt, digest, plan, out_path, state_dir)
 
 
+def built_for(config: Mapping[str, Any], run: RunPlan) -> str:
+    """What a checkpoint's model was built for next to what ``run`` asks for, where they differ.
+
+    Weights that do not fit usually mean an override (``--set arch.width=...``, another
+    dataset and so another class count) that the checkpoint cannot honour; saying
+    which one is more useful than the tensor shapes alone. Empty when nothing differs.
+    """
+    saved_arch, asked_arch = dict(config.get("arch") or {}), dict(run.resolved.get("arch") or {})
+    saved_data = dict(config.get("data") or {})
+    saved_classes = _num_classes(saved_data)
+    asked_classes = getattr(run.dataset, "num_classes", None)
+    same_data = saved_data.get("name") == run.names["data"] and saved_classes == asked_classes
+    if saved_arch == asked_arch and same_data:
+        return ""
+    return (f"it was built for {_arch_label(saved_arch, asked_arch)} on "
+            f"{_data_label(saved_data.get('name'), saved_classes)}, asked for "
+            f"{_arch_label(asked_arch, saved_arch)} on {_data_label(run.names['data'], asked_classes)}")
+
+
+def _arch_label(mine: Mapping[str, Any], other: Mapping[str, Any]) -> str:
+    """``smallcnn width=32``: the name and the parameters that differ from ``other``."""
+    name = str(mine.get("name", "unknown"))
+    if name != other.get("name"):
+        return name
+    changed = [f"{k}={v}" for k, v in mine.items() if k != "name" and other.get(k) != v]
+    return " ".join([name, *changed])
+
+
+def _data_label(name: object, classes: int | None) -> str:
+    return f"{name} ({classes} classes)" if classes is not None else str(name)
+
+
+def _num_classes(section: Mapping[str, Any]) -> int | None:
+    """The class count of a checkpoint's dataset, if its plugin is still installed."""
+    try:
+        params = {k: v for k, v in section.items() if k != "name"}
+        return int(get_registry("dataset").create(str(section["name"]), params, where="data").num_classes)
+    except Exception:  # only for a message: an unknown or changed plugin just leaves it out
+        return None
+
+
 def execute_eval(plan: EvalPlan, reporter: Reporter | None = None) -> tuple[EvalReport, Path, ProtocolResult]:
     reporter = reporter or NullReporter()
     run = plan.run
     started = time.perf_counter()
     model = build_model(run)
-    try:
-        model.load_state_dict(plan.checkpoint.state_dict)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise UserError(f"{plan.checkpoint_path}: weights do not fit {run.names['arch']}: {first}") from None
+    context = built_for(plan.checkpoint.config, run)
+    load_weights(model, plan.checkpoint.state_dict, plan.checkpoint_path, context=context)
     model.to(run.device)
     splits = load_data(run.dataset, run.names["data"], data_root(run.config.data_root), download=run.config.download)
     test = splits.test.to(run.device) if run.device.type != "cpu" else splits.test

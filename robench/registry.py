@@ -284,6 +284,24 @@ class Registry:
 _REGISTRIES: dict[str, Registry] = {}
 
 
+def plugin_origin(plugin: Plugin | type[Plugin]) -> str:
+    """``defense plugin 'trades' from robench 0.1.0``: who to blame for a plugin object.
+
+    A broken plugin often shows only when the engine uses it (a loss of the wrong type,
+    an attack's output of the wrong shape), far from the registry that loaded it; this
+    names the plugin and its distribution there too. A class that no registry loaded
+    (built directly, in tests or notebooks) is named by its import path.
+    """
+    cls = plugin if isinstance(plugin, type) else type(plugin)
+    for registry in _REGISTRIES.values():
+        for key, loaded in registry._loaded.items():
+            if loaded is cls:
+                entry = registry._winners[key]
+                return f"{registry.kind.name} plugin '{entry.name}' from {entry.distribution}"
+    kind = next((k.name for k in KINDS.values() if issubclass(cls, k.base)), "plugin")
+    return f"{kind} plugin {cls.__module__}:{cls.__qualname__}"
+
+
 def get_registry(kind: str) -> Registry:
     """The process-wide registry of one kind ('defense', 'architecture', 'dataset', 'attack')."""
     if kind not in KINDS:

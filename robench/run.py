@@ -9,6 +9,7 @@ import json
 import platform
 import subprocess
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,14 +20,15 @@ from torch import nn
 
 import robench
 from robench.api import Architecture, DataSplits, Dataset, Defense, Plugin, TensorSplit
-from robench.checkpoint import Checkpoint, load_checkpoint
+from robench.checkpoint import Checkpoint, load_checkpoint, load_weights
 from robench.config import PLUGIN_SECTIONS, SUITE_SECTION, PluginChoice, RunConfig, config_hash, validate
 from robench.engine.distributed import SINGLE, World, broadcast_object, close_process_group, init_process_group, world_from_env
 from robench.engine.precision import evaluation_model
 from robench.engine.schedule import check_schedule
 from robench.engine.train import LAST as LAST_CHECKPOINT
+from robench.engine.train import PREVIOUS as PREVIOUS_CHECKPOINT
 from robench.engine.train import EpochStats, TrainResult, train
-from robench.errors import ConfigError, DataNotFoundError, PluginLoadError, RobenchError, UserError
+from robench.errors import ConfigError, DataNotFoundError, PluginLoadError, UserError
 from robench.io import atomic_write_text, ensure_writable
 from robench.leaderboard import refresh_leaderboard
 from robench.flops import count_macs
@@ -36,7 +38,7 @@ from robench.paths import data_root, results_root, runs_root, source_checkout
 from robench.progress import NullReporter, Reporter
 from robench.protocol import SuiteEntry, check_sweep, create_suite, run_protocol
 from robench.records import RunRecord, SkippedRecord, new_run_id, record_dir, write_record
-from robench.registry import get_registry
+from robench.registry import get_registry, plugin_origin
 from robench.seeding import make_generator, seed_everything
 from robench.threat import ThreatModel
 
@@ -185,10 +187,10 @@ def plan_resume(target: str, settings: Mapping[str, Any] | None = None) -> tuple
         raise ConfigError(f"--resume continues a run with its own config; it cannot change {', '.join(unknown)}")
     given = Path(target).expanduser()
     candidates = [given, given / LAST_CHECKPOINT, runs_root(settings.get("runs_dir")) / target / LAST_CHECKPOINT]
-    path = next((c for c in candidates if c.is_file()), None)
+    path = next((c for c in candidates if c.is_file() or c.with_name(PREVIOUS_CHECKPOINT).is_file()), None)
     if path is None:
         raise UserError(f"--resume {target}: no run found (looked for {candidates[1]} and {candidates[2]})")
-    ckpt = load_checkpoint(path.resolve())
+    path, ckpt = _readable_last(path.resolve())
     if ckpt.train_state is None:
         raise UserError(f"--resume: {path} holds no training state (a best.pt or an older checkpoint); give the run's last.pt")
     config = validate({**ckpt.config, **{k: v for k, v in settings.items() if v is not None}})
@@ -200,15 +202,43 @@ def plan_resume(target: str, settings: Mapping[str, Any] | None = None) -> tuple
     return plan, ckpt
 
 
+def resume_point(ckpt: Checkpoint) -> str:
+    """Where a ``last.pt`` stands: "epoch 2", or "epoch 2 and step 5 of epoch 3" when stopped mid-epoch."""
+    state = ckpt.train_state or {}
+    done, partial = len(state.get("history", [])), state.get("partial")
+    return f"epoch {done}" + (f" and step {partial['steps_done']} of epoch {done + 1}" if partial else "")
+
+
+def _readable_last(path: Path) -> tuple[Path, Checkpoint]:
+    """``path`` loaded, or the run's previous ``last.pt`` when this one is missing or damaged."""
+    previous = path.with_name(PREVIOUS_CHECKPOINT)
+    try:
+        return path, load_checkpoint(path)
+    except UserError as exc:
+        if path.name != LAST_CHECKPOINT or not previous.is_file():
+            raise
+        reason = str(exc)
+    ckpt = load_checkpoint(previous)
+    warnings.warn(f"{reason}; resuming from the checkpoint before it, {previous} (epoch {ckpt.epoch})", stacklevel=2)
+    return previous, ckpt
+
+
 def _check_splits(splits: Any, dataset: Dataset, name: str) -> DataSplits:
+    """A plugin's splits are what the engine expects; if not, the plugin is to blame (exit 2)."""
     if not isinstance(splits, DataSplits):
-        raise RobenchError(f"dataset '{name}' returned {type(splits).__name__}, not robench.api.DataSplits")
-    for split_name in ("train", "test"):
+        raise PluginLoadError(f"{plugin_origin(dataset)}: load() returned {type(splits).__name__}, not robench.api.DataSplits")
+    for split_name in ("train", "test", "val"):
         split = getattr(splits, split_name)
+        if split is None and split_name == "val":
+            continue
+        if not isinstance(split, TensorSplit):
+            raise PluginLoadError(
+                f"{plugin_origin(dataset)}: its {split_name} split is {type(split).__name__}, not robench.api.TensorSplit"
+            )
         if tuple(split.x.shape[1:]) != tuple(dataset.input_shape) or len(split) != split.x.shape[0]:
-            raise RobenchError(
-                f"dataset '{name}' {split_name} split has images of shape {tuple(split.x.shape)}, "
-                f"expected (N, {', '.join(map(str, dataset.input_shape))})"
+            raise PluginLoadError(
+                f"{plugin_origin(dataset)}: its {split_name} split has images of shape {tuple(split.x.shape)} "
+                f"and {len(split)} labels, expected (N, {', '.join(map(str, dataset.input_shape))}) and N labels"
             )
     return splits
 
@@ -243,7 +273,7 @@ def load_data(dataset: Dataset, name: str, root: Path, *, download: bool = False
 def build_model(plan: RunPlan) -> nn.Module:
     net = plan.arch.build(plan.dataset.num_classes, tuple(plan.dataset.input_shape))
     if not isinstance(net, nn.Module):
-        raise PluginLoadError(f"architecture '{plan.names['arch']}' built {type(net).__name__}, not an nn.Module")
+        raise PluginLoadError(f"{plugin_origin(plan.arch)}: build() returned {type(net).__name__}, not a torch nn.Module")
     return NormalizedClassifier(net, plan.dataset.mean, plan.dataset.std).to(plan.device)
 
 
@@ -321,8 +351,6 @@ def execute(plan: RunPlan, reporter: Reporter | None = None, resume: Checkpoint 
     other ranks return None.
     """
     reporter = reporter or NullReporter()
-    cfg = plan.config
-    names = plan.names
     world = plan.world
     plan.device = init_process_group(world, plan.device)
     try:
@@ -364,7 +392,7 @@ def _evaluate_and_record(
     cfg, names = plan.config, plan.names
     run_id, run_dir = plan.run_id, plan.run_dir
     history = trained.history
-    notes = [] if resume is None else [f"resumed after epoch {len(resume.train_state['history'])}"]  # type: ignore[index]
+    notes = [] if resume is None else [f"resumed after {resume_point(resume)}"]
     checkpoints = {"last": _evaluate_checkpoint(plan, model, splits.test, run_dir, "last", history[-1], reporter)}
     if trained.best_epoch is None:
         notes.append("no validation split: no best checkpoint; the record reports the last epoch")
@@ -372,7 +400,7 @@ def _evaluate_and_record(
         checkpoints["best"] = dict(checkpoints["last"])
     else:
         best = load_checkpoint(trained.files["best"])
-        model.load_state_dict(best.state_dict)
+        load_weights(model, best.state_dict, trained.files["best"])
         checkpoints["best"] = _evaluate_checkpoint(
             plan, model, splits.test, run_dir, "best", history[best.epoch - 1], reporter
         )

@@ -1,18 +1,21 @@
-"""``robench run --resume``: a run killed mid-training continues to the very same model.
+"""``robench run --resume``: a run killed or stopped mid-training continues to the very same model.
 
-Real subprocesses: one run goes through uninterrupted; an identical one is killed
-with SIGKILL after its second epoch and resumed with ``--resume``. CPU training is
-deterministic, so the two must end with bit-identical weights, logs and results.
+Real subprocesses: one run goes through uninterrupted; identical ones are killed with
+SIGKILL, or stopped with SIGTERM/SIGINT, in the middle of an epoch, or have their
+last.pt torn, and are resumed with ``--resume``. CPU training is deterministic, so all
+must end with bit-identical weights, logs and results.
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import REPO, run_cli
@@ -30,29 +33,6 @@ def _only(paths: list[Path]) -> Path:
     return paths[0]
 
 
-def _kill_after_epochs(root: Path, epochs: int) -> Path:
-    results, runs = _dirs(root)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "robench", "run", "--results-dir", str(results), "--runs-dir", str(runs), *ARGS],
-        cwd=str(REPO), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline:
-            logs = list(runs.glob("*/log.jsonl"))
-            if logs and len(logs[0].read_text().splitlines()) >= epochs:
-                break
-            assert proc.poll() is None, "the run ended before it could be killed"
-            time.sleep(0.05)
-        else:
-            raise AssertionError("no epoch finished in time")
-    finally:
-        proc.kill()
-        proc.wait()
-    return _only(list(runs.iterdir()))
-
-
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
@@ -61,37 +41,128 @@ def _record(results: Path) -> dict:
     return json.loads(_only(list(results.rglob("records/**/*.json"))).read_text())
 
 
-def test_killed_run_resumes_to_identical_results(tmp_path: Path) -> None:
-    ref_results, ref_runs = _dirs(tmp_path / "ref")
-    ref = run_cli("run", "--results-dir", str(ref_results), "--runs-dir", str(ref_runs), *ARGS)
-    assert ref.returncode == 0, ref.stderr
+def _start(root: Path) -> subprocess.Popen:
+    results, runs = _dirs(root)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "robench", "run", "--results-dir", str(results), "--runs-dir", str(runs), *ARGS],
+        cwd=str(REPO), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
 
-    run_dir = _kill_after_epochs(tmp_path / "cut", 2)
-    results, _ = _dirs(tmp_path / "cut")
+
+def _epochs_logged(runs: Path) -> list[dict]:
+    logs = list(runs.glob("*/log.jsonl"))
+    return [json.loads(line) for line in logs[0].read_text().splitlines()] if logs else []
+
+
+def _signal_mid_epoch(root: Path, sig: int, after_epochs: int = 2) -> tuple[subprocess.Popen, int]:
+    """Start a run; once ``after_epochs`` epochs are logged, wait about a third of an
+    epoch and send ``sig``. Returns the process (ended) and the epochs logged before the signal."""
+    _, runs = _dirs(root)
+    proc = _start(root)
+    deadline = time.monotonic() + 300
+    try:
+        while len(_epochs_logged(runs)) < after_epochs:
+            assert proc.poll() is None, "the run ended before the signal"
+            assert time.monotonic() < deadline, "no epoch finished in time"
+            time.sleep(0.02)
+        logged = _epochs_logged(runs)
+        time.sleep(logged[-1]["seconds"] / 3)
+        proc.send_signal(sig)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc, len(logged)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    """The same run left alone: its record and run folder."""
+    results, runs = _dirs(tmp_path_factory.mktemp("reference"))
+    ref = run_cli("run", "--results-dir", str(results), "--runs-dir", str(runs), *ARGS)
+    assert ref.returncode == 0, ref.stderr
+    return _record(results), _only(list(runs.iterdir()))
+
+
+def _assert_same_as_reference(reference: tuple[dict, Path], results: Path, run_dir: Path) -> dict:
+    ref_rec, ref_dir = reference
+    for name in ("last.pt", "best.pt"):
+        a, b = _weights(ref_dir / name), _weights(run_dir / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    rec = _record(results)
+    assert rec["run_id"] == run_dir.name
+    assert rec["checkpoints"] == ref_rec["checkpoints"] and rec["accuracy"] == ref_rec["accuracy"]
+    strip = lambda history: [{k: v for k, v in h.items() if k != "seconds"} for h in history]  # noqa: E731
+    assert strip(rec["history"]) == strip(ref_rec["history"])
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log] == [1, 2, 3, 4, 5, 6]
+    return rec
+
+
+def test_sigkill_mid_epoch_resumes_to_identical_results(tmp_path: Path, reference: tuple[dict, Path]) -> None:
+    proc, done = _signal_mid_epoch(tmp_path, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    results, runs = _dirs(tmp_path)
+    run_dir = _only(list(runs.iterdir()))
     assert not list(results.rglob("records/**/*.json"))  # killed before it finished
-    done = len((run_dir / "log.jsonl").read_text().splitlines())
-    assert 2 <= done < 6
+    assert len(_epochs_logged(runs)) == done < 6  # in the middle of the next epoch, not after it
 
     best_only = run_cli("run", "--resume", str(run_dir / "best.pt"))
     assert best_only.returncode == 2 and "no training state" in best_only.stderr
     resumed = run_cli("run", "--resume", str(run_dir), "--results-dir", str(results), "-q")
     assert resumed.returncode == 0, resumed.stderr
-    assert f"after epoch {done} of 6" in resumed.stdout
-
-    ref_dir = _only(list(ref_runs.iterdir()))
-    for name in ("last.pt", "best.pt"):
-        a, b = _weights(ref_dir / name), _weights(run_dir / name)
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
-    rec, ref_rec = _record(results), _record(ref_results)
-    assert rec["run_id"] == run_dir.name and rec["notes"] == [f"resumed after epoch {done}"]
-    assert rec["checkpoints"] == ref_rec["checkpoints"]
-    strip = lambda history: [{k: v for k, v in h.items() if k != "seconds"} for h in history]  # noqa: E731
-    assert strip(rec["history"]) == strip(ref_rec["history"])
-    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    assert [e["epoch"] for e in log] == [1, 2, 3, 4, 5, 6]
+    assert f"continuing after epoch {done} (6 epochs in all)" in resumed.stdout
+    rec = _assert_same_as_reference(reference, results, run_dir)
+    assert rec["notes"] == [f"resumed after epoch {done}"]
 
     again = run_cli("run", "--resume", str(run_dir), "--results-dir", str(results))
     assert again.returncode == 2 and "finished already" in again.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_at_a_step_boundary_and_resumes_exactly(
+    tmp_path: Path, reference: tuple[dict, Path], sig: int
+) -> None:
+    """SIGTERM (preemption) or SIGINT (Ctrl-C) mid-epoch: the step in progress finishes,
+    last.pt holds the epoch so far, and --resume ends exactly where the unstopped run did."""
+    proc, done = _signal_mid_epoch(tmp_path, sig)
+    stderr = proc.stderr.read() if proc.stderr else ""
+    assert proc.returncode == 128 + sig, stderr
+    name = signal.Signals(sig).name
+    assert f"stopped by {name} after step" in stderr and f"in epoch {done + 1}" in stderr, stderr
+    assert "continue with: robench run --resume" in stderr and "Traceback" not in stderr
+    results, runs = _dirs(tmp_path)
+    run_dir = _only(list(runs.iterdir()))
+    state = torch.load(run_dir / "last.pt", weights_only=True)["train_state"]
+    partial = state["partial"]
+    assert partial["epoch"] == done + 1 and 0 < partial["steps_done"] < 20  # 1257 images / 64 = 20 steps
+
+    resumed = run_cli("run", "--resume", run_dir.name, "--runs-dir", str(runs), "--results-dir", str(results), "-q")
+    assert resumed.returncode == 0, resumed.stderr
+    point = f"epoch {done} and step {partial['steps_done']} of epoch {done + 1}"
+    assert f"continuing after {point}" in resumed.stdout
+    rec = _assert_same_as_reference(reference, results, run_dir)
+    assert rec["notes"] == [f"resumed after {point}"]
+
+
+def test_damaged_last_checkpoint_falls_back_to_the_previous_one(
+    tmp_path: Path, reference: tuple[dict, Path]
+) -> None:
+    proc, done = _signal_mid_epoch(tmp_path, signal.SIGKILL, after_epochs=3)
+    results, runs = _dirs(tmp_path)
+    run_dir = _only(list(runs.iterdir()))
+    last, previous = run_dir / "last.pt", run_dir / "last.prev.pt"
+    assert previous.is_file()
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2])  # a torn file, as a failing disk might leave
+
+    resumed = run_cli("run", "--resume", str(run_dir), "--results-dir", str(results), "-q")
+    assert resumed.returncode == 0, resumed.stderr
+    warning = [line for line in resumed.stderr.splitlines() if "last.prev.pt" in line]
+    assert len(warning) == 1 and "last.pt" in warning[0] and f"(epoch {done - 1})" in warning[0], resumed.stderr
+    _assert_same_as_reference(reference, results, run_dir)
 
 
 def test_resume_refuses_what_it_cannot_do(tmp_path: Path) -> None:

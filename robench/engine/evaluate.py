@@ -21,9 +21,11 @@ from torch import Tensor, nn
 
 from robench.api import Attack, TensorSplit
 from robench.engine.batches import iterate_batches
+from robench.errors import PluginLoadError
 from robench.io import atomic_write_text
 from robench.progress import NullReporter, Reporter
 from robench.records import file_safe
+from robench.registry import plugin_origin
 from robench.threat import ThreatModel
 
 WORST_CASE = "worst case"
@@ -73,6 +75,66 @@ def attack_generator(seed: int, index: int, device: torch.device) -> torch.Gener
     gen = torch.Generator(device=device)
     gen.manual_seed(seed * 1_000_003 + index)
     return gen
+
+
+def attack_still_correct(
+    attack: Attack,
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    threat: ThreatModel,
+    generator: torch.Generator | None,
+    state_path: Path | None = None,
+) -> Tensor:
+    """Flags (on the CPU): which of ``x`` the model still classifies correctly under ``attack``.
+
+    What the attack returns is checked here, because a plugin's tensor of the wrong
+    type or shape would otherwise fail deep inside the model's forward pass, or worse,
+    broadcast into a meaningless accuracy; the error names the plugin and its
+    distribution. Attacks that keep the default ``still_correct`` are run through
+    ``perturb`` here so that its output can be checked.
+    """
+    if type(attack).still_correct is Attack.still_correct:
+        x_adv = attack.perturb(model, x, y, threat, generator=generator)
+        _check_adversarial(attack, x_adv, x)
+        with torch.no_grad():
+            flags = model(x_adv).argmax(1) == y
+    elif attack.whole_set:
+        flags = attack.still_correct(model, x, y, threat, generator=generator, state_path=state_path)
+    else:
+        flags = attack.still_correct(model, x, y, threat, generator=generator)
+    _check_flags(attack, flags, y)
+    return flags.cpu()
+
+
+def _shape(t: Tensor) -> str:
+    return "x".join(map(str, t.shape))
+
+
+def _blame(attack: Attack, method: str) -> str:
+    return f"{plugin_origin(attack)} ({attack.label()}): {method}() returned"
+
+
+def _check_adversarial(attack: Attack, x_adv: object, x: Tensor) -> None:
+    """``perturb`` must return float inputs shaped like ``x``, on its device."""
+    wanted = f"it must return adversarial inputs shaped like its input ({_shape(x)}, float, on {x.device})"
+    if not isinstance(x_adv, Tensor):
+        raise PluginLoadError(f"{_blame(attack, 'perturb')} {type(x_adv).__name__}, not a tensor; {wanted}")
+    if x_adv.shape != x.shape:
+        raise PluginLoadError(f"{_blame(attack, 'perturb')} a tensor of shape {_shape(x_adv)}; {wanted}")
+    if not x_adv.dtype.is_floating_point or x_adv.device != x.device:
+        raise PluginLoadError(f"{_blame(attack, 'perturb')} a {x_adv.dtype} tensor on {x_adv.device}; {wanted}")
+
+
+def _check_flags(attack: Attack, flags: object, y: Tensor) -> None:
+    """``still_correct`` must return one boolean per input."""
+    wanted = f"it must return one boolean flag per input ({len(y)})"
+    if not isinstance(flags, Tensor):
+        raise PluginLoadError(f"{_blame(attack, 'still_correct')} {type(flags).__name__}, not a tensor; {wanted}")
+    if flags.dtype != torch.bool or tuple(flags.shape) != (len(y),):
+        raise PluginLoadError(
+            f"{_blame(attack, 'still_correct')} a {flags.dtype} tensor of shape {_shape(flags)}; {wanted}"
+        )
 
 
 class _SuiteState:
@@ -156,14 +218,14 @@ def evaluate(
             if attack.whole_set and len(todo):
                 x = split.images(todo.to(split.x.device)).to(device)
                 y = split.y[todo.to(split.y.device)].to(device)
-                still[:] = attack.still_correct(
-                    model, x, y, threat, generator=gen, state_path=state.attack_state(position, label)
-                ).cpu()
+                still[:] = attack_still_correct(
+                    attack, model, x, y, threat, gen, state_path=state.attack_state(position, label)
+                )
                 task.advance(len(todo))
             else:
                 pos = 0
                 for x, y in iterate_batches(split, batch_size, device=device, indices=todo):
-                    still[pos : pos + len(y)] = attack.still_correct(model, x, y, threat, generator=gen).cpu()
+                    still[pos : pos + len(y)] = attack_still_correct(attack, model, x, y, threat, gen)
                     pos += len(y)
                     task.advance(len(y))
             task.done()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -26,19 +27,24 @@ import torch
 from torch import Tensor, nn
 
 from robench.api import Defense, LossOutput, TensorSplit
-from robench.checkpoint import Checkpoint, save_checkpoint
+from robench.checkpoint import Checkpoint, load_weights, save_checkpoint
+from robench.errors import CheckpointError
 from robench.config import EngineConfig, TrainConfig
 from robench.engine.batches import iterate_batches, num_batches
 from robench.engine.distributed import SINGLE, World, all_reduce_sum, average_buffers, convert_sync_bn, wrap
 from robench.engine.precision import Precision
 from robench.engine.schedule import learning_rate, warmed_threat
-from robench.errors import RobenchError
+from robench.engine.signals import StopRequest
+from robench.errors import PluginLoadError, RobenchError
 from robench.io import atomic_write_text
 from robench.perturb import attack_mode, cross_entropy_loss, default_step_size, pgd, random_start
 from robench.progress import NullReporter, Reporter
+from robench.registry import plugin_origin
 from robench.threat import ThreatModel
 
 LAST, BEST, LOG = "last.pt", "best.pt", "log.jsonl"
+#: the last.pt before the current one: what a resume falls back to if last.pt is damaged
+PREVIOUS = "last.prev.pt"
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,8 @@ def train_step(
     precision = precision or Precision("fp32", x.device)
     with precision.autocast():
         out = defense.loss(model, x, y, threat)
+    if not isinstance(out, LossOutput):
+        raise PluginLoadError(f"{plugin_origin(defense)}: loss() returned {type(out).__name__}, not robench.api.LossOutput")
     optimizer.zero_grad(set_to_none=True)
     precision.step(out.loss * loss_weight if loss_weight != 1.0 else out.loss, optimizer)
     return out
@@ -128,6 +136,56 @@ def _restore_rng(state: Mapping[str, Any], generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class TrainingStopped(RobenchError):
+    """SIGINT/SIGTERM stopped training between two steps; ``last.pt`` can finish the run."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class NonFiniteLoss(RobenchError):
+    """The training loss became NaN or inf; the last good checkpoint stays, no record is written."""
+
+
+@dataclass
+class _Epoch:
+    """One epoch's running state; saved mid-epoch when a signal stops training."""
+
+    epoch: int
+    order: Tensor
+    loss_sum: Tensor
+    correct: Tensor
+    seen: Tensor
+    #: the first step (in the epoch) with a non-finite loss, -1 if none; kept on the device
+    bad_step: Tensor
+    steps_done: int = 0
+    seconds: float = 0.0
+    eps: str = ""
+
+    @classmethod
+    def fresh(cls, epoch: int, order: Tensor, device: torch.device) -> _Epoch:
+        zero = torch.zeros((), device=device, dtype=torch.long)
+        return cls(epoch, order, torch.zeros((), device=device), zero.clone(), zero.clone(), zero - 1)
+
+    def state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "order": self.order.cpu(), "loss_sum": self.loss_sum.cpu(),
+                "correct": self.correct.cpu(), "seen": self.seen.cpu(), "bad_step": self.bad_step.cpu(),
+                "steps_done": self.steps_done, "seconds": self.seconds, "eps": self.eps}
+
+    @classmethod
+    def restore(cls, state: Mapping[str, Any], device: torch.device) -> _Epoch:
+        tensors = {k: state[k].to(device) for k in ("loss_sum", "correct", "seen", "bad_step")}
+        return cls(int(state["epoch"]), state["order"], **tensors, steps_done=int(state["steps_done"]),
+                   seconds=float(state["seconds"]), eps=str(state["eps"]))
+
+
+#: steps between two reads of the non-finite-loss flag (each read waits for the device)
+NAN_CHECK_EVERY = 100
+#: steps between two agreements on a stop request under DDP (each is a collective)
+STOP_CHECK_EVERY_DDP = 10
+
+
 def train(
     model: nn.Module,
     defense: Defense,
@@ -148,11 +206,14 @@ def train(
     engine: EngineConfig | None = None,
     world: World = SINGLE,
 ) -> TrainResult:
-    """Train ``model`` in place for ``cfg.epochs`` epochs (from ``resume``'s epoch on).
+    """Train ``model`` in place for ``cfg.epochs`` epochs (from ``resume``'s epoch and step on).
 
-    With ``run_dir``, writes ``last.pt``, ``best.pt`` and ``log.jsonl`` there after
-    every epoch (rank 0 only); ``meta`` (``config``, ``run_id``) goes into the checkpoints.
-    Every rank of ``world`` calls this with the same arguments.
+    With ``run_dir``, writes ``last.pt`` (the previous one kept as ``last.prev.pt``),
+    ``best.pt`` and ``log.jsonl`` there after every epoch (rank 0 only); ``meta``
+    (``config``, ``run_id``) goes into the checkpoints. SIGINT/SIGTERM stop at the next
+    step boundary with a mid-epoch ``last.pt`` (:class:`TrainingStopped`); a NaN/inf
+    loss stops without saving (:class:`NonFiniteLoss`). Every rank of ``world`` calls
+    this with the same arguments.
     """
     reporter = reporter or NullReporter()
     engine = engine or EngineConfig()
@@ -167,103 +228,176 @@ def train(
     steps = num_batches(len(split), cfg.batch_size)
     history: list[EpochStats] = []
     best_epoch, best_score, elapsed = None, -math.inf, 0.0
+    current: _Epoch | None = None
     if resume is not None:
         state = resume.train_state or {}
-        model.load_state_dict(resume.state_dict)
-        optimizer.load_state_dict(state["optimizer"])
+        load_weights(model, resume.state_dict, resume.path or "the checkpoint to resume")
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{resume.path}: its optimizer state does not fit this model ({exc})") from None
         _restore_rng(state["rng"], generator)
         history = [EpochStats(**h) for h in state["history"]]
         best_epoch, best_score = state["best_epoch"], state["best_score"]
         elapsed = float(state.get("elapsed_s", 0.0))
         precision.load_state_dict(state.get("grad_scaler") or {})
+        if state.get("partial"):
+            current = _Epoch.restore(state["partial"], device)
     files = {"last": run_dir / LAST, "best": run_dir / BEST, "log": run_dir / LOG} if run_dir else {}
+    saver = _Saver(files, model, optimizer, generator, precision, meta or {}) if run_dir and world.is_main else None
     task = reporter.task("train", cfg.epochs * steps)
-    task.advance(len(history) * steps)
-    for epoch in range(len(history) + 1, cfg.epochs + 1):
-        model.train()
-        step_model.train()
-        if world.active:  # attack noise differs per rank, repeatably (also after a resume)
-            torch.manual_seed((seed * 1_000_003 + epoch) * 1009 + world.rank)
-        start = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = torch.zeros((), device=device, dtype=torch.long)
-        first_lr, eps = learning_rate(cfg, (epoch - 1) * steps, steps), threat.eps
-        batches = iterate_batches(
-            split, cfg.batch_size, device=device, shuffle=True, generator=generator, augment=augment
-        )
-        for i, (x, y) in enumerate(batches):
-            step = (epoch - 1) * steps + i
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(cfg, step, steps)
-            step_threat = warmed_threat(threat, cfg, step, steps)
-            weight = 1.0
-            if world.active:
-                if len(y) < world.size:  # a last batch too small to give every rank an image
-                    task.advance(1, epoch=f"{epoch}/{cfg.epochs}")
-                    continue
-                part = world.shard(len(y))
-                weight = world.loss_weight(part.stop - part.start, len(y))
-                x, y = x[part], y[part]
-            if engine.channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            out = train_step(step_model, defense, optimizer, x, y, step_threat, precision, weight)
-            loss_sum += out.loss.detach().float() * y.shape[0]
-            correct += (out.logits.detach().argmax(1) == y).sum()
-            seen += y.shape[0]
-            eps = step_threat.eps
-            task.advance(1, epoch=f"{epoch}/{cfg.epochs}")
-        all_reduce_sum(loss_sum, correct, seen)
-        average_buffers(model, world)
-        n_seen = max(int(seen.item()), 1)
-        loss = loss_sum.item() / n_seen
-        if not math.isfinite(loss):
-            raise RobenchError(f"training loss became {loss} in epoch {epoch}; stopping")
-        val_clean = val_pgd = None
-        if val_split is not None and len(val_split):
-            val_clean, val_pgd = validation_accuracy(
-                model, val_split, threat, steps=cfg.val_steps, batch_size=val_batch_size, device=device,
-                generator=torch.Generator().manual_seed(seed * 100_003 + epoch), world=world,
-            )
-        seconds = time.perf_counter() - start
-        elapsed += seconds
-        stats = EpochStats(epoch, first_lr, loss, 100.0 * correct.item() / n_seen,
-                           val_clean, val_pgd, round(seconds, 3), eps)
-        history.append(stats)
-        score = getattr(stats, defense.selection_metric, None)
-        improved = score is not None and score > best_score
-        if improved:
-            best_epoch, best_score = epoch, score
-        task.advance(0, epoch=f"{epoch}/{cfg.epochs}",
-                     val=f"{val_clean:.1f}/{val_pgd:.1f}" if val_pgd is not None else "-")
-        if run_dir is not None and world.is_main:
-            _save_epoch(files, model, optimizer, generator, history, best_epoch, best_score,
-                        elapsed, improved, meta or {}, precision)
+    task.advance(len(history) * steps + (current.steps_done if current else 0))
+    with StopRequest() as stop:
+        for epoch in range(len(history) + 1, cfg.epochs + 1):
+            model.train()
+            step_model.train()
+            if world.active and current is None:  # attack noise differs per rank, repeatably
+                torch.manual_seed((seed * 1_000_003 + epoch) * 1009 + world.rank)
+            if current is None:
+                current = _Epoch.fresh(epoch, torch.randperm(len(split), generator=generator), device)
+            ep, start, eps = current, time.perf_counter(), current.eps or threat.eps
+            first_lr = learning_rate(cfg, (epoch - 1) * steps, steps)
+            batches = iterate_batches(split, cfg.batch_size, device=device, generator=generator, augment=augment,
+                                      indices=ep.order[ep.steps_done * cfg.batch_size:])
+            for i, (x, y) in enumerate(batches, start=ep.steps_done):
+                step = (epoch - 1) * steps + i
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(cfg, step, steps)
+                step_threat = warmed_threat(threat, cfg, step, steps)
+                eps = ep.eps = step_threat.eps
+                if not world.active or len(y) >= world.size:  # else a last batch too small to share
+                    _step(step_model, defense, optimizer, x, y, step_threat, precision, world, engine, ep, i)
+                ep.steps_done = i + 1
+                task.advance(1, epoch=f"{epoch}/{cfg.epochs}")
+                if ep.steps_done % NAN_CHECK_EVERY == 0:
+                    _check_finite(ep, steps, files, world)
+                check = not world.active or ep.steps_done % STOP_CHECK_EVERY_DDP == 0 or ep.steps_done == steps
+                if check and ep.steps_done < steps and stop.agreed(world, device):
+                    ep.seconds += time.perf_counter() - start
+                    if saver is not None:
+                        saver.save_partial(history, best_epoch, best_score, elapsed, ep)
+                    raise TrainingStopped(
+                        f"stopped by {stop.name} after step {ep.steps_done} of {steps} in epoch {epoch}", stop.signum or 15
+                    )
+            _check_finite(ep, steps, files, world)
+            all_reduce_sum(ep.loss_sum, ep.correct, ep.seen)
+            average_buffers(model, world)
+            n_seen = max(int(ep.seen.item()), 1)
+            loss = ep.loss_sum.item() / n_seen
+            val_clean = val_pgd = None
+            if val_split is not None and len(val_split):
+                val_clean, val_pgd = validation_accuracy(
+                    model, val_split, threat, steps=cfg.val_steps, batch_size=val_batch_size, device=device,
+                    generator=torch.Generator().manual_seed(seed * 100_003 + epoch), world=world,
+                )
+            seconds = ep.seconds + time.perf_counter() - start
+            elapsed += seconds
+            stats = EpochStats(epoch, first_lr, loss, 100.0 * ep.correct.item() / n_seen,
+                               val_clean, val_pgd, round(seconds, 3), eps)
+            history.append(stats)
+            current = None
+            score = getattr(stats, defense.selection_metric, None)
+            improved = score is not None and score > best_score
+            if improved:
+                best_epoch, best_score = epoch, score
+            task.advance(0, epoch=f"{epoch}/{cfg.epochs}",
+                         val=f"{val_clean:.1f}/{val_pgd:.1f}" if val_pgd is not None else "-")
+            if saver is not None:
+                saver.save_epoch(history, best_epoch, best_score, elapsed, improved)
+        if stop.signum is not None:  # arrived after the last step: last.pt holds the finished training
+            raise TrainingStopped(f"stopped by {stop.name} after training, before evaluation", stop.signum)
     task.done()
     if engine.channels_last:  # evaluation and users get the usual layout back
         model.to(memory_format=torch.contiguous_format)
     return TrainResult(history, best_epoch, files)
 
 
-def _save_epoch(
-    files: Mapping[str, Path], model: nn.Module, optimizer: torch.optim.Optimizer,
-    generator: torch.Generator, history: list[EpochStats], best_epoch: int | None,
-    best_score: float, elapsed: float, improved: bool, meta: Mapping[str, Any], precision: Precision,
+def _step(
+    model: nn.Module, defense: Defense, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
+    threat: ThreatModel, precision: Precision, world: World, engine: EngineConfig, ep: _Epoch, index: int,
 ) -> None:
-    """best.pt (if improved), then last.pt, then the log: each write is atomic."""
-    stats = history[-1]
-    common = {"config": dict(meta.get("config", {})), "run_id": str(meta.get("run_id", "")), "epoch": stats.epoch}
-    metrics = {"val_clean": stats.val_clean, "val_pgd": stats.val_pgd}
-    if improved:
-        save_checkpoint(files["best"], model, metrics=metrics, **common)
-    save_checkpoint(files["last"], model, metrics=metrics, train_state={
-        "optimizer": optimizer.state_dict(),
-        "rng": _rng_state(generator),
-        "history": [asdict(h) for h in history],
-        "best_epoch": best_epoch,
-        "best_score": best_score,
-        "elapsed_s": elapsed,
-        "grad_scaler": precision.state_dict(),
-    }, **common)
-    lines = [json.dumps({**asdict(h), "best": h.epoch == best_epoch}) for h in history]
-    atomic_write_text(files["log"], "\n".join(lines) + "\n")
+    """One step on this rank's shard; its metrics are added to ``ep`` on the device."""
+    weight = 1.0
+    if world.active:
+        part = world.shard(len(y))
+        weight = world.loss_weight(part.stop - part.start, len(y))
+        x, y = x[part], y[part]
+    if engine.channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    out = train_step(model, defense, optimizer, x, y, threat, precision, weight)
+    loss = out.loss.detach().float()
+    ep.loss_sum += loss * y.shape[0]
+    ep.correct += (out.logits.detach().argmax(1) == y).sum()
+    ep.seen += y.shape[0]
+    first = (ep.bad_step < 0) & ~torch.isfinite(loss)
+    ep.bad_step.copy_(torch.where(first, torch.full_like(ep.bad_step, index), ep.bad_step))
+
+
+def _check_finite(ep: _Epoch, steps: int, files: Mapping[str, Path], world: World) -> None:
+    """Stop on a NaN/inf loss: name the epoch and step, and the checkpoint that stays good.
+
+    Under DDP every rank stops when any rank saw one (they all call this at the same step)."""
+    if world.active:
+        anywhere = (ep.bad_step >= 0).long()
+        all_reduce_sum(anywhere)
+        if not anywhere.item():
+            return
+    bad = int(ep.bad_step.item())
+    if bad < 0 and not world.active:
+        return
+    last = files.get("last")
+    kept = (f"the last good checkpoint is {last} (the end of epoch {ep.epoch - 1})"
+            if last is not None and last.is_file() else "no checkpoint was saved before it")
+    where = f"step {bad + 1} of {steps}" if bad >= 0 else "a step of another process"
+    raise NonFiniteLoss(
+        f"the training loss became NaN or inf in epoch {ep.epoch}, {where}; stopped without "
+        f"writing a record; {kept}. Try a lower train.lr, or bf16/fp32 instead of fp16"
+    )
+
+
+class _Saver:
+    """Writes a run's checkpoints and epoch log (rank 0); each write is atomic."""
+
+    def __init__(self, files: Mapping[str, Path], model: nn.Module, optimizer: torch.optim.Optimizer,
+                 generator: torch.Generator, precision: Precision, meta: Mapping[str, Any]) -> None:
+        self.files, self.model, self.optimizer = files, model, optimizer
+        self.generator, self.precision, self.meta = generator, precision, meta
+
+    def _train_state(self, history: list[EpochStats], best_epoch: int | None, best_score: float,
+                     elapsed: float, partial: _Epoch | None) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "rng": _rng_state(self.generator),
+            "history": [asdict(h) for h in history],
+            "best_epoch": best_epoch,
+            "best_score": best_score,
+            "elapsed_s": elapsed,
+            "grad_scaler": self.precision.state_dict(),
+            "partial": partial.state() if partial is not None else None,
+        }
+
+    def _save_last(self, epoch: int, metrics: dict[str, Any], train_state: dict[str, Any]) -> None:
+        """The new last.pt, the old one kept as last.prev.pt in case the new one is ever damaged."""
+        last = self.files["last"]
+        if last.is_file():
+            os.replace(last, last.with_name(PREVIOUS))
+        save_checkpoint(last, self.model, metrics=metrics, train_state=train_state, epoch=epoch, **self._common())
+
+    def _common(self) -> dict[str, Any]:
+        return {"config": dict(self.meta.get("config", {})), "run_id": str(self.meta.get("run_id", ""))}
+
+    def save_epoch(self, history: list[EpochStats], best_epoch: int | None, best_score: float,
+                   elapsed: float, improved: bool) -> None:
+        """best.pt (if improved), then last.pt, then the log."""
+        stats = history[-1]
+        metrics = {"val_clean": stats.val_clean, "val_pgd": stats.val_pgd}
+        if improved:
+            save_checkpoint(self.files["best"], self.model, metrics=metrics, epoch=stats.epoch, **self._common())
+        self._save_last(stats.epoch, metrics, self._train_state(history, best_epoch, best_score, elapsed, None))
+        lines = [json.dumps({**asdict(h), "best": h.epoch == best_epoch}) for h in history]
+        atomic_write_text(self.files["log"], "\n".join(lines) + "\n")
+
+    def save_partial(self, history: list[EpochStats], best_epoch: int | None, best_score: float,
+                     elapsed: float, partial: _Epoch) -> None:
+        """last.pt in the middle of an epoch: resuming finishes that epoch as if never stopped."""
+        self._save_last(len(history), {}, self._train_state(history, best_epoch, best_score, elapsed, partial))
