@@ -28,8 +28,9 @@ from typing import Any, Literal
 import yaml
 
 from robench.errors import ConfigError
-from robench.params import build_params, param, suggest
+from robench.params import build_params, check_exponent, param, shown, suggest
 from robench.registry import HOME_DISTRIBUTION, normalize_name
+from robench.threat import parse_fraction
 
 PRESET_GROUP = "robench.presets"
 PLUGIN_SECTIONS: dict[str, str] = {  # config section -> plugin kind
@@ -141,6 +142,13 @@ TOP_LEVEL_KEYS = (
 
 
 # ------------------------------------------------------------------------ layers
+_TOO_DEEP = "nested too deeply (no robench setting needs more than a few levels)"
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def load_preset(name: str = "default") -> dict[str, Any]:
     """The preset ``name`` from the ``robench.presets`` entry points (a dict or a callable)."""
     found = [ep for ep in md.entry_points(group=PRESET_GROUP) if normalize_name(ep.name) == name]
@@ -170,7 +178,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"cannot parse config file {p}{where}: {problem}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {p}: {exc}") from None
+        raise ConfigError(f"cannot read config file {p}: {_one_line(exc)}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(f"cannot parse config file {p}: {_TOO_DEEP}") from None
+    except ValueError as exc:  # PyYAML's own constructors: a date 2024-13-45, a 5000-digit int
+        raise ConfigError(f"cannot parse config file {p}: {_one_line(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -179,26 +191,32 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def parse_set(items: Sequence[str]) -> dict[str, Any]:
-    """``["defense.steps=5", "seed=1"]`` -> nested dict; values are parsed as YAML scalars."""
+    """``["defense.steps=5", "seed=1"]`` -> nested dict; values are parsed as YAML scalars.
+
+    Text that YAML cannot turn into a value is kept as the string typed, and the
+    parameter's type check says what it expected.
+    """
     layer: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+            raise ConfigError(f"--set expects section.key=value, got {shown(item)}")
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError):  # ValueError: a date 2024-13-45, a 5000-digit int
             value = raw
+        except RecursionError:
+            raise ConfigError(f"--set {shown(key)}: {_TOO_DEEP}") from None
         parts = key.split(".")
         if any(not part for part in parts) or len(parts) > 2:
-            raise ConfigError(f"--set key {key!r} must be 'key' or 'section.key'")
+            raise ConfigError(f"--set key {shown(key)} must be 'key' or 'section.key'")
         if len(parts) == 1:
             layer[parts[0]] = value
         else:
             section = layer.setdefault(parts[0], {})
             if not isinstance(section, dict):
-                raise ConfigError(f"--set {key!r}: {parts[0]!r} is not a section")
+                raise ConfigError(f"--set {shown(key)}: {shown(parts[0])} is not a section")
             section[parts[1]] = value
     return layer
 
@@ -209,7 +227,7 @@ def _as_section(value: Any, key: str, origin: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{origin}: section {key!r} must be a mapping, got {value!r}")
+        raise ConfigError(f"{origin}: section {key!r} must be a mapping, got {shown(value)}")
     return dict(value)
 
 
@@ -217,7 +235,7 @@ def _as_suite(value: Any, origin: str) -> list[Any]:
     if isinstance(value, (str, Mapping)):
         value = [value]
     if not isinstance(value, Sequence) or not value:
-        raise ConfigError(f"{origin}: {SUITE_SECTION} must be a non-empty list of attacks, got {value!r}")
+        raise ConfigError(f"{origin}: {SUITE_SECTION} must be a non-empty list of attacks, got {shown(value)}")
     return [dict(item) if isinstance(item, Mapping) else item for item in value]
 
 
@@ -227,7 +245,7 @@ def merge(base: dict[str, Any], layer: Mapping[str, Any], origin: str) -> dict[s
     for key, value in layer.items():
         if key not in TOP_LEVEL_KEYS:
             raise ConfigError(
-                f"{origin}: unknown key {key!r}{suggest(str(key), TOP_LEVEL_KEYS)}; "
+                f"{origin}: unknown key {shown(key)}{suggest(str(key), TOP_LEVEL_KEYS)}; "
                 f"known keys: {', '.join(TOP_LEVEL_KEYS)}"
             )
         if key in PLUGIN_SECTIONS:
@@ -290,32 +308,67 @@ def resolve_over(
 
 
 # -------------------------------------------------------------------- validation
+def _check_budget(eps: str, where: str) -> str:
+    """``eps`` stripped, refusing what ThreatModel cannot handle as it should.
+
+    ThreatModel keeps a budget exact, as a Fraction: a long exponent (``1e-99999999``)
+    would take minutes to expand, and an L2 budget such as ``1e400`` (L2 has no upper
+    bound) would overflow float when its value is first needed, mid-planning. Surrounding
+    whitespace is dropped, as ThreatModel does, so an error message quoting the budget
+    stays on one line. Text that is no number is left to ThreatModel, which says so.
+    """
+    eps = eps.strip()
+    check_exponent(eps, where)
+    try:
+        float(parse_fraction(eps))
+    except ConfigError:
+        pass
+    except OverflowError:
+        raise ConfigError(f"{where}: {shown(eps)} is too large") from None
+    return eps
+
+
 def validate(raw: Mapping[str, Any]) -> RunConfig:
-    """Check every key and value except plugin hyperparameters (checked by the plugin's Params)."""
+    """Check every key and value except plugin hyperparameters (checked by the plugin's Params).
+
+    ``raw`` need not come from :func:`resolve` (``--resume`` reads it from a checkpoint),
+    so sections that are not mappings fail here with a ConfigError too.
+    """
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config: expected a mapping of sections, got {shown(raw)}")
     settings = build_params(
         _Settings, {k: raw[k] for k in _SETTING_KEYS if k in raw}, "config"
     )
+    for key in ("data_root", "results_dir", "runs_dir"):
+        if "\0" in (getattr(settings, key) or ""):  # the OS would refuse it mid-planning
+            raise ConfigError(f"{key}: a path cannot contain a NUL character, got {shown(getattr(settings, key))}")
     choices = {}
     for section, kind in PLUGIN_SECTIONS.items():
-        value = dict(raw.get(section) or {})
+        value = _as_section(raw.get(section), section, "config")
         name = value.pop("name", None)
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(f"{section}.name: choose a {kind} plugin (robench list {kind})")
         choices[section] = PluginChoice(name.strip(), value)
     suite = []
-    for i, item in enumerate(raw.get(SUITE_SECTION) or []):
+    items = raw.get(SUITE_SECTION) or []
+    for i, item in enumerate(items if isinstance(items, list) else _as_suite(items, "config")):
         value = {"name": item} if isinstance(item, str) else dict(item) if isinstance(item, Mapping) else {}
         name = value.pop("name", None)
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(
-                f"{SUITE_SECTION}[{i}]: give an attack name or {{name: ..., param: value}}, got {item!r}"
+                f"{SUITE_SECTION}[{i}]: give an attack name or {{name: ..., param: value}}, got {shown(item)}"
             )
         suite.append(PluginChoice(name.strip(), value))
     if not suite:
         raise ConfigError(f"{SUITE_SECTION}: choose at least one attack (robench list attack)")
     threat = build_params(ThreatConfig, raw.get("threat") or {}, "threat")
+    if threat.eps is not None:
+        threat = dataclasses.replace(threat, eps=_check_budget(threat.eps, "threat.eps"))
     train = build_params(TrainConfig, raw.get("train") or {}, "train")
     evaluation = build_params(EvalConfig, raw.get("eval") or {}, "eval")
+    evaluation = dataclasses.replace(evaluation, sweep_eps=tuple(
+        _check_budget(eps, f"eval.sweep_eps[{i}]") for i, eps in enumerate(evaluation.sweep_eps)
+    ))
     engine = build_params(EngineConfig, raw.get("engine") or {}, "engine")
     return RunConfig(
         seed=settings.seed,

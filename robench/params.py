@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
+import reprlib
 import types
 import typing
 from collections.abc import Mapping
@@ -19,6 +21,33 @@ from robench.errors import ConfigError
 from robench.threat import parse_fraction
 
 T = TypeVar("T")
+
+#: error messages echo the value they got; a 5000-digit number or a 300-deep list must not
+#: turn that one line into pages (and ``repr`` of a deeply nested value can itself fail)
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 80
+_SHOWN.maxlong = 40
+_SHOWN.maxlevel = 4
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = 10
+
+#: a decimal exponent at the end of a number, as ``fractions.Fraction`` reads it
+_EXPONENT = re.compile(r"e([-+]?\d+(?:_\d+)*)\s*$", re.IGNORECASE)
+#: exponents up to 999: Fraction turns ``1e-99999999`` into an exact integer with a
+#: hundred million digits (minutes of CPU), and no float reaches past about 1e308 anyway
+MAX_EXPONENT_DIGITS = 3
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, shortened for an error message."""
+    return _SHOWN.repr(value)
+
+
+def check_exponent(text: str, where: str) -> None:
+    """Refuse ``text`` if its decimal exponent has more than 3 digits, before Fraction
+    parses it (see ``MAX_EXPONENT_DIGITS``); other text is left to the parser."""
+    match = _EXPONENT.search(text)
+    if match and len(match[1].lstrip("+-").replace("_", "").lstrip("0")) > MAX_EXPONENT_DIGITS:
+        raise ConfigError(f"{where}: {shown(text)} is out of range (decimal exponents stop at 999)")
 
 
 def param(
@@ -61,7 +90,7 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
 
     def fail() -> typing.NoReturn:
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {shown(value)}")
 
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
@@ -112,17 +141,21 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool):
             fail()
-        if isinstance(value, (int, float)):
-            out = float(value)
-        elif isinstance(value, str):
-            try:
-                out = float(parse_fraction(value))
-            except ConfigError:
+        try:  # OverflowError: an int or a fraction beyond float's range (1e400, 10**400)
+            if isinstance(value, (int, float)):
+                out = float(value)
+            elif isinstance(value, str):
+                check_exponent(value, where)
+                try:
+                    out = float(parse_fraction(value))
+                except ConfigError:
+                    fail()
+            else:
                 fail()
-        else:
-            fail()
+        except OverflowError:
+            out = math.inf
         if not math.isfinite(out):
-            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+            raise ConfigError(f"{where}: expected a finite number, got {shown(value)}")
         return out
     if tp is str:
         if isinstance(value, bool) or value is None or isinstance(value, (dict, list)):
@@ -142,7 +175,7 @@ def _check_bounds(value: Any, meta: Mapping[str, Any], where: str) -> None:
     ):
         bound = meta.get(key)
         if bound is not None and not ok(value, bound):
-            raise ConfigError(f"{where}: must be {words} {bound}, got {value}")
+            raise ConfigError(f"{where}: must be {words} {bound}, got {shown(value)}")
 
 
 def suggest(name: str, known: typing.Iterable[str]) -> str:
@@ -156,14 +189,14 @@ def suggest(name: str, known: typing.Iterable[str]) -> str:
 def build_params(cls: type[T], values: Mapping[str, Any], where: str) -> T:
     """Instantiate dataclass ``cls`` from untyped ``values``, validating everything."""
     if not isinstance(values, Mapping):
-        raise ConfigError(f"{where}: expected a mapping of keys to values, got {values!r}")
+        raise ConfigError(f"{where}: expected a mapping of keys to values, got {shown(values)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     for key in values:
         if key not in fields:
             known = ", ".join(fields) or "none"
             raise ConfigError(
-                f"{where}: unknown key {key!r}{suggest(str(key), fields)}; known keys: {known}"
+                f"{where}: unknown key {shown(key)}{suggest(str(key), fields)}; known keys: {known}"
             )
     kwargs = {}
     for key, value in values.items():

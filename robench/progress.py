@@ -71,8 +71,7 @@ class RichReporter:
         )
 
     def __enter__(self) -> RichReporter:
-        self.progress.__enter__()
-        return self
+        return self  # the display starts with the first task: an early error leaves no empty line
 
     def __exit__(
         self,
@@ -80,7 +79,10 @@ class RichReporter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.progress.__exit__(exc_type, exc, tb)
+        if self.progress.live.is_started:
+            self.progress.__exit__(exc_type, exc, tb)
 
     def task(self, description: str, total: int) -> Task:
+        if not self.progress.live.is_started:
+            self.progress.start()
         return _RichTask(self.progress, self.progress.add_task(description, total=total, info=""))

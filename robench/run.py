@@ -87,6 +87,8 @@ def resolve_device(spec: str) -> torch.device:
         device = torch.device(spec)
     except (RuntimeError, ValueError):
         raise ConfigError(f"device: unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device: {spec!r} is not supported; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device: {spec!r} requested but no CUDA device is available")
     return device

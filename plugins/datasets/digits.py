@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from robench.api import DataSplits, Dataset, TensorSplit
+from robench.errors import ConfigError
 from robench.params import param
 from robench.threat import ThreatModel
 
@@ -46,6 +47,12 @@ class Digits(Dataset):
             x, y, test_size=p.test_fraction, random_state=seed, stratify=y
         )
         val = None
+        classes = len(np.unique(y))
+        if p.val_size and not classes <= p.val_size <= len(y_rest) - classes:  # a stratified split needs both
+            raise ConfigError(
+                f"data.val_size: {p.val_size} must be between {classes} and {len(y_rest) - classes} "
+                f"with the {len(y_rest)} images left for training (one per class on each side)"
+            )
         if p.val_size:
             x_rest, x_val, y_rest, y_val = train_test_split(
                 x_rest, y_rest, test_size=p.val_size, random_state=seed, stratify=y_rest
