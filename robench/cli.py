@@ -23,6 +23,7 @@ from rich.text import Text
 import robench
 from robench.cli_bench import bench
 from robench.cli_boards import leaderboard, plot_app
+from robench.cli_new import new
 from robench.errors import RobenchError
 
 out = Console(highlight=False)
@@ -492,6 +493,7 @@ def _arch_size(plugin: Any, name: str, shape: tuple[int, int, int], classes: int
 
 app.command("leaderboard")(leaderboard)
 app.command("bench")(bench)
+app.command("new")(new)
 app.add_typer(plot_app, name="plot")
 
 data_app = typer.Typer(help="Dataset files: where they live and how to get them.", no_args_is_help=True)
