@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robench.errors import CheckpointError
+from robench.errors import CheckpointError, one_line
 from robench.io import atomic_write_bytes
 
 FORMAT = "robench-checkpoint"
@@ -117,7 +117,7 @@ def _read(path: Path) -> Any:
     except RuntimeError as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {_runtime_detail(str(exc))}") from None
     except Exception as exc:  # a damaged file trips all sorts of errors inside torch.load
-        detail = _one_line(f"{type(exc).__name__}: {exc}")
+        detail = one_line(f"{type(exc).__name__}: {exc}")
         raise CheckpointError(f"cannot read checkpoint {path}: the file is damaged ({detail})") from None
 
 
@@ -147,11 +147,7 @@ def _runtime_detail(message: str) -> str:
         return f"the file is truncated or damaged ({first[:200]})"
     if "magic number" in message:
         return "not a PyTorch file (it does not start like one)"
-    return f"the file is damaged ({_one_line(message)[:200]})"
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    return f"the file is damaged ({one_line(message)[:200]})"
 
 
 def _check_fields(payload: dict[str, Any], path: Path) -> None:
@@ -191,7 +187,7 @@ def load_weights(
             model.load_state_dict(state_dict)
             return
         except RuntimeError as exc:  # names that differ, or values torch cannot copy
-            detail = _key_mismatch(mine, state_dict) or _one_line(str(exc))[:300]
+            detail = _key_mismatch(mine, state_dict) or one_line(str(exc))[:300]
     reason = "; ".join(part for part in (context, detail) if part)
     raise CheckpointError(f"checkpoint {source} does not fit the model: {reason}")
 

@@ -24,7 +24,7 @@ import robench
 from robench.cli_bench import bench
 from robench.cli_boards import leaderboard, plot_app
 from robench.cli_new import new
-from robench.errors import RobenchError
+from robench.errors import RobenchError, one_line
 
 out = Console(highlight=False)
 # soft_wrap: an error stays one line however narrow the terminal
@@ -71,7 +71,7 @@ def _root(
     """
     if ctx.invoked_subcommand is None:
         out.print(ctx.get_help())
-    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone talks
+    if _other_rank():  # under torchrun, rank 0 alone talks
         out.quiet = True
 
 
@@ -107,6 +107,11 @@ _NPROC_OPT = typer.Option(
 )
 
 
+def _other_rank() -> bool:
+    """Whether this is a torchrun process other than rank 0."""
+    return os.environ.get("RANK", "0") != "0"
+
+
 def _launch_torchrun(nproc: Optional[int], device: str, batch_size: int) -> None:
     """Start this very command under torchrun with ``nproc`` processes, then exit with its code.
 
@@ -118,8 +123,8 @@ def _launch_torchrun(nproc: Optional[int], device: str, batch_size: int) -> None
     from robench.engine.distributed import world_from_env
     from robench.errors import UserError
 
-    world = world_from_env()
-    if world.active or os.environ.get("RANK") is not None:
+    if "RANK" in os.environ:  # a torchrun process already
+        world = world_from_env()
         if nproc is not None and nproc != world.size:
             raise UserError(f"--nproc {nproc} but torchrun started {world.size} process(es)")
         return
@@ -175,7 +180,7 @@ def _reporter(quiet: bool) -> Iterator[Any]:
     """Progress bars on stderr, or none with --quiet."""
     from robench.progress import NullReporter, RichReporter
 
-    if quiet or os.environ.get("RANK", "0") != "0":
+    if quiet or _other_rank():
         yield NullReporter()
     else:
         with RichReporter(err) as reporter:
@@ -535,10 +540,6 @@ def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: A
     err.print(Text(f"warning: {message}", style="yellow"))
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code."""
     if argv is None and TORCHRUN_ARGV in os.environ:  # a process that --nproc started
@@ -556,15 +557,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except _click_exc.UsageError as exc:
         hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx else ""
-        err.print(Text(f"error: {_one_line(exc.format_message())}{hint}"))
+        err.print(Text(f"error: {one_line(exc.format_message())}{hint}"))
         return 2
     except _click_exc.ClickException as exc:
-        err.print(Text(f"error: {_one_line(exc.format_message())}"))
+        err.print(Text(f"error: {one_line(exc.format_message())}"))
         return exc.exit_code
     except RobenchError as exc:
         if debug:
             raise
-        err.print(Text(f"error: {_one_line(str(exc))}"))
+        err.print(Text(f"error: {one_line(str(exc))}"))
         return exc.exit_code
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -576,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # an internal failure: one line unless debugging
         if debug:
             raise
-        err.print(Text(f"internal error: {type(exc).__name__}: {_one_line(str(exc))} (ROBENCH_DEBUG=1 shows the traceback)"))
+        err.print(Text(f"internal error: {type(exc).__name__}: {one_line(str(exc))} (ROBENCH_DEBUG=1 shows the traceback)"))
         return 1
 
 

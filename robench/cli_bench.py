@@ -33,11 +33,10 @@ def bench(
     import torch
 
     from robench.bench import bench as run_bench
-    from robench.registry import get_registry
-    from robench.run import resolve_device
-
     from robench.engine.precision import PRECISIONS
     from robench.errors import UserError
+    from robench.registry import get_registry
+    from robench.run import resolve_device
 
     if precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")

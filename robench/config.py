@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import yaml
 
-from robench.errors import ConfigError
+from robench.errors import ConfigError, one_line
 from robench.params import build_params, check_exponent, param, shown, suggest
 from robench.registry import HOME_DISTRIBUTION, normalize_name
 from robench.threat import parse_fraction
@@ -145,10 +145,6 @@ TOP_LEVEL_KEYS = (
 _TOO_DEEP = "nested too deeply (no robench setting needs more than a few levels)"
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def load_preset(name: str = "default") -> dict[str, Any]:
     """The preset ``name`` from the ``robench.presets`` entry points (a dict or a callable)."""
     found = [ep for ep in md.entry_points(group=PRESET_GROUP) if normalize_name(ep.name) == name]
@@ -178,11 +174,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"cannot parse config file {p}{where}: {problem}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {p}: {_one_line(exc)}") from None
+        raise ConfigError(f"cannot read config file {p}: {one_line(exc) or type(exc).__name__}") from None
     except RecursionError:  # PyYAML composes nested collections recursively
         raise ConfigError(f"cannot parse config file {p}: {_TOO_DEEP}") from None
     except ValueError as exc:  # PyYAML's own constructors: a date 2024-13-45, a 5000-digit int
-        raise ConfigError(f"cannot parse config file {p}: {_one_line(exc)}") from None
+        raise ConfigError(f"cannot parse config file {p}: {one_line(exc) or type(exc).__name__}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -7,6 +7,11 @@ and exits with 1.
 from __future__ import annotations
 
 
+def one_line(text: object) -> str:
+    """``text`` with every run of whitespace, newlines included, as one space: an error is one line."""
+    return " ".join(str(text).split())
+
+
 class RobenchError(Exception):
     """Base of robench's own errors; ``exit_code`` is what the CLI returns."""
 

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from robench.errors import WriteError
+from robench.errors import WriteError, one_line
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -36,7 +36,7 @@ def _reason(exc: OSError | ValueError) -> str:
     name and, for a full disk, what to do. A ValueError (a NUL in a path) has no errno."""
     code = getattr(exc, "errno", None)
     if not isinstance(exc, OSError) or code is None:
-        return " ".join(str(exc).split()) or type(exc).__name__
+        return one_line(exc) or type(exc).__name__
     name = errno.errorcode.get(code, f"errno {code}")
     hint = _HINTS.get(code)
     return f"{os.strerror(code)} ({name}{'; ' + hint if hint else ''})"

@@ -113,10 +113,13 @@ def pgd(
     """
     x = x.detach()
     x_adv = (x if start is None else start).detach().clone()
+    scale = attack_loss_scale()
     for _ in range(steps):
         x_adv.requires_grad_(True)
         loss = loss_fn(model(x_adv))
-        (grad,) = torch.autograd.grad(loss * attack_loss_scale(), x_adv)
+        if scale != 1.0:
+            loss = loss * scale
+        (grad,) = torch.autograd.grad(loss, x_adv)
         x_adv = project(ascent_step(x_adv.detach(), grad, step_size, threat), x, threat).detach()
     return x_adv
 

@@ -18,16 +18,11 @@ def iterate_batches(
     batch_size: int,
     *,
     device: torch.device,
-    shuffle: bool = False,
-    generator: torch.Generator | None = None,
     augment: Callable[[Tensor], Tensor] | None = None,
     indices: Tensor | None = None,
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield (x in [0,1] float, y long) on ``device``; order drawn from ``generator``."""
-    order = indices if indices is not None else torch.arange(len(split))
-    if shuffle:
-        order = order[torch.randperm(len(order), generator=generator)]
-    order = order.to(split.x.device)
+    """Yield (x in [0,1] float, y long) on ``device``, in the order of ``indices`` (default: all, in order)."""
+    order = (indices if indices is not None else torch.arange(len(split))).to(split.x.device)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         x = split.images(idx).to(device, non_blocking=True)

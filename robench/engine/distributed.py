@@ -139,8 +139,3 @@ def broadcast_object(value: Any, world: World) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def barrier(world: World) -> None:
-    if world.active and dist.is_initialized():
-        dist.barrier()

@@ -50,6 +50,7 @@ class StopRequest:
             return self.signum is not None
         flag = torch.tensor(int(self.signum is not None), device=device)
         all_reduce_sum(flag)
-        if flag.item() and self.signum is None:
+        stop = bool(flag.item())
+        if stop and self.signum is None:
             self.signum = signal.SIGTERM
-        return bool(flag.item())
+        return stop

@@ -249,30 +249,29 @@ def train(
     task.advance(len(history) * steps + (current.steps_done if current else 0))
     with StopRequest() as stop:
         for epoch in range(len(history) + 1, cfg.epochs + 1):
-            model.train()
-            step_model.train()
+            step_model.train()  # and the model it wraps
             if world.active and current is None:  # attack noise differs per rank, repeatably
                 torch.manual_seed((seed * 1_000_003 + epoch) * 1009 + world.rank)
             if current is None:
                 current = _Epoch.fresh(epoch, torch.randperm(len(split), generator=generator), device)
-            ep, start, eps = current, time.perf_counter(), current.eps or threat.eps
+            ep, start = current, time.perf_counter()
             first_lr = learning_rate(cfg, (epoch - 1) * steps, steps)
-            batches = iterate_batches(split, cfg.batch_size, device=device, generator=generator, augment=augment,
+            batches = iterate_batches(split, cfg.batch_size, device=device, augment=augment,
                                       indices=ep.order[ep.steps_done * cfg.batch_size:])
             for i, (x, y) in enumerate(batches, start=ep.steps_done):
                 step = (epoch - 1) * steps + i
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(cfg, step, steps)
                 step_threat = warmed_threat(threat, cfg, step, steps)
-                eps = ep.eps = step_threat.eps
+                ep.eps = step_threat.eps
                 if not world.active or len(y) >= world.size:  # else a last batch too small to share
                     _step(step_model, defense, optimizer, x, y, step_threat, precision, world, engine, ep, i)
                 ep.steps_done = i + 1
                 task.advance(1, epoch=f"{epoch}/{cfg.epochs}")
                 if ep.steps_done % NAN_CHECK_EVERY == 0:
                     _check_finite(ep, steps, files, world)
-                check = not world.active or ep.steps_done % STOP_CHECK_EVERY_DDP == 0 or ep.steps_done == steps
-                if check and ep.steps_done < steps and stop.agreed(world, device):
+                stop_check = not world.active or ep.steps_done % STOP_CHECK_EVERY_DDP == 0
+                if ep.steps_done < steps and stop_check and stop.agreed(world, device):
                     ep.seconds += time.perf_counter() - start
                     if saver is not None:
                         saver.save_partial(history, best_epoch, best_score, elapsed, ep)
@@ -293,7 +292,7 @@ def train(
             seconds = ep.seconds + time.perf_counter() - start
             elapsed += seconds
             stats = EpochStats(epoch, first_lr, loss, 100.0 * ep.correct.item() / n_seen,
-                               val_clean, val_pgd, round(seconds, 3), eps)
+                               val_clean, val_pgd, round(seconds, 3), ep.eps or threat.eps)
             history.append(stats)
             current = None
             score = getattr(stats, defense.selection_metric, None)
