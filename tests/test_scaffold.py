@@ -1,19 +1,24 @@
 """``robench new``: scaffolded plugin packages install offline and run under robench.
 
-The packages are installed non-editable with ``pip --target`` into per-kind folders
-that later subprocesses get on PYTHONPATH, as a user's ``pip install -e .`` would make
-them visible through entry points.
+Most packages are installed non-editable with ``pip --target`` into per-kind folders
+that later subprocesses get on PYTHONPATH; entry points are found there just as in
+site-packages. One test does exactly what a plugin author does, ``pip install -e``
+into a (virtual) environment and ``robench run``, and one installs a plugin written
+for another major plugin API. Everything goes through the real CLI,
+``python -m robench``, and pip runs offline (``--no-index --no-build-isolation``).
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
-import textwrap
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
+import robench
 from robench.errors import UserError
 from robench.scaffold import scaffold
 
@@ -22,16 +27,11 @@ REPO = Path(__file__).resolve().parent.parent
 #: kind -> the plugin name each test package gets
 NAMES = {"defense": "my-at", "attack": "my-atk", "architecture": "my-net", "dataset": "my-ds"}
 
-#: runs ``robench`` with ``new`` registered whether or not robench/cli.py registers it yet
-NEW_SHIM = textwrap.dedent(
-    """
-    from robench import cli
-    from robench.cli_new import new
-    if not any(c.callback is new for c in cli.app.registered_commands):
-        cli.app.command()(new)
-    raise SystemExit(cli.main())
-    """
-)
+#: the flags that make a run take seconds: 1 epoch, one cheap attack, no extra checks
+QUICK = ["--epochs", "1", "--attack", "fgsm", "--set", "eval.checks=false", "-q"]
+
+PIP_OFFLINE = ["-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+               "--disable-pip-version-check", "-q"]
 
 
 def _env(tmp: Path, sites: list[Path]) -> dict[str, str]:
@@ -47,10 +47,17 @@ def _run(args: list[str], env: dict[str, str] | None = None, cwd: Path = REPO, t
     return subprocess.run(args, capture_output=True, text=True, env=env, cwd=str(cwd), timeout=timeout)
 
 
+def _robench(*args: str, env: dict[str, str] | None = None, python: str = sys.executable):
+    return _run([python, "-m", "robench", *args], env=env)
+
+
 def _install(package: Path, site: Path) -> None:
-    proc = _run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-                 "--disable-pip-version-check", "-q", "--target", str(site), str(package)])
+    proc = _run([sys.executable, *PIP_OFFLINE, "--target", str(site), str(package)])
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _records(results: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((results / "records").rglob("*.json"))]
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +65,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     """Every kind scaffolded (the defense through the CLI) and installed: (tmp, packages, sites)."""
     tmp = tmp_path_factory.mktemp("scaffold")
     packages = {kind: tmp / f"robench-{name}" for kind, name in NAMES.items()}
-    proc = _run([sys.executable, "-c", NEW_SHIM, "new", "defense", NAMES["defense"], "--dir", str(packages["defense"])])
+    proc = _robench("new", "defense", NAMES["defense"], "--dir", str(packages["defense"]))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "pip install -e" in proc.stdout and f"robench run --defense {NAMES['defense']}" in proc.stdout
+    assert (packages["defense"] / "robench_my_at" / "defense.py").is_file()
     for kind in ("attack", "architecture", "dataset"):
         scaffold(kind, NAMES[kind], packages[kind])
     sites = {kind: tmp / f"site-{kind}" for kind in NAMES}
@@ -82,10 +90,12 @@ def test_scaffold_writes_an_installable_defense_package(tmp_path: Path) -> None:
     assert '[project.entry-points."robench.defenses"]\nmy-at = "robench_my_at.defense:MyAt"' in pyproject
     module = (root / "robench_my_at" / "defense.py").read_text()
     assert "# --- your loss here ---" in module and "{{" not in module
+    assert f'api_version = "{robench.api_version}"' in module
     for needed in ("attack_mode", "random_start", "pgd", "cross_entropy_loss", "default_step_size"):
         assert needed in module
     readme = (root / "README.md").read_text()
-    for needed in ("pip install -e .", "robench run --defense my-at", "pytest", "twine upload"):
+    for needed in ("pip install -e .", "robench run --defense my-at", "pytest", "twine upload",
+                   "`--set defense.steps=5`"):
         assert needed in readme
 
 
@@ -100,6 +110,24 @@ def test_scaffold_other_kinds(tmp_path: Path, kind: str, group: str) -> None:
         assert "{{" not in path.read_text(), path
         if path.suffix == ".py":
             compile(path.read_text(), str(path), "exec")
+    if kind == "attack":  # the README's hint names the plugin
+        assert "`--attack x2-y-20` sets 20 steps" in (tmp_path / "pkg" / "README.md").read_text()
+
+
+def test_templates_are_package_data() -> None:
+    """The templates ship in wheels: pyproject lists them, scaffold reads them as resources."""
+    from importlib import resources
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    folder = resources.files("robench").joinpath("templates")
+    names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmpl"))
+    kinds = ("architecture", "attack", "dataset", "defense")
+    assert names == sorted(["README.md.tmpl", "__init__.py.tmpl", "pyproject.toml.tmpl",
+                            *(f"{k}.py.tmpl" for k in kinds), *(f"test_{k}.py.tmpl" for k in kinds)])
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "robench.templates" in setuptools["packages"]
+    assert setuptools["package-data"]["robench.templates"] == ["*.tmpl"]
 
 
 # ------------------------------------------------------------------------- refusals
@@ -129,52 +157,37 @@ def test_cli_refusals_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "full" / "x").write_text("")
     for args, needle in ((["new", "defense", "Bad_Name", "--dir", str(tmp_path / "a")], "invalid plugin name"),
                          (["new", "defense", "ok", "--dir", str(tmp_path / "full")], "not an empty folder")):
-        proc = _run([sys.executable, "-c", NEW_SHIM, *args])
+        proc = _robench(*args)
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert proc.stderr.count("\n") == 1 and needle in proc.stderr and "Traceback" not in proc.stderr
 
 
-def _new_registered() -> bool:
-    from robench import cli
-    from robench.cli_new import new
-
-    return any(c.callback is new for c in cli.app.registered_commands)
-
-
-@pytest.mark.skipif(not _new_registered(), reason="`new` is not registered in robench/cli.py yet")
-def test_python_m_robench_new(tmp_path: Path) -> None:
-    proc = _run([sys.executable, "-m", "robench", "new", "defense", "my-at", "--dir", str(tmp_path / "my-at")])
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert (tmp_path / "my-at" / "robench_my_at" / "defense.py").is_file()
-
-
 # ------------------------------------------------------------------ installed, run
-def test_defense_runs_under_robench(installed) -> None:
-    tmp, _, sites = installed
-    proc = _run([sys.executable, "-m", "robench", "run", "--defense", "my-at", "--epochs", "1", "--attack", "fgsm",
-                 "--set", "eval.checks=false", "--results-dir", str(tmp / "res"), "-q"], env=_env(tmp, [sites["defense"]]))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    records = list((tmp / "res" / "records").rglob("*my-at*.json"))
-    assert records, proc.stdout
-
-
 def test_all_four_new_plugins_run_together(installed) -> None:
     tmp, _, sites = installed
-    proc = _run([sys.executable, "-m", "robench", "run", "--defense", "my-at", "--arch", "my-net", "--data", "my-ds",
-                 "--attack", "my-atk-2", "--epochs", "1", "--set", "eval.checks=false", "--set", "defense.steps=2",
-                 "--results-dir", str(tmp / "res-all"), "-q"], env=_env(tmp, list(sites.values())))
+    proc = _robench("run", "--defense", "my-at", "--arch", "my-net", "--data", "my-ds",
+                    "--attack", "my-atk-2", "--epochs", "1", "--set", "eval.checks=false", "--set", "defense.steps=2",
+                    "--results-dir", str(tmp / "res-all"), "-q", env=_env(tmp, list(sites.values())))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert list((tmp / "res-all" / "records" / "my-ds").rglob("*.json")), proc.stdout
+    [record] = _records(tmp / "res-all")
+    assert (record["dataset"], record["arch"]["name"], record["defense"]["name"]) == ("my-ds", "my-net", "my-at")
+
+
+def _table(stdout: str) -> list[list[str]]:
+    """The body rows of `robench list`'s table: [kind, name, distribution, object, status]."""
+    return [[c.strip() for c in line.split("│")[1:-1]] for line in stdout.splitlines() if "│" in line]
 
 
 def test_robench_list_shows_each_new_plugin(installed) -> None:
+    """One `robench list` of every kind (`robench list architecture` alone would also
+    count every built-in model's MACs, seconds each)."""
     tmp, _, sites = installed
+    proc = _robench("list", env=_env(tmp, list(sites.values())))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {(row[0], row[1]): row for row in _table(proc.stdout)}
     for kind, name in NAMES.items():
-        proc = _run([sys.executable, "-m", "robench", "list", kind], env=_env(tmp, [sites[kind]]))
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        row = [line for line in proc.stdout.splitlines() if f" {name} " in line]
-        assert row and "ok" in row[0] and f"robench-{name}" in row[0], proc.stdout
-        assert "broken" not in proc.stdout + proc.stderr
+        assert rows[kind, name][2] == f"robench-{name} 0.1.0" and rows[kind, name][4] == "ok", proc.stdout
+    assert "broken" not in proc.stdout + proc.stderr
 
 
 def test_generated_tests_pass(installed) -> None:
@@ -184,3 +197,97 @@ def test_generated_tests_pass(installed) -> None:
                 env=_env(tmp, list(sites.values())), cwd=tmp)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert " passed" in proc.stdout and "failed" not in proc.stdout
+
+
+# ------------------------------------------------------- pip install -e, as a user does
+def _venv(path: Path) -> Path:
+    """A virtual environment that sees this interpreter's packages; returns its python.
+
+    ``--system-site-packages`` makes the base interpreter's site-packages a site
+    directory of the venv, so its ``.pth`` files run there too: robench's own
+    editable install (setuptools' ``__editable__.robench-*.pth`` and its import-hook
+    finder), torch and pip are all importable without installing anything. A venv
+    made from inside another venv gets the *base* interpreter's site-packages, not
+    the outer venv's, so then a ``.pth`` adds the outer ones with ``site.addsitedir``
+    (which processes their ``.pth`` files, unlike a plain path line). ``--without-pip``
+    saves seconds: the base pip, run by the venv's python, installs into the venv.
+    """
+    import site
+
+    proc = _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(path)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    python = path / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    if sys.prefix != sys.base_prefix:  # running in a venv: bridge to its site-packages
+        purelib = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
+        lines = [f"import site; site.addsitedir({d!r})" for d in site.getsitepackages()]
+        Path(purelib.stdout.strip(), "_outer_site.pth").write_text("\n".join(lines) + "\n")
+    return python
+
+
+def test_pip_install_e_then_run_with_no_other_step(tmp_path: Path) -> None:
+    """`robench new`, `pip install -e DIR` (offline), `robench run --defense NAME`: nothing else.
+
+    The plugin is installed into a fresh venv, never into the environment running the
+    tests. Its source is edited after the install (the default number of PGD steps, 10
+    -> 1, which also makes the run fast): the record shows the edited default, so an
+    editable install takes an edit without reinstalling.
+    """
+    python = str(_venv(tmp_path / "venv"))
+    package = tmp_path / "robench-edit-at"
+    env = _env(tmp_path, [])
+    env.pop("PYTHONPATH")  # only what the venv itself sees
+    proc = _robench("new", "defense", "edit-at", "--dir", str(package), env=env, python=python)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = _run([python, *PIP_OFFLINE, "-e", str(package)], env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    source = package / "robench_edit_at" / "defense.py"
+    text = source.read_text()
+    assert text.count("steps: int = param(10, ") == 1
+    source.write_text(text.replace("steps: int = param(10, ", "steps: int = param(1, "))
+
+    results = tmp_path / "results"
+    proc = _robench("run", "--defense", "edit-at", *QUICK, "--results-dir", str(results), env=env, python=python)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [record] = _records(results)
+    assert record["defense"]["name"] == "edit-at"
+    assert record["defense"]["params"]["steps"] == 1, record["defense"]
+    # the plugin is in the venv only, not in the environment running these tests
+    assert "edit-at" not in {ep.name for ep in metadata.entry_points(group="robench.defenses")}
+
+
+# ------------------------------------------------- a plugin for another major API
+@pytest.fixture(scope="module")
+def incompatible(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """A scaffolded defense that declares plugin API 2.0, installed: (tmp, env)."""
+    tmp = tmp_path_factory.mktemp("api2")
+    package = tmp / "robench-future-at"
+    scaffold("defense", "future-at", package)
+    module = package / "robench_future_at" / "defense.py"
+    text = module.read_text()
+    assert text.count(f'api_version = "{robench.api_version}"') == 1
+    module.write_text(text.replace(f'api_version = "{robench.api_version}"', 'api_version = "2.0"'))
+    _install(package, tmp / "site")
+    return tmp, _env(tmp, [tmp / "site"])
+
+
+def test_list_shows_a_plugin_for_another_api_as_broken(incompatible) -> None:
+    tmp, env = incompatible
+    proc = _robench("list", "defense", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {row[1]: row for row in _table(proc.stdout) if row[0] == "defense"}
+    future = rows.pop("future-at")
+    assert future[2] == "robench-future-at 0.1.0" and future[4] == "broken", proc.stdout
+    assert "pgd-at" in rows and {row[4] for row in rows.values()} == {"ok"}, proc.stdout  # the others: usable
+    [reason] = [line for line in proc.stdout.splitlines() if line.startswith("broken:")]
+    assert reason == (f"broken: defense plugin 'future-at' from robench-future-at 0.1.0 targets plugin API 2.0; "
+                      f"this robench provides {robench.api_version}")
+    assert proc.stderr == "1 broken plugin(s); the others are usable.\n"
+
+
+def test_run_refuses_a_plugin_for_another_api_in_one_line(incompatible) -> None:
+    tmp, env = incompatible
+    proc = _robench("run", "--defense", "future-at", *QUICK, "--results-dir", str(tmp / "res"), env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr == (f"error: defense plugin 'future-at' from robench-future-at 0.1.0 targets plugin API "
+                           f"2.0; this robench provides {robench.api_version}\n")
+    assert not (tmp / "res").exists() and not list((tmp / "runs").glob("*"))
