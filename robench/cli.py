@@ -24,6 +24,7 @@ import robench
 from robench.cli_bench import bench
 from robench.cli_boards import leaderboard, plot_app
 from robench.cli_new import new
+from robench.cli_sweep import sweep
 from robench.errors import RobenchError, one_line
 
 out = Console(highlight=False)
@@ -499,6 +500,7 @@ def _arch_size(plugin: Any, name: str, shape: tuple[int, int, int], classes: int
 app.command("leaderboard")(leaderboard)
 app.command("bench")(bench)
 app.command("new")(new)
+app.command("sweep")(sweep)
 app.add_typer(plot_app, name="plot")
 
 data_app = typer.Typer(help="Dataset files: where they live and how to get them.", no_args_is_help=True)

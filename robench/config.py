@@ -207,8 +207,14 @@ def parse_set(items: Sequence[str]) -> dict[str, Any]:
         parts = key.split(".")
         if any(not part for part in parts) or len(parts) > 2:
             raise ConfigError(f"--set key {shown(key)} must be 'key' or 'section.key'")
+        current = layer.get(parts[0])
+        if parts[0] in PLUGIN_SECTIONS and isinstance(current, str):  # --set defense=trades --set defense.beta=3
+            current = layer[parts[0]] = {"name": current}
         if len(parts) == 1:
-            layer[parts[0]] = value
+            if parts[0] in PLUGIN_SECTIONS and isinstance(value, str) and isinstance(current, dict):
+                current["name"] = value  # --set defense.beta=3 --set defense=trades
+            else:
+                layer[parts[0]] = value
         else:
             section = layer.setdefault(parts[0], {})
             if not isinstance(section, dict):

@@ -50,6 +50,14 @@ def test_parse_set_types() -> None:
     }
 
 
+
+def test_parse_set_plugin_name_and_its_params_in_either_order() -> None:
+    """`--set defense=trades --set defense.beta=3` (what a sweep point is) means one plugin section."""
+    assert parse_set(["defense=trades", "defense.beta=3"]) == {"defense": {"name": "trades", "beta": 3}}
+    assert parse_set(["defense.beta=3", "defense=trades"]) == {"defense": {"beta": 3, "name": "trades"}}
+    raw = resolve(None, None, ["defense=trades", "defense.beta=3"])
+    assert raw["defense"] == {"name": "trades", "beta": 3}
+
 @pytest.mark.parametrize("item", ["noequals", "=3", "a.b.c=1", "train..lr=1"])
 def test_parse_set_rejects_malformed(item: str) -> None:
     with pytest.raises(ConfigError):
