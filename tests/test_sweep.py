@@ -131,6 +131,7 @@ def test_parallel_workers_split_the_machine() -> None:
     (["--defense", "pgd-at", "--grid", "defense.steps=2,0"], "point defense=pgd-at defense.steps=0"),
     ([], "no grid; give a sweep file or at least one of"),
     (["--runner", "slurm", "--jobs", "2", "--defense", "pgd-at"], "--jobs is for the local runner"),
+    (["--runner", "slurm", "--defense", "standard", "--seeds", "0"], "--runner slurm: Could not detect"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
     proc = run_cli("sweep", *args, "--runs-dir", str(tmp_path))
@@ -227,3 +228,19 @@ def test_submitit_local_executor_runs_each_point_as_a_job(tmp_path: Path) -> Non
     assert len(list(jobs.glob("*/*_result.pkl"))) == 2  # submitit's own record of each finished job
     again = run_cli(*args)
     assert again.returncode == 0 and "nothing to run" in again.stdout
+
+
+def test_slurm_jobs_ask_for_what_the_flags_say(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sbatch script submitit would submit; ``srun`` only has to exist for submitit to build it."""
+    from robench.sweep.slurm import SlurmOptions, make_executor
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    options = SlurmOptions(gpus=2, cpus_per_task=8, timeout_min=90, partition="gpu", extra={"account": "abc"})
+    script = make_executor(tmp_path / "jobs", "cifar10", options)._executor._make_submission_file_text("cmd", "u")
+    for line in ("--gpus-per-node=2", "--cpus-per-task=8", "--time=90", "--partition=gpu", "--account=abc",
+                 "--ntasks-per-node=1", "--nodes=1", "--job-name=robench-cifar10", "--signal=USR2@90"):
+        assert f"#SBATCH {line}\n" in script, line

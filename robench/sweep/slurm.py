@@ -21,7 +21,7 @@ from robench.sweep.point import PointResult, run_point
 
 CLUSTERS = ("slurm", "local")
 #: seconds a run gets, after the job's time-limit signal, to save its checkpoint
-STOP_GRACE_S = 120
+STOP_GRACE_S = 60  # submitit signals 90 s before the limit
 
 
 def _submitit() -> Any:
@@ -76,12 +76,15 @@ class SlurmOptions:
     extra: Mapping[str, str] = field(default_factory=dict)
 
 
-def submit(points: Sequence[SweepPoint], folder: Path, name: str, options: SlurmOptions) -> list[Any]:
-    """Submit one job per point (as one job array); returns submitit's job handles."""
+def make_executor(folder: Path, name: str, options: SlurmOptions) -> Any:
+    """submitit's executor for ``options``: job files and logs go to ``folder/<job id>``."""
     submitit = _submitit()
     if options.cluster not in CLUSTERS:
         raise UserError(f"unknown cluster {options.cluster!r}; use {' or '.join(CLUSTERS)}")
-    executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=options.cluster)
+    try:
+        executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=options.cluster)
+    except RuntimeError as exc:  # no srun here: not a Slurm machine
+        raise UserError(f"--runner slurm: {exc} (use --runner local, or submitit-local to try the job path here)") from None
     params: dict[str, Any] = {
         "name": f"robench-{name}", "timeout_min": options.timeout_min, "tasks_per_node": 1, "nodes": 1,
         "cpus_per_task": options.cpus_per_task, "slurm_partition": options.partition,
@@ -91,6 +94,12 @@ def submit(points: Sequence[SweepPoint], folder: Path, name: str, options: Slurm
     if options.extra:
         params["slurm_additional_parameters"] = dict(options.extra)
     executor.update_parameters(**params)
+    return executor
+
+
+def submit(points: Sequence[SweepPoint], folder: Path, name: str, options: SlurmOptions) -> list[Any]:
+    """Submit one job per point (as one job array); returns submitit's job handles."""
+    executor = make_executor(folder, name, options)
     with executor.batch():
         jobs = [executor.submit(PointJob(point)) for point in points]
     return jobs
