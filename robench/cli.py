@@ -429,6 +429,7 @@ def list_plugins(
     kind: Optional[str] = typer.Argument(
         None, help="defense, architecture, dataset or attack (plurals work); default: all."
     ),
+    name: Optional[str] = typer.Argument(None, help="A plugin of that kind: show its hyperparameters."),
     input_size: int = typer.Option(
         32, "--input-size", metavar="PIXELS", help="Image side for architectures' parameter and MAC counts."
     ),
@@ -437,7 +438,8 @@ def list_plugins(
 ) -> None:
     """List installed plugins with their distribution; broken ones show their error.
 
-    `robench list architecture` also shows each model's parameters and MACs per image.
+    `robench list architecture` also shows each model's parameters and MACs per image;
+    `robench list defense trades` shows one plugin's hyperparameters and their --set keys.
     """
     from robench.errors import UserError
     from robench.params import suggest
@@ -450,6 +452,11 @@ def list_plugins(
         if key not in KIND_ALIASES:
             raise UserError(f"unknown plugin kind {kind!r}{suggest(key, KIND_ALIASES)}; kinds: {', '.join(KINDS)}")
         kinds = [KIND_ALIASES[key]]
+    if name is not None:
+        if kind is None:
+            raise UserError("robench list KIND NAME: give the kind too, e.g. robench list defense trades")
+        _show_params(kinds[0], name)
+        return
     if min(input_size, channels, classes) < 1:
         raise UserError("--input-size, --channels and --classes must be >= 1")
     sizes = kinds == ["architecture"]
@@ -479,6 +486,28 @@ def list_plugins(
         out.print(Text(f"broken: {error}", style="red"), soft_wrap=True)
     if broken:
         err.print(Text(f"{len(broken)} broken plugin(s); the others are usable."))
+
+
+def _show_params(kind: str, name: str) -> None:
+    """One plugin's hyperparameters: key, type and bounds, default, help."""
+    from robench.config import PLUGIN_SECTIONS
+    from robench.params import describe_params
+    from robench.registry import get_registry
+
+    registry = get_registry(kind)
+    cls = registry.load(name)
+    entry = registry.entry(name)
+    section = {k: s for s, k in PLUGIN_SECTIONS.items()}.get(kind)
+    how = f"--set {section}.KEY=VALUE" if section else f"attacks: [{{name: {entry.name}, KEY: VALUE}}] in a config"
+    table = Table(title=f"{kind} {entry.name} ({entry.distribution}): {how}")
+    for column in ("key", "type", "default", "help"):
+        table.add_column(column, overflow="fold")
+    for row in describe_params(cls.Params):
+        table.add_row(*row)
+    out.print(table)
+    for attr, spelling in (("count_param", f"{entry.name}-N sets {{}}"), ("variant_param", f"{entry.name}/X sets {{}}")):
+        if getattr(cls, attr, None):
+            out.print(Text(spelling.format(getattr(cls, attr))), soft_wrap=True)
 
 
 def _arch_size(plugin: Any, name: str, shape: tuple[int, int, int], classes: int) -> list[str]:

@@ -85,6 +85,21 @@ def _type_name(tp: Any) -> str:
     )
 
 
+def describe_params(cls: type) -> list[tuple[str, str, str, str]]:
+    """(key, type, default, help) of each hyperparameter of a Params dataclass, for ``robench list``."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING \
+            else f.default  # type: ignore[misc]
+        bounds = [f"{op} {f.metadata[k]}" for k, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+                  if f.metadata.get(k) is not None]
+        rows.append((f.name, _type_name(hints.get(f.name, f.type)) + (f" {', '.join(bounds)}" if bounds else ""),
+                     "null" if default is None else str(default).lower() if isinstance(default, bool) else str(default),
+                     f.metadata.get("help", "")))
+    return rows
+
+
 def coerce(value: Any, tp: Any, where: str) -> Any:
     """Convert ``value`` to type ``tp`` or raise ConfigError naming ``where``."""
     origin = typing.get_origin(tp)

@@ -181,3 +181,15 @@ def test_pgd_at_preact_resnet18_on_real_format_cifar10(tmp_path: Path, results: 
     assert rec["threat"]["eps"] == "8/255" and rec["eval"]["n"] == 60
     assert list(rec["accuracy"]) == ["clean", "PGD-2", "worst case"] and rec["eval"]["checks"] == []
     assert (results / "cifar10-linf-8_255.md").is_file()
+
+
+def test_list_shows_one_plugins_hyperparameters() -> None:
+    proc = run_cli("list", "defense", "TRADES")
+    assert proc.returncode == 0, proc.stderr
+    assert "defense trades (robench 0.1.0): --set defense.KEY=VALUE" in proc.stdout
+    row = next(line for line in proc.stdout.splitlines() if "beta" in line)
+    assert "a number >= 0" in row and "6.0" in row and "weight of the KL term" in row
+    attack = run_cli("list", "attack", "pgd")
+    assert attack.returncode == 0 and "pgd-N sets steps" in attack.stdout
+    missing = run_cli("list", "defense", "nope")
+    assert missing.returncode == 2 and missing.stderr.strip().startswith("error: unknown defense 'nope'")
