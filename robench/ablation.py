@@ -17,7 +17,7 @@ from typing import Any
 from robench.config import config_hash, resolve, validate
 from robench.errors import ConfigError
 from robench.paths import results_root
-from robench.records import load_records, record_dir
+from robench.records import record_dir, recorded_runs
 from robench.registry import get_registry
 from robench.run import RunPlan, plan_run
 
@@ -83,8 +83,7 @@ def plan_ablation(
             extra = [f"defense.{name}=false" for name in variant.off] + [f"seed={seed}"]
             runs.append((variant, seed, plan_run(validate(resolve(config_file, flags, [*overrides, *extra])))))
     first = runs[0][2]  # every variant shares the dataset and threat model, so one folder
-    records, _ = load_records(record_dir(first.results_root, first.names["data"], first.threat.slug))
-    recorded = {(r.config_hash, r.seed) for r in records}
+    recorded = recorded_runs(record_dir(first.results_root, first.names["data"], first.threat.slug))
     todo: list[tuple[Variant, int, RunPlan]] = []
     done: list[tuple[Variant, int]] = []
     for variant, seed, plan in runs:

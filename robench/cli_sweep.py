@@ -6,8 +6,9 @@ or as Slurm jobs through submitit.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 import yaml
@@ -17,6 +18,9 @@ from rich.table import Table
 from rich.text import Text
 
 from robench.errors import RobenchError, UserError
+
+if TYPE_CHECKING:
+    from robench.sweep.slurm import SlurmOptions
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -100,6 +104,7 @@ def sweep(
     command to finish a sweep. The leaderboards are refreshed at the end.
     """
     from robench.sweep.grid import CONFIG_AXIS, SweepSpec, config_files, layer_items, load_sweep, override
+    from robench.sweep.slurm import SlurmOptions  # submitit itself is imported only to submit
 
     if runner not in RUNNERS:
         raise UserError(f"--runner {runner!r}: use one of {', '.join(RUNNERS)}")
@@ -116,13 +121,15 @@ def sweep(
                          **({"train.epochs": epochs} if epochs is not None else {})}, "command line")
     spec = override(spec, axes, [*fixed, *overrides])
     if config is not None:
-        spec = SweepSpec(spec.name, config.resolve(), spec.grids, spec.fixed)
+        spec = replace(spec, config=config.resolve())
     if name is not None:
-        spec = SweepSpec(name, spec.config, spec.grids, spec.fixed)
+        spec = replace(spec, name=name)
+    slurm = SlurmOptions(cluster="local" if runner == "submitit-local" else "slurm", gpus=nproc or 0,
+                         cpus_per_task=cpus_per_task, timeout_min=time_min, partition=partition,
+                         extra=_slurm_extra(slurm_arg))
     _run_sweep(spec, runner, jobs, nproc, dry_run, quiet, {
         "device": device, "data_root": _absolute(data_root), "results_dir": _absolute(results_dir),
-    }, _absolute(runs_dir), {"partition": partition, "time_min": time_min, "cpus": cpus_per_task,
-                             "extra": _slurm_extra(slurm_arg), "wait": wait})
+    }, _absolute(runs_dir), slurm, wait)
 
 
 def _absolute(path: Optional[Path]) -> Optional[str]:
@@ -131,7 +138,7 @@ def _absolute(path: Optional[Path]) -> Optional[str]:
 
 
 def _run_sweep(spec: Any, runner: str, jobs: int, nproc: Optional[int], dry_run: bool, quiet: bool,
-               flags: dict[str, Any], runs_dir: Optional[str], slurm: dict[str, Any]) -> None:
+               flags: dict[str, Any], runs_dir: Optional[str], slurm: SlurmOptions, wait_for_jobs: bool) -> None:
     from robench.leaderboard import refresh_leaderboard
     from robench.sweep.plan import plan_sweep
     from robench.sweep.point import unfinished_run
@@ -160,16 +167,13 @@ def _run_sweep(spec: Any, runner: str, jobs: int, nproc: Optional[int], dry_run:
     if runner == "local":
         results = _local(todo, jobs, nproc, quiet)
     else:
-        from robench.sweep.slurm import SlurmOptions, submit, wait
+        from robench.sweep.slurm import submit, wait
 
-        options = SlurmOptions(cluster="local" if runner == "submitit-local" else "slurm", gpus=nproc or 0,
-                               cpus_per_task=slurm["cpus"], timeout_min=slurm["time_min"],
-                               partition=slurm["partition"], extra=slurm["extra"])
         folder = todo[0].folder.parent / "submitit"
-        handles = submit(todo, folder, spec.name, options)
+        handles = submit(todo, folder, spec.name, slurm)
         out.print(Text(f"submitted {len(handles)} job(s) ({', '.join(str(h.job_id) for h in handles[:5])}"
                        f"{', ...' if len(handles) > 5 else ''}); job logs in {folder}"), soft_wrap=True)
-        if runner == "slurm" and not slurm["wait"]:
+        if runner == "slurm" and not wait_for_jobs:
             out.print("each run records itself and refreshes its leaderboard; rerun this command to see what is left")
             return
         results = wait(handles, todo, _report)

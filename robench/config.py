@@ -134,10 +134,12 @@ class _Settings:
 
 
 _SETTING_KEYS = [f.name for f in dataclasses.fields(_Settings)]
+#: sections of plain keys (no plugin name), merged key by key across layers
+VALUE_SECTIONS = ("threat", "train", "eval", "engine")
 TOP_LEVEL_KEYS = (
     _SETTING_KEYS
     + list(PLUGIN_SECTIONS)
-    + [SUITE_SECTION, "threat", "train", "eval", "engine"]
+    + [SUITE_SECTION, *VALUE_SECTIONS]
 )
 
 
@@ -263,7 +265,7 @@ def merge(base: dict[str, Any], layer: Mapping[str, Any], origin: str) -> dict[s
                 out[key] = {**old, **new}
         elif key == SUITE_SECTION:
             out[key] = _as_suite(value, origin)
-        elif key in ("threat", "train", "eval", "engine"):
+        elif key in VALUE_SECTIONS:
             out[key] = {**(out.get(key) or {}), **_as_section(value, key, origin)}
         else:
             out[key] = value

@@ -134,6 +134,12 @@ class SkippedRecord:
     reason: str
 
 
+def recorded_runs(folder: Path) -> set[tuple[str, int]]:
+    """(config hash, seed) of every valid record below ``folder``: the runs done already."""
+    records, _ = load_records(folder)
+    return {(r.config_hash, r.seed) for r in records}
+
+
 def load_records(folder: Path) -> tuple[list[RunRecord], list[SkippedRecord]]:
     """All valid records below ``folder`` (sorted by path), and the ones skipped with why."""
     records: list[RunRecord] = []

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from robench.config import PLUGIN_SECTIONS, TOP_LEVEL_KEYS, load_yaml
+from robench.config import PLUGIN_SECTIONS, TOP_LEVEL_KEYS, VALUE_SECTIONS, load_yaml
 from robench.errors import ConfigError
 from robench.params import shown, suggest
 
@@ -37,7 +37,7 @@ SWEEP_KEYS = ("name", "config", "grid", "set")
 #: the grid key whose values are run config files rather than config values
 CONFIG_AXIS = "config"
 #: config sections whose keys a sweep may name as ``section.key``
-_SECTIONS = (*PLUGIN_SECTIONS, "threat", "train", "eval", "engine")
+_SECTIONS = (*PLUGIN_SECTIONS, *VALUE_SECTIONS)
 
 Axis = tuple[str, tuple[Any, ...]]
 

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from robench.config import config_hash, resolve, validate
+from robench.config import PLUGIN_SECTIONS, config_hash, resolve, validate
 from robench.errors import ConfigError
 from robench.paths import runs_root
-from robench.records import file_safe, load_records, record_dir
+from robench.records import file_safe, record_dir, recorded_runs
 from robench.run import plan_run
 from robench.sweep.grid import SweepSpec, expand
 from robench.threat import ThreatModel
@@ -68,15 +68,12 @@ class SweepPlan:
         return [p for p in self.points if p.key not in self.recorded]
 
 
-def recorded_runs(folder: Path) -> set[tuple[str, int]]:
-    """(config hash, seed) of every valid record in ``folder``."""
-    records, _ = load_records(folder)
-    return {(r.config_hash, r.seed) for r in records}
+#: grid keys the label shows anyway: the plugin names and the seed
+_NAMED = {"seed", *PLUGIN_SECTIONS, *(f"{s}.name" for s in PLUGIN_SECTIONS)}
 
 
 def _label(names: Mapping[str, str], seed: int, items: Sequence[str]) -> str:
-    own = [i for i in items if i.partition("=")[0] not in ("defense", "arch", "data", "seed",
-                                                          "defense.name", "arch.name", "data.name")]
+    own = [i for i in items if i.partition("=")[0] not in _NAMED]
     return f"{names['defense']} {names['arch']} {names['data']} seed {seed}" + (f" ({', '.join(own)})" if own else "")
 
 
