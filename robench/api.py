@@ -86,6 +86,25 @@ class Dataset(Plugin):
     std: tuple[float, ...]
     #: The threat model that published results on this dataset use.
     threat_model: ThreatModel
+    #: False for datasets that ship inside a Python package (no folder is searched,
+    #: none is recorded, ``root`` is ignored).
+    needs_files: ClassVar[bool] = True
+    #: Folders outside robench's own where the operating system may install this
+    #: dataset's files (a distribution package), searched after them.
+    system_folders: ClassVar[tuple[str, ...]] = ()
+    #: Another way to get the files than ``robench data fetch``, named in the message a
+    #: missing dataset gives (for instance the distribution package to install).
+    install_hint: ClassVar[str] = ""
+
+    def has_files(self, root: Path) -> bool:
+        """Whether ``root`` holds any of this dataset's files, intact or not.
+
+        robench reads the dataset from the first folder of its search order for which
+        this is true, so a folder with a damaged copy is reported, not skipped. The
+        default, true for every folder, makes the first folder of the order the one
+        used (embedded datasets ignore it anyway).
+        """
+        return True
 
     def load(self, root: Path, seed: int) -> DataSplits:
         """Return the splits from files under ``root`` (embedded datasets ignore it).

@@ -552,19 +552,44 @@ def data_fetch(
     root = resolve_root(data_root)
     out.print(Text(f"fetching {canonical} into {root}"), soft_wrap=True)
     fetch_data(dataset, canonical, root)
-    splits = load_data(dataset, canonical, root)
+    splits, used = load_data(dataset, canonical, root)
     sizes = ", ".join(f"{k} {len(getattr(splits, k))}" for k in ("train", "val", "test") if getattr(splits, k) is not None)
-    out.print(Text(f"{canonical} ready in {root}: {sizes} images"), soft_wrap=True)
+    out.print(Text(f"{canonical} ready in {used}: {sizes} images"), soft_wrap=True)
 
 
 @data_app.command("where")
 def data_where(
+    name: Optional[str] = typer.Argument(None, help="Dataset plugin: say which folder a run would read it from."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", metavar="DIR", help="Override, as for run."),
 ) -> None:
-    """Print the folder robench reads datasets from."""
-    from robench.paths import data_root as resolve_root
+    """The folders robench looks in for datasets, in order; with NAME, the one a run uses.
 
-    out.print(Text(str(resolve_root(data_root))), soft_wrap=True)
+    A run reads a dataset from the first folder of the order that holds its files
+    (its record keeps that folder as data_dir). Downloads go to the first folder.
+    """
+    from robench.paths import data_places
+    from robench.registry import get_registry
+    from robench.run import find_data
+
+    if name is None:
+        for i, place in enumerate(data_places(data_root), 1):
+            out.print(Text(f"{i}. {place}"), soft_wrap=True)
+        out.print(Text("(a dataset may add system folders after these: robench data where NAME)"), soft_wrap=True)
+        return
+    registry = get_registry("dataset")
+    dataset = registry.create(name, where="data")
+    canonical = registry.canonical_name(name)
+    if not getattr(dataset, "needs_files", True):
+        out.print(Text(f"{canonical} is embedded: it needs no files"), soft_wrap=True)
+        return
+    found, places = find_data(dataset, canonical, data_root)
+    for i, place in enumerate(places, 1):
+        mark = "  <- used" if place == found else ""
+        out.print(Text(f"{i}. {place}{mark}"), soft_wrap=True)
+    if found is None:
+        from robench.run import load_data
+
+        load_data(dataset, canonical, data_root)  # raises the one-line "not found" message
 
 
 def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:

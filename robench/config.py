@@ -79,6 +79,9 @@ class EvalConfig:
     precision: Literal["fp32", "bf16", "fp16"] = param(
         "fp32", help="the final evaluation's forward passes; keep fp32 unless you know the attacks hold up"
     )
+    checkpoints: Literal["both", "selected"] = param(
+        "both", help="evaluate the best and the last checkpoint, or only the one train.select reports (half the cost)"
+    )
 
 
 @dataclass(frozen=True)
@@ -391,7 +394,9 @@ def validate(raw: Mapping[str, Any]) -> RunConfig:
 
 
 #: keys added after records existed, with the value every earlier run implicitly had
-_IMPLICIT: dict[tuple[str, str], Any] = {("train", "precision"): "fp32", ("eval", "precision"): "fp32"}
+_IMPLICIT: dict[tuple[str, str], Any] = {
+    ("train", "precision"): "fp32", ("eval", "precision"): "fp32", ("eval", "checkpoints"): "both",
+}
 
 
 def config_hash(resolved: Mapping[str, Any]) -> str:

@@ -6,11 +6,24 @@ per-image PIL transforms in worker processes.
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import Tensor
 
 from robench.api import TensorSplit
+
+
+def data_cache() -> Path:
+    """robench's own data folder, ``$XDG_CACHE_HOME/robench/data`` (``~/.cache/robench/data``).
+
+    It is one of the places robench looks for datasets, and where a plugin may keep a
+    prepared copy of files it cannot read where they are (decompressed, decoded).
+    """
+    cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache_home).expanduser() / "robench" / "data"
 
 
 def uint8_nchw(images: np.ndarray | Tensor, layout: str = "NHWC") -> Tensor:

@@ -23,7 +23,6 @@ from robench.checkpoint import Checkpoint, file_digest, load_checkpoint, load_we
 from robench.config import SUITE_SECTION, load_preset, resolve_over, validate
 from robench.errors import UserError
 from robench.io import atomic_write_text
-from robench.paths import data_root
 from robench.progress import NullReporter, Reporter
 from robench.protocol import ProtocolResult, run_protocol
 from robench.registry import get_registry
@@ -150,7 +149,7 @@ def execute_eval(plan: EvalPlan, reporter: Reporter | None = None) -> tuple[Eval
     context = built_for(plan.checkpoint.config, run)
     load_weights(model, plan.checkpoint.state_dict, plan.checkpoint_path, context=context)
     model.to(run.device)
-    splits = load_data(run.dataset, run.names["data"], data_root(run.config.data_root), download=run.config.download)
+    splits, _ = load_data(run.dataset, run.names["data"], run.config.data_root, download=run.config.download)
     test = splits.test.to(run.device) if run.device.type != "cpu" else splits.test
     outcome = run_protocol(
         model, test, run.suite, run.threat, run.config.eval,

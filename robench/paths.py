@@ -8,13 +8,19 @@ robench runs from (an editable install, as in the README), else
 Run artifacts (checkpoints, evaluation reports and state): ``--runs-dir`` / ``runs_dir``,
 then ``$ROBENCH_RUNS``, then ``runs/`` in the source checkout (git-ignored), else
 ``$XDG_DATA_HOME/robench/runs``.
+
+Datasets are searched for (:func:`data_places`): ``--data-root``, ``$ROBENCH_DATA``,
+robench's cache, then folders where the operating system installs a dataset.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import robench
+from robench.data import data_cache
 
 
 def source_checkout() -> Path | None:
@@ -53,13 +59,37 @@ def runs_root(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(data_home) / "robench" / "runs"
 
 
-def data_root(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """Where dataset files live: ``--data-root``, else ``$ROBENCH_DATA``, else
-    ``$XDG_CACHE_HOME/robench/data`` (default ``~/.cache/robench/data``)."""
+@dataclass(frozen=True)
+class DataPlace:
+    """One folder of the data search order, and why it is searched."""
+
+    path: Path
+    origin: str  # "--data-root", "$ROBENCH_DATA", "cache" or "system"
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.origin})"
+
+
+def data_places(
+    explicit: str | os.PathLike[str] | None = None, system_folders: Sequence[str] = ()
+) -> list[DataPlace]:
+    """Where robench looks for a dataset, in order: ``--data-root``, ``$ROBENCH_DATA``,
+    robench's cache (:func:`robench.data.data_cache`), then the dataset's
+    ``system_folders``. A folder named twice is searched once."""
+    places: list[DataPlace] = []
     if explicit:
-        return Path(explicit).expanduser().resolve()
+        places.append(DataPlace(Path(explicit).expanduser().resolve(), "--data-root"))
     env = os.environ.get("ROBENCH_DATA")
     if env:
-        return Path(env).expanduser().resolve()
-    cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache_home) / "robench" / "data"
+        places.append(DataPlace(Path(env).expanduser().resolve(), "$ROBENCH_DATA"))
+    places.append(DataPlace(data_cache(), "cache"))
+    places.extend(DataPlace(Path(folder), "system") for folder in system_folders)
+    unique: dict[Path, DataPlace] = {}
+    for place in places:
+        unique.setdefault(place.path, place)
+    return list(unique.values())
+
+
+def data_root(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Where downloads go: the first of ``--data-root``, ``$ROBENCH_DATA`` and the cache."""
+    return data_places(explicit)[0].path

@@ -34,7 +34,7 @@ from robench.leaderboard import refresh_leaderboard
 from robench.flops import count_macs
 from robench.model import NormalizedClassifier, count_parameters
 from robench.params import params_to_dict
-from robench.paths import data_root, results_root, runs_root, source_checkout
+from robench.paths import DataPlace, data_places, results_root, runs_root, source_checkout
 from robench.progress import NullReporter, Reporter
 from robench.protocol import SuiteEntry, check_sweep, create_suite, run_protocol
 from robench.records import RunRecord, SkippedRecord, new_run_id, record_dir, write_record
@@ -256,20 +256,49 @@ def fetch_data(dataset: Dataset, name: str, root: Path) -> None:
         raise DataNotFoundError(f"{name}: download into {root} failed: {type(exc).__name__}: {exc}") from exc
 
 
-def load_data(dataset: Dataset, name: str, root: Path, *, download: bool = False) -> DataSplits:
-    """The dataset's splits; a missing dataset says where robench looked and how to get it."""
+def find_data(dataset: Dataset, name: str, explicit: str | Path | None) -> tuple[DataPlace | None, list[DataPlace]]:
+    """The first folder of the search order that holds ``dataset``'s files, and the whole order."""
+    places = data_places(explicit, tuple(getattr(dataset, "system_folders", ()) or ()))
+    for place in places:
+        try:
+            found = dataset.has_files(place.path)
+        except Exception as exc:  # a plugin's own bug must not look like missing data
+            raise PluginLoadError(f"{plugin_origin(dataset)}: has_files({place.path}) raised {type(exc).__name__}: {exc}") from exc
+        if found:
+            return place, places
+    return None, places
+
+
+def _ways_to_get(dataset: Dataset, name: str) -> str:
+    hint = str(getattr(dataset, "install_hint", "") or "")
+    return f"get it with `robench data fetch {name}`" + (f" or {hint}" if hint else "") + " (or `robench run --download ...`)"
+
+
+def load_data(
+    dataset: Dataset, name: str, explicit: str | Path | None = None, *, download: bool = False
+) -> tuple[DataSplits, Path | None]:
+    """The dataset's splits and the folder they were read from (None for embedded data).
+
+    The folder is the first of :func:`robench.paths.data_places` that has the files; a
+    missing dataset names every folder looked at and the ways to get it.
+    """
+    if not getattr(dataset, "needs_files", True):
+        return _check_splits(dataset.load(data_places(explicit)[0].path, DATA_SPLIT_SEED), dataset, name), None
+    place, places = find_data(dataset, name, explicit)
+    root = places[0].path if place is None else place.path
+    if place is None and not download:
+        looked = ", ".join(map(str, places))
+        raise DataNotFoundError(f"{name}: not found; looked in {looked}; {_ways_to_get(dataset, name)}")
+    if place is None:
+        fetch_data(dataset, name, root)
     try:
         splits = dataset.load(root, DATA_SPLIT_SEED)
     except DataNotFoundError as exc:
-        if not download:
-            raise DataNotFoundError(
-                f"{name}: {exc}. Looked in {root} (--data-root, else $ROBENCH_DATA, else "
-                f"~/.cache/robench/data); get it with `robench data fetch {name}` or "
-                f"`robench run --download ...`"
-            ) from None
-        fetch_data(dataset, name, root)
+        if not download or place is None:
+            raise DataNotFoundError(f"{name}: {exc}; {_ways_to_get(dataset, name)}") from None
+        fetch_data(dataset, name, root)  # a damaged copy, and the user asked for a download
         splits = dataset.load(root, DATA_SPLIT_SEED)
-    return _check_splits(splits, dataset, name)
+    return _check_splits(splits, dataset, name), root
 
 
 def build_model(plan: RunPlan) -> nn.Module:
@@ -359,21 +388,23 @@ def execute(plan: RunPlan, reporter: Reporter | None = None, resume: Checkpoint 
         if world.active:  # rank 0's id: one run folder, one record
             plan.run_id = broadcast_object(plan.run_id, world)
             plan.run_dir = plan.run_dir.parent / plan.run_id if resume is None else plan.run_dir
-        trained, model, splits, started = _train(plan, reporter, resume)
+        trained, model, splits, data_dir, started = _train(plan, reporter, resume)
     finally:
         close_process_group()
     if not world.is_main:
         return None
-    return _evaluate_and_record(plan, reporter, resume, trained, model, splits, started)
+    return _evaluate_and_record(plan, reporter, resume, trained, model, splits, data_dir, started)
 
 
-def _train(plan: RunPlan, reporter: Reporter, resume: Checkpoint | None) -> tuple[TrainResult, nn.Module, DataSplits, float]:
+def _train(
+    plan: RunPlan, reporter: Reporter, resume: Checkpoint | None
+) -> tuple[TrainResult, nn.Module, DataSplits, Path | None, float]:
     cfg, names = plan.config, plan.names
     run_id, run_dir = plan.run_id, plan.run_dir
     started = time.perf_counter()
     seed_everything(cfg.seed, deterministic=cfg.engine.deterministic)
     model = build_model(plan)  # before the data: a bad architecture fails in seconds
-    splits = load_data(plan.dataset, names["data"], data_root(cfg.data_root), download=cfg.download)
+    splits, data_dir = load_data(plan.dataset, names["data"], cfg.data_root, download=cfg.download)
     if plan.device.type != "cpu":  # the whole uint8 split lives on the GPU; batches are drawn there
         splits = DataSplits(*(s.to(plan.device) if s is not None else None for s in (splits.train, splits.test, splits.val)))
     gen = make_generator(cfg.seed)
@@ -384,30 +415,47 @@ def _train(plan: RunPlan, reporter: Reporter, resume: Checkpoint | None) -> tupl
         run_dir=run_dir, meta={"config": plan.resolved, "run_id": run_id}, resume=resume,
         engine=cfg.engine, world=plan.world,
     )
-    return trained, model, splits, started
+    return trained, model, splits, data_dir, started
+
+
+def _evaluate_checkpoints(
+    plan: RunPlan, reporter: Reporter, trained: TrainResult, model: nn.Module, test: TensorSplit
+) -> dict[str, dict[str, Any]]:
+    """The protocol on the last and the best checkpoint, or (``eval.checkpoints:
+    selected``) on the one the record reports only; a checkpoint that is both is
+    evaluated once."""
+    history, run_dir = trained.history, plan.run_dir
+    has_best = trained.best_epoch is not None
+    wanted = {"last", "best"} if plan.config.eval.checkpoints == "both" else {plan.config.train.select}
+    if not has_best:
+        wanted = {"last"}
+    checkpoints: dict[str, dict[str, Any]] = {}
+    if "last" in wanted or (has_best and trained.best_epoch == history[-1].epoch):
+        checkpoints["last"] = _evaluate_checkpoint(plan, model, test, run_dir, "last", history[-1], reporter)
+    if "best" in wanted and trained.best_epoch == history[-1].epoch:
+        checkpoints["best"] = dict(checkpoints["last"])
+    elif "best" in wanted:
+        best = load_checkpoint(trained.files["best"])
+        load_weights(model, best.state_dict, trained.files["best"])
+        checkpoints["best"] = _evaluate_checkpoint(plan, model, test, run_dir, "best", history[best.epoch - 1], reporter)
+    if "last" not in wanted:
+        checkpoints.pop("last", None)
+    if "best" in checkpoints:
+        checkpoints["best"]["selected_by"] = plan.defense.selection_metric
+    return checkpoints
 
 
 def _evaluate_and_record(
     plan: RunPlan, reporter: Reporter, resume: Checkpoint | None, trained: TrainResult, model: nn.Module,
-    splits: DataSplits, started: float,
+    splits: DataSplits, data_dir: Path | None, started: float,
 ) -> RunOutcome:
     cfg, names = plan.config, plan.names
     run_id, run_dir = plan.run_id, plan.run_dir
     history = trained.history
     notes = [] if resume is None else [f"resumed after {resume_point(resume)}"]
-    checkpoints = {"last": _evaluate_checkpoint(plan, model, splits.test, run_dir, "last", history[-1], reporter)}
+    checkpoints = _evaluate_checkpoints(plan, reporter, trained, model, splits.test)
     if trained.best_epoch is None:
         notes.append("no validation split: no best checkpoint; the record reports the last epoch")
-    elif trained.best_epoch == history[-1].epoch:
-        checkpoints["best"] = dict(checkpoints["last"])
-    else:
-        best = load_checkpoint(trained.files["best"])
-        load_weights(model, best.state_dict, trained.files["best"])
-        checkpoints["best"] = _evaluate_checkpoint(
-            plan, model, splits.test, run_dir, "best", history[best.epoch - 1], reporter
-        )
-    if "best" in checkpoints:
-        checkpoints["best"]["selected_by"] = plan.defense.selection_metric
     selected = cfg.train.select if cfg.train.select in checkpoints else "last"
     previous = float((resume.train_state or {}).get("elapsed_s", 0.0)) if resume is not None else 0.0
     record = RunRecord(
@@ -416,6 +464,7 @@ def _evaluate_and_record(
         robench_version=robench.__version__,
         git_commit=git_commit(),
         dataset=names["data"],
+        data_dir=None if data_dir is None else str(data_dir),
         arch={
             "name": names["arch"],
             "params": _params(plan, "arch"),

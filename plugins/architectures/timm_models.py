@@ -10,7 +10,8 @@ on CIFAR-10 becomes a ViT with a 2x2 grid of 16x16 patches. Models without
 Weights are never downloaded, so ``hf-hub:`` names are refused; ``local-dir:`` names
 (a folder with timm's ``config.json``) work. robench's own built-ins are in timm's
 registry too (``wrn_34_10``, ``wrn_28_10``, ``wrn_34_20``, ``preact_resnet_18``,
-``resnet_18``; the last is the CIFAR-stem ResNet-18, unlike timm's ImageNet ``resnet18``).
+``resnet_18``, ``trades_smallcnn``; ``resnet_18`` is the CIFAR-stem ResNet-18, unlike timm's
+ImageNet ``resnet18``).
 
 Unknown names raise :class:`robench.errors.ConfigError` with the closest timm names.
 """
@@ -29,7 +30,7 @@ from robench.errors import ConfigError
 from robench.params import param
 
 # Imported for their side effect: registering robench's built-ins in timm's registry.
-from robench_plugins.architectures import preact_resnet, resnet, wideresnet  # noqa: F401
+from robench_plugins.architectures import preact_resnet, resnet, trades_smallcnn, wideresnet  # noqa: F401
 
 _REMOTE_PREFIXES = ("hf-hub:", "hf_hub:")
 _LOCAL_PREFIX = "local-dir:"

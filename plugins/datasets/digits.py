@@ -34,6 +34,8 @@ class Digits(Dataset):
     std = (0.3760,)
     # 3 of the 16 grey levels the digits use
     threat_model = ThreatModel("Linf", "3/16")
+    # the images ship inside scikit-learn
+    needs_files = False
 
     def load(self, root: Path, seed: int) -> DataSplits:
         from sklearn.datasets import load_digits
