@@ -554,7 +554,8 @@ def data_fetch(
     fetch_data(dataset, canonical, root)
     splits, used = load_data(dataset, canonical, root)
     sizes = ", ".join(f"{k} {len(getattr(splits, k))}" for k in ("train", "val", "test") if getattr(splits, k) is not None)
-    out.print(Text(f"{canonical} ready in {used}: {sizes} images"), soft_wrap=True)
+    where = f" in {used}" if used is not None else " (embedded)"
+    out.print(Text(f"{canonical} ready{where}: {sizes} images"), soft_wrap=True)
 
 
 @data_app.command("where")

@@ -425,21 +425,22 @@ def _evaluate_checkpoints(
     selected``) on the one the record reports only; a checkpoint that is both is
     evaluated once."""
     history, run_dir = trained.history, plan.run_dir
-    has_best = trained.best_epoch is not None
-    wanted = {"last", "best"} if plan.config.eval.checkpoints == "both" else {plan.config.train.select}
-    if not has_best:
-        wanted = {"last"}
+    if trained.best_epoch is None:
+        wanted = ["last"]
+    elif plan.config.eval.checkpoints == "selected":
+        wanted = [plan.config.train.select]
+    else:
+        wanted = ["last", "best"]
     checkpoints: dict[str, dict[str, Any]] = {}
-    if "last" in wanted or (has_best and trained.best_epoch == history[-1].epoch):
-        checkpoints["last"] = _evaluate_checkpoint(plan, model, test, run_dir, "last", history[-1], reporter)
-    if "best" in wanted and trained.best_epoch == history[-1].epoch:
-        checkpoints["best"] = dict(checkpoints["last"])
-    elif "best" in wanted:
-        best = load_checkpoint(trained.files["best"])
-        load_weights(model, best.state_dict, trained.files["best"])
-        checkpoints["best"] = _evaluate_checkpoint(plan, model, test, run_dir, "best", history[best.epoch - 1], reporter)
-    if "last" not in wanted:
-        checkpoints.pop("last", None)
+    for name in wanted:
+        if name == "best" and trained.best_epoch != history[-1].epoch:
+            best = load_checkpoint(trained.files["best"])
+            load_weights(model, best.state_dict, trained.files["best"])
+            checkpoints[name] = _evaluate_checkpoint(plan, model, test, run_dir, "best", history[best.epoch - 1], reporter)
+        elif "last" in checkpoints:  # best is the last epoch, evaluated already
+            checkpoints[name] = dict(checkpoints["last"])
+        else:  # the model holds the last epoch's weights
+            checkpoints[name] = _evaluate_checkpoint(plan, model, test, run_dir, "last", history[-1], reporter)
     if "best" in checkpoints:
         checkpoints["best"]["selected_by"] = plan.defense.selection_metric
     return checkpoints

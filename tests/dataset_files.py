@@ -1,10 +1,12 @@
 """Writers of small datasets in their real on-disk formats, shared by the tests.
 
-CIFAR as Python-2-style pickles, SVHN as MATLAB files, Tiny-ImageNet as a JPEG tree:
-what torchvision's readers and robench's loaders meet in the wild.
+CIFAR as Python-2-style pickles, SVHN as MATLAB files, Tiny-ImageNet as a JPEG tree,
+MNIST and Fashion-MNIST as idx files: what torchvision's readers and robench's loaders
+meet in the wild.
 """
 from __future__ import annotations
 
+import gzip
 import io
 import pickle
 import struct
@@ -134,3 +136,36 @@ def write_tiny(root: Path, train_per_class: int = 4, seed: int = 0) -> Path:
     (folder / "test" / "images").mkdir(parents=True)  # unlabelled official test: ignored
     write_jpeg(folder / "test" / "images" / "test_0.JPEG", rng)
     return folder
+
+
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """The idx format of LeCun's MNIST files: two zero bytes, the type code (0x08 =
+    unsigned byte), the number of dimensions, each dimension as a big-endian int32, then
+    the data in C order."""
+    assert array.dtype == np.uint8
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">i", d) for d in array.shape)
+    return header + array.tobytes()
+
+
+def write_idx(folder: Path, n_train: int = 60, n_test: int = 30, gz: bool = True, seed: int = 0) -> dict[str, np.ndarray]:
+    """The four MNIST-style files in ``folder`` (gzipped, as distributed, or not).
+
+    Every class appears in both splits (labels cycle 0..9 in a shuffled order)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for split, prefix, n in (("train", "train", n_train), ("test", "t10k", n_test)):
+        x = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        y = rng.permutation(np.arange(n) % 10).astype(np.uint8)
+        for kind, array in (("images-idx3-ubyte", x), ("labels-idx1-ubyte", y)):
+            data = idx_bytes(array)
+            name = f"{prefix}-{kind}"
+            if gz:
+                (folder / f"{name}.gz").write_bytes(gzip.compress(data))
+            else:
+                (folder / name).write_bytes(data)
+        out[f"{split}_x"], out[f"{split}_y"] = x, y
+    return out

@@ -31,11 +31,27 @@ def test_short_run_writes_record_and_leaderboard(results: Path) -> None:
     assert rec["config"]["defense"]["steps"] == 3 and rec["config"]["train"]["epochs"] == 2
     assert list(rec["accuracy"]) == ["clean", "PGD-5", "worst case"]
     assert len(rec["history"]) == 2 and rec["eval"]["n"] == 360
+    assert set(rec["checkpoints"]) == {"best", "last"}  # both evaluated by default
     board = (results / "digits-linf-3_16.md").read_text()
     for value in rec["accuracy"].values():
         assert f"{value:.2f}" in board  # the leaderboard holds the measured numbers
         assert f"{value:.2f}" in proc.stdout  # and so does the printed table
     assert "pgd-at" in board and "smallcnn" in board
+
+
+@pytest.mark.parametrize("select", ["best", "last"])
+def test_eval_checkpoints_selected_evaluates_only_the_reported_one(results: Path, select: str) -> None:
+    proc = run_cli(
+        "run", "--results-dir", str(results), "--set", "train.epochs=3", "--attack", "fgsm", "--set", "defense.steps=2",
+        "--set", "eval.checkpoints=selected", "--set", f"train.select={select}", "--set", "eval.checks=false",
+    )
+    assert proc.returncode == 0, proc.stderr
+    rec = _single_record(results)
+    assert rec["selected"] == select and list(rec["checkpoints"]) == [select]
+    assert rec["accuracy"] == rec["checkpoints"][select]["accuracy"]
+    if select == "best":
+        assert rec["checkpoints"]["best"]["selected_by"] == "val_pgd"
+        assert rec["checkpoints"]["best"]["epoch"] == max(rec["history"], key=lambda h: h["val_pgd"])["epoch"]
 
 
 def test_default_run_separates_standard_from_pgd_at(results: Path) -> None:
@@ -141,10 +157,14 @@ def test_missing_dataset_is_one_line_with_the_fix(tmp_path: Path, results: Path)
 
 
 def test_data_where_follows_flag_and_env(tmp_path: Path) -> None:
-    proc = run_cli("data", "where", env={"ROBENCH_DATA": str(tmp_path / "d")})
-    assert proc.returncode == 0 and proc.stdout.strip() == str(tmp_path / "d")
-    proc = run_cli("data", "where", "--data-root", str(tmp_path / "x"), env={"ROBENCH_DATA": str(tmp_path / "d")})
-    assert proc.stdout.strip() == str(tmp_path / "x")
+    env = {"ROBENCH_DATA": str(tmp_path / "d"), "XDG_CACHE_HOME": str(tmp_path / "c")}
+    proc = run_cli("data", "where", env=env)
+    assert proc.returncode == 0
+    assert proc.stdout.splitlines()[:2] == [f"1. {tmp_path / 'd'} ($ROBENCH_DATA)",
+                                            f"2. {tmp_path / 'c' / 'robench' / 'data'} (cache)"]
+    proc = run_cli("data", "where", "--data-root", str(tmp_path / "x"), env=env)
+    assert proc.stdout.splitlines()[:3] == [f"1. {tmp_path / 'x'} (--data-root)", f"2. {tmp_path / 'd'} ($ROBENCH_DATA)",
+                                            f"3. {tmp_path / 'c' / 'robench' / 'data'} (cache)"]
 
 
 def test_data_fetch_of_embedded_dataset_needs_no_network(tmp_path: Path) -> None:

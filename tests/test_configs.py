@@ -55,3 +55,40 @@ def test_cifar10_preset_holds_the_official_settings(path: Path, tmp_path: Path) 
     if plan.names["defense"] == "pgd-at":
         assert params["step_size"] == pytest.approx(2 / 255, abs=1e-15)
     assert [e.attack.label() for e in plan.suite] == ["FGSM", "PGD-20", "CW-20", "AutoAttack"]
+
+
+# ------------------------------------------------------------------- Fashion-MNIST, MNIST
+FASHION = sorted((REPO / "configs" / "fashion-mnist").glob("*.yaml"))
+DEFENSES = ("standard", "pgd-at", "trades", "mart", "uadat")
+
+
+def test_fashion_mnist_has_every_defense_on_both_architectures() -> None:
+    assert {p.stem for p in FASHION} == {f"{d}-{a}" for d in DEFENSES for a in ("trades-smallcnn", "preact-resnet-18")}
+
+
+@pytest.mark.parametrize("path", FASHION, ids=lambda p: p.stem)
+def test_fashion_mnist_configs_plan_the_run_they_name(path: Path, tmp_path: Path) -> None:
+    text = path.read_text()
+    assert "Expected GPU time" in text and "FLOP" in text  # an estimate until a GPU measures it
+    plan = plan_run(validate(resolve(path, {"results_dir": str(tmp_path), "runs_dir": str(tmp_path)})))
+    defense, arch = next((d, path.stem[len(d) + 1:]) for d in DEFENSES if path.stem.startswith(d + "-"))
+    assert (plan.names["data"], plan.names["defense"], plan.names["arch"]) == ("fashion-mnist", defense, arch)
+    assert plan.threat.norm == "Linf" and plan.threat.eps == "0.1"
+    assert plan.config.eval.n_eval >= 2000 and plan.config.train.epochs == 10
+    assert [e.attack.label() for e in plan.suite] == ["FGSM", "PGD-20", "CW-20", "AutoAttack"]
+    assert plan.dataset.params.random_crop == 0  # no augmentation, the usual setting
+
+
+def test_mnist_config_holds_trades_official_settings(tmp_path: Path) -> None:
+    path = REPO / "configs" / "mnist" / "trades-trades-smallcnn.yaml"
+    assert "github.com/yaodongyu/TRADES" in path.read_text()
+    plan = plan_run(validate(resolve(path, {"results_dir": str(tmp_path), "runs_dir": str(tmp_path)})))
+    train = plan.config.train
+    assert plan.names == {"data": "mnist", "arch": "trades-smallcnn", "defense": "trades"}
+    assert plan.threat.eps == "0.3" and plan.dataset.mean == (0.0,) and plan.dataset.std == (1.0,)
+    assert (train.epochs, train.schedule, train.milestones, train.gamma) == (100, "piecewise", (54,), 0.1)
+    assert (train.lr, train.momentum, train.weight_decay, train.batch_size, train.select) == (0.01, 0.9, 0.0, 128, "last")
+    params = vars(plan.defense.params)
+    assert {k: params[k] for k in ("beta", "steps", "step_size", "start_std")} == {
+        "beta": 1.0, "steps": 40, "step_size": 0.01, "start_std": 0.001}
+    assert [e.attack.label() for e in plan.suite] == ["FGSM", "PGD-40", "CW-20", "AutoAttack"]

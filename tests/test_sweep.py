@@ -115,6 +115,16 @@ def test_the_cifar10_grid_is_every_defense_on_two_architectures_with_three_seeds
     assert {a for _, a, _ in combos} == {"wrn-34-10", "preact-resnet-18"} and {s for *_, s in combos} == {0, 1, 2}
 
 
+def test_the_fashion_mnist_grid_is_five_defenses_three_seeds_plus_preact_resnet(tmp_path: Path) -> None:
+    plan = plan_sweep(load_sweep(REPO / "configs" / "sweeps" / "fashion-mnist.yaml"), runs_dir=tmp_path)
+    combos = {(p.label.split()[0], p.label.split()[1], p.seed) for p in plan.points}
+    assert len(plan.points) == len(combos) == 20 and plan.duplicates == 0
+    defenses = {"pgd-at", "trades", "mart", "uadat", "standard"}
+    assert {(d, s) for d, a, s in combos if a == "trades-smallcnn"} == {(d, s) for d in defenses for s in (0, 1, 2)}
+    assert {(d, s) for d, a, s in combos if a == "preact-resnet-18"} == {(d, 0) for d in defenses}
+    assert {p.record_dir.parts[-2:] for p in plan.points} == {("fashion-mnist", "linf-0.1")}
+
+
 def test_parallel_workers_split_the_machine() -> None:
     env = slot_env(1, jobs=2, gpus_each=2, gpus=4, cpus=8, base={})
     assert env == {"OMP_NUM_THREADS": "4", "CUDA_VISIBLE_DEVICES": "2,3"}

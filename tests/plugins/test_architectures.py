@@ -87,8 +87,9 @@ def test_forward_shape_on_32_and_64_pixel_inputs(nets, name: str) -> None:
         assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", ["wrn-28-10", "preact-resnet-18", "resnet-18"])
+@pytest.mark.parametrize("name", ["wrn-28-10", "wrn-34-10", "wrn-34-20", "preact-resnet-18", "resnet-18"])
 def test_channel_count_and_classes_follow_the_dataset(name: str) -> None:
+    """Every ResNet and WRN takes Fashion-MNIST's and MNIST's 1x28x28 images."""
     net = _arch(name).build(7, (1, 28, 28)).eval()
     first_conv = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
     assert first_conv.in_channels == 1
