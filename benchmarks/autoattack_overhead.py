@@ -146,7 +146,7 @@ def prepare(args: argparse.Namespace) -> tuple[RunPlan, nn.Module, TensorSplit, 
     gen = make_generator(cfg.seed)
     started = time.perf_counter()
     train(model, plan.defense, splits.train, plan.threat, cfg.train, device=torch.device("cpu"),
-          generator=gen, augment=lambda x: plan.dataset.augment(x, gen))
+          generator=gen, augment=plan.dataset.augment)
     took = time.perf_counter() - started
     what = (f"trained here: {plan.names['arch']} on {plan.names['data']}, {plan.names['defense']}, "
             f"{cfg.train.epochs} epochs, seed {cfg.seed} ({took:.1f} s)")

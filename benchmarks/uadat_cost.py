@@ -72,7 +72,7 @@ def time_epochs(args: argparse.Namespace, uadat: dict[str, Any]) -> dict[str, li
             seed_everything(args.seed)
             result = train(model, plan.defense, splits.train, plan.threat, plan.config.train,
                            device=torch.device("cpu"), generator=gen,
-                           augment=lambda x, plan=plan, gen=gen: plan.dataset.augment(x, gen), seed=args.seed)
+                           augment=plan.dataset.augment, seed=args.seed)
             if i:
                 times[name].append(result.history[-1].seconds)
     return times

@@ -122,7 +122,11 @@ class Dataset(Plugin):
         """
 
     def augment(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Standard train-time augmentation of a float batch in [0, 1]; identity by default."""
+        """Standard train-time augmentation of a float batch in [0, 1]; identity by default.
+
+        Draw every random choice from ``generator``: in training it lives on the batch's
+        device, so drawing there keeps the step free of host copies, and its state is
+        saved for resuming."""
         return x
 
 

@@ -91,7 +91,9 @@ class EngineConfig:
     channels_last: bool = param(False, help="model and batches in channels-last memory format (GPU tensor cores)")
     compile: bool = param(False, help="torch.compile the training forward passes; UAD-AT's double backward stays eager")
     sync_bn: bool = param(False, help="multi-GPU: BatchNorm over the global batch (SyncBatchNorm, CUDA only)")
-    deterministic: bool = param(True, help="deterministic kernels, no cuDNN autotuning: bit-exact CPU repeats; false is faster on GPUs")
+    deterministic: bool | None = param(
+        None, help="deterministic kernels, no cuDNN autotuning; null (default): true on a CPU (bit-exact repeats), false on a GPU (fast)"
+    )
 
 
 @dataclass(frozen=True)

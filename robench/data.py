@@ -54,20 +54,23 @@ def random_crop_flip(
 ) -> Tensor:
     """Random crop after zero padding, and optionally a random horizontal flip, per image.
 
-    Works on a whole batch on its own device; offsets are drawn from ``generator``
-    (a CPU generator), so the augmentation is reproducible.
+    Works on a whole batch on its own device. Offsets and flips are drawn from
+    ``generator`` on the generator's device (so the augmentation is reproducible); with
+    a generator on the batch's device, as robench's training loop passes, no step waits
+    for a copy from the host.
     """
     n, _, h, w = x.shape
+    draw = generator.device if generator is not None else x.device
     if padding > 0:
         padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
-        oy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
-        ox = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
+        oy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=draw).to(x.device)
+        ox = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=draw).to(x.device)
         rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
         cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
         batch = torch.arange(n, device=x.device)[:, None, None, None]
         chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
         x = padded[batch, chans, rows, cols]
     if flip:
-        mask = (torch.rand(n, generator=generator) < 0.5).to(x.device)[:, None, None, None]
+        mask = (torch.rand(n, generator=generator, device=draw) < 0.5).to(x.device)[:, None, None, None]
         x = torch.where(mask, x.flip(3), x)
     return x

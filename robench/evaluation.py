@@ -21,6 +21,8 @@ from typing import Any
 import robench
 from robench.checkpoint import Checkpoint, file_digest, load_checkpoint, load_weights
 from robench.config import SUITE_SECTION, load_preset, resolve_over, validate
+from robench.engine.backend import configure as configure_backend
+from robench.engine.backend import exact_fp32
 from robench.errors import UserError
 from robench.io import atomic_write_text
 from robench.progress import NullReporter, Reporter
@@ -52,6 +54,8 @@ class EvalReport:
     device: str
     config: dict[str, Any]
     schema_version: int = REPORT_SCHEMA_VERSION
+    #: numerics switches in force (robench.engine.backend)
+    backend: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
@@ -145,16 +149,18 @@ def execute_eval(plan: EvalPlan, reporter: Reporter | None = None) -> tuple[Eval
     reporter = reporter or NullReporter()
     run = plan.run
     started = time.perf_counter()
+    backend = configure_backend(run.device, run.config.engine.deterministic)
     model = build_model(run)
     context = built_for(plan.checkpoint.config, run)
     load_weights(model, plan.checkpoint.state_dict, plan.checkpoint_path, context=context)
     model.to(run.device)
     splits, _ = load_data(run.dataset, run.names["data"], run.config.data_root, download=run.config.download)
     test = splits.test.to(run.device) if run.device.type != "cpu" else splits.test
-    outcome = run_protocol(
-        model, test, run.suite, run.threat, run.config.eval,
-        device=run.device, seed=run.config.seed, reporter=reporter, state_dir=plan.state_dir,
-    )
+    with exact_fp32():  # "fp32" evaluation means fp32: no TF32 tensor-core matmuls
+        outcome = run_protocol(
+            model, test, run.suite, run.threat, run.config.eval,
+            device=run.device, seed=run.config.seed, reporter=reporter, state_dir=plan.state_dir,
+        )
     config = plan.checkpoint.config
     report = EvalReport(
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -173,6 +179,7 @@ def execute_eval(plan: EvalPlan, reporter: Reporter | None = None) -> tuple[Eval
         wall_time_s=round(time.perf_counter() - started, 3),
         device=device_label(run.device),
         config=run.resolved,
+        backend={**backend.to_dict(), "tf32_training": None},
     )
     path = atomic_write_text(plan.out_path, report.to_json(), overwrite=False)
     return report, path, outcome

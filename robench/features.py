@@ -63,10 +63,13 @@ def feature_modules(model: nn.Module, names: Sequence[str] = ()) -> list[tuple[s
 
 def channel_stats(h: Tensor) -> tuple[Tensor, Tensor]:
     """Per-sample, per-channel mean and standard deviation over the spatial positions of
-    (N, C, H, W) features: two (N, C) tensors, differentiable."""
+    (N, C, H, W) features: two (N, C) float32 tensors, differentiable.
+
+    float32 whatever the features' dtype: a bf16 variance of features that are nearly
+    constant is mostly rounding error."""
     if h.dim() != 4:
         raise ConfigError(f"feature statistics need (N, C, H, W) features, got shape {tuple(h.shape)}")
-    flat = h.flatten(2)  # mean of squared deviations: several times faster than Tensor.var on CPU
+    flat = h.flatten(2).float()  # mean of squared deviations: several times faster than Tensor.var on CPU
     mu = flat.mean(2)
     sigma = ((flat - mu.unsqueeze(2)).square().mean(2) + VAR_EPS).sqrt()
     return mu, sigma
@@ -79,9 +82,12 @@ def batch_spread(stat: Tensor) -> Tensor:
 
 
 def renormalize(h: Tensor, mu: Tensor, sigma: Tensor, new_mu: Tensor, new_sigma: Tensor) -> Tensor:
-    """Give features ``h`` (statistics ``mu``, ``sigma``) the statistics ``new_mu``, ``new_sigma``."""
+    """Give features ``h`` (statistics ``mu``, ``sigma``) the statistics ``new_mu``, ``new_sigma``.
+
+    Computed in float32, returned in ``h``'s dtype (bf16 under autocast)."""
     shape = (*mu.shape, 1, 1)  # scale first on the small (N, C) statistics: two passes over h, not four
-    return (h - mu.view(shape)) * (new_sigma / sigma).view(shape) + new_mu.view(shape)
+    out = (h.float() - mu.view(shape)) * (new_sigma / sigma).view(shape) + new_mu.view(shape)
+    return out.to(h.dtype)
 
 
 class FeatureHooks:

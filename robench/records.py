@@ -50,6 +50,9 @@ class RunRecord:
     selected: str = "last"
     schema_version: int = SCHEMA_VERSION
     notes: list[str] = field(default_factory=list)
+    #: numerics switches in force (robench.engine.backend): deterministic kernels,
+    #: cuDNN autotuning, TF32 in training and in the final evaluation; None in older records
+    backend: dict[str, Any] | None = None
     #: the folder the dataset was read from (the first of the data search order that
     #: had it; `robench data where NAME` shows the order); None in older records
     data_dir: str | None = None

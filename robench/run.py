@@ -22,6 +22,8 @@ import robench
 from robench.api import Architecture, DataSplits, Dataset, Defense, Plugin, TensorSplit
 from robench.checkpoint import Checkpoint, load_checkpoint, load_weights
 from robench.config import PLUGIN_SECTIONS, SUITE_SECTION, PluginChoice, RunConfig, config_hash, validate
+from robench.engine.backend import Backend, exact_fp32
+from robench.engine.backend import configure as configure_backend
 from robench.engine.distributed import SINGLE, World, broadcast_object, close_process_group, init_process_group, world_from_env
 from robench.engine.precision import evaluation_model
 from robench.engine.schedule import check_schedule
@@ -68,6 +70,18 @@ class RunPlan:
     run_dir: Path = Path()
     #: the torchrun processes sharing the training (one by default)
     world: World = SINGLE
+
+
+@dataclass
+class _Trained:
+    """What training hands to the evaluation: results, weights, data and how they were made."""
+
+    result: TrainResult
+    model: nn.Module
+    splits: DataSplits
+    data_dir: Path | None
+    backend: Backend
+    started: float
 
 
 @dataclass
@@ -388,34 +402,32 @@ def execute(plan: RunPlan, reporter: Reporter | None = None, resume: Checkpoint 
         if world.active:  # rank 0's id: one run folder, one record
             plan.run_id = broadcast_object(plan.run_id, world)
             plan.run_dir = plan.run_dir.parent / plan.run_id if resume is None else plan.run_dir
-        trained, model, splits, data_dir, started = _train(plan, reporter, resume)
+        trained = _train(plan, reporter, resume)
     finally:
         close_process_group()
     if not world.is_main:
         return None
-    return _evaluate_and_record(plan, reporter, resume, trained, model, splits, data_dir, started)
+    return _evaluate_and_record(plan, reporter, resume, trained)
 
 
-def _train(
-    plan: RunPlan, reporter: Reporter, resume: Checkpoint | None
-) -> tuple[TrainResult, nn.Module, DataSplits, Path | None, float]:
+def _train(plan: RunPlan, reporter: Reporter, resume: Checkpoint | None) -> _Trained:
     cfg, names = plan.config, plan.names
     run_id, run_dir = plan.run_id, plan.run_dir
     started = time.perf_counter()
-    seed_everything(cfg.seed, deterministic=cfg.engine.deterministic)
+    seed_everything(cfg.seed)
+    backend = configure_backend(plan.device, cfg.engine.deterministic)
     model = build_model(plan)  # before the data: a bad architecture fails in seconds
     splits, data_dir = load_data(plan.dataset, names["data"], cfg.data_root, download=cfg.download)
     if plan.device.type != "cpu":  # the whole uint8 split lives on the GPU; batches are drawn there
         splits = DataSplits(*(s.to(plan.device) if s is not None else None for s in (splits.train, splits.test, splits.val)))
-    gen = make_generator(cfg.seed)
     trained = train(
         model, plan.defense, splits.train, plan.threat, cfg.train,
-        device=plan.device, generator=gen, augment=lambda x: plan.dataset.augment(x, gen),
+        device=plan.device, generator=make_generator(cfg.seed), augment=plan.dataset.augment,
         reporter=reporter, val_split=splits.val, val_batch_size=cfg.eval.batch_size, seed=cfg.seed,
         run_dir=run_dir, meta={"config": plan.resolved, "run_id": run_id}, resume=resume,
         engine=cfg.engine, world=plan.world,
     )
-    return trained, model, splits, data_dir, started
+    return _Trained(trained, model, splits, data_dir, backend, started)
 
 
 def _evaluate_checkpoints(
@@ -446,15 +458,13 @@ def _evaluate_checkpoints(
     return checkpoints
 
 
-def _evaluate_and_record(
-    plan: RunPlan, reporter: Reporter, resume: Checkpoint | None, trained: TrainResult, model: nn.Module,
-    splits: DataSplits, data_dir: Path | None, started: float,
-) -> RunOutcome:
+def _evaluate_and_record(plan: RunPlan, reporter: Reporter, resume: Checkpoint | None, done: _Trained) -> RunOutcome:
     cfg, names = plan.config, plan.names
-    run_id, run_dir = plan.run_id, plan.run_dir
+    run_id, model, trained = plan.run_id, done.model, done.result
     history = trained.history
     notes = [] if resume is None else [f"resumed after {resume_point(resume)}"]
-    checkpoints = _evaluate_checkpoints(plan, reporter, trained, model, splits.test)
+    with exact_fp32():  # "fp32" evaluation means fp32: no TF32 tensor-core matmuls
+        checkpoints = _evaluate_checkpoints(plan, reporter, trained, model, done.splits.test)
     if trained.best_epoch is None:
         notes.append("no validation split: no best checkpoint; the record reports the last epoch")
     selected = cfg.train.select if cfg.train.select in checkpoints else "last"
@@ -465,7 +475,8 @@ def _evaluate_and_record(
         robench_version=robench.__version__,
         git_commit=git_commit(),
         dataset=names["data"],
-        data_dir=None if data_dir is None else str(data_dir),
+        data_dir=None if done.data_dir is None else str(done.data_dir),
+        backend=done.backend.to_dict(),
         arch={
             "name": names["arch"],
             "params": _params(plan, "arch"),
@@ -480,7 +491,7 @@ def _evaluate_and_record(
         eval=checkpoints[selected]["eval"],
         accuracy=checkpoints[selected]["accuracy"],
         history=[asdict(h) for h in history],
-        wall_time_s=round(previous + time.perf_counter() - started, 3),
+        wall_time_s=round(previous + time.perf_counter() - done.started, 3),
         device=device_label(plan.device) if not plan.world.active else f"{plan.world.size} x {device_label(plan.device)}",
         config_hash=config_hash(plan.resolved),
         config=plan.resolved,
@@ -495,4 +506,4 @@ def _evaluate_and_record(
     board, skipped = refresh_leaderboard(
         plan.results_root, record.dataset, record.threat_slug, str(plan.threat)
     )
-    return RunOutcome(record, record_path, run_dir, board, skipped)
+    return RunOutcome(record, record_path, plan.run_dir, board, skipped)

@@ -50,10 +50,22 @@ def resample(h: Tensor, noise: tuple[Tensor, Tensor] | None = None) -> Tensor:
     return renormalize(h, mu, sigma, mu + e1 * batch_spread(mu), sigma + e2 * batch_spread(sigma))
 
 
+def full_precision(device: torch.device) -> torch.autocast:
+    """Autocast off: what follows runs in the float32 its inputs are cast to."""
+    return torch.autocast(device.type, enabled=False)
+
+
 def reference(logits: Tensor, y: Tensor, stats: Tensor | None, *, width: float, smoothing: float) -> Tensor:
     """Alignment targets: p(x_i) where x_i is classified correctly; otherwise a kernel-
     weighted mix of p(x_j) over correct clean x_j of class y_i, by the distance of their
-    feature statistics; a label-smoothed one-hot of y_i when the batch has none."""
+    feature statistics; a label-smoothed one-hot of y_i when the batch has none.
+
+    float32 under autocast too: the kernel exp(-d^2 / tau) and its mix."""
+    with full_precision(logits.device):
+        return _reference(logits.float(), y, None if stats is None else stats.float(), width, smoothing)
+
+
+def _reference(logits: Tensor, y: Tensor, stats: Tensor | None, width: float, smoothing: float) -> Tensor:
     probs = F.softmax(logits, 1)
     correct = logits.argmax(1) == y
     if stats is None:  # no `if correct.all()` shortcut: it would wait for the GPU every step
@@ -70,8 +82,10 @@ def reference(logits: Tensor, y: Tensor, stats: Tensor | None, *, width: float, 
 
 
 def gradient_misalignment(g_clean: Tensor, g_adv: Tensor) -> Tensor:
-    """Mean over examples of 1 - cos(g_clean, g_adv): 0 aligned, 2 opposite."""
-    return (1 - F.cosine_similarity(g_clean.flatten(1), g_adv.flatten(1), dim=1, eps=1e-12)).mean()
+    """Mean over examples of 1 - cos(g_clean, g_adv): 0 aligned, 2 opposite; in float32."""
+    with full_precision(g_clean.device):
+        cos = F.cosine_similarity(g_clean.flatten(1).float(), g_adv.flatten(1).float(), dim=1, eps=1e-12)
+    return (1 - cos).mean()
 
 
 class UADAT(PGDAT):

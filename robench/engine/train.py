@@ -78,6 +78,23 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | No
     )
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, path: Path | str | None) -> None:
+    """Load a saved optimizer state, each tensor in its parameter's memory format.
+
+    A run may resume with another ``engine.channels_last`` than it was saved with; the
+    momentum buffers then follow the parameters, as CUDA's fused SGD requires."""
+    try:
+        optimizer.load_state_dict(state)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: its optimizer state does not fit this model ({exc})") from None
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            slots = optimizer.state.get(param, {})
+            for key, value in slots.items():
+                if isinstance(value, Tensor) and value.shape == param.shape and value.stride() != param.stride():
+                    slots[key] = torch.empty_like(param).copy_(value)  # empty_like keeps param's strides
+
+
 def train_step(
     model: nn.Module, defense: Defense, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, threat: ThreatModel,
     precision: Precision | None = None, loss_weight: float = 1.0,
@@ -122,16 +139,34 @@ def validation_accuracy(
     return 100.0 * clean.item() / len(split), 100.0 * robust.item() / len(split)
 
 
-def _rng_state(generator: torch.Generator) -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "data": generator.get_state()}
+@dataclass(frozen=True)
+class _Generators:
+    """The data order's generator (CPU) and augmentation's (on the training device)."""
+
+    order: torch.Generator
+    augment: torch.Generator
+
+    @classmethod
+    def for_device(cls, order: torch.Generator, device: torch.device, seed: int) -> _Generators:
+        if device.type == "cpu":  # one stream, as CPU runs have always drawn it
+            return cls(order, order)
+        return cls(order, torch.Generator(device).manual_seed(seed * 1_000_033 + 7))
+
+
+def _rng_state(gens: _Generators) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "data": gens.order.get_state()}
+    if gens.augment is not gens.order:
+        state["augment"] = gens.augment.get_state()
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _restore_rng(state: Mapping[str, Any], generator: torch.Generator) -> None:
+def _restore_rng(state: Mapping[str, Any], gens: _Generators) -> None:
     torch.set_rng_state(state["torch"])
-    generator.set_state(state["data"])
+    gens.order.set_state(state["data"])
+    if "augment" in state and gens.augment is not gens.order:
+        gens.augment.set_state(state["augment"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -195,7 +230,7 @@ def train(
     *,
     device: torch.device,
     generator: torch.Generator,
-    augment: Callable[[Tensor], Tensor] | None = None,
+    augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
     reporter: Reporter | None = None,
     val_split: TensorSplit | None = None,
     val_batch_size: int = 512,
@@ -207,6 +242,10 @@ def train(
     world: World = SINGLE,
 ) -> TrainResult:
     """Train ``model`` in place for ``cfg.epochs`` epochs (from ``resume``'s epoch and step on).
+
+    ``generator`` (on the CPU) draws each epoch's batch order; ``augment(x, g)`` draws
+    from a generator on ``device`` (the same one on a CPU), so that no step waits for
+    a copy from the host. Both states are saved in ``last.pt``.
 
     With ``run_dir``, writes ``last.pt`` (the previous one kept as ``last.prev.pt``),
     ``best.pt`` and ``log.jsonl`` there after every epoch (rank 0 only); ``meta``
@@ -223,6 +262,7 @@ def train(
         model = convert_sync_bn(model, world, device)
     optimizer = make_optimizer(model, cfg, device)
     precision = Precision(cfg.precision, device)
+    gens = _Generators.for_device(generator, device, seed)
     # the model the defense sees: compiled and/or under DDP; ``model`` keeps the weights
     step_model = wrap(torch.compile(model) if engine.compile else model, world, device)
     steps = num_batches(len(split), cfg.batch_size)
@@ -232,11 +272,8 @@ def train(
     if resume is not None:
         state = resume.train_state or {}
         load_weights(model, resume.state_dict, resume.path or "the checkpoint to resume")
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{resume.path}: its optimizer state does not fit this model ({exc})") from None
-        _restore_rng(state["rng"], generator)
+        load_optimizer_state(optimizer, state.get("optimizer"), resume.path)
+        _restore_rng(state["rng"], gens)
         history = [EpochStats(**h) for h in state["history"]]
         best_epoch, best_score = state["best_epoch"], state["best_score"]
         elapsed = float(state.get("elapsed_s", 0.0))
@@ -244,7 +281,7 @@ def train(
         if state.get("partial"):
             current = _Epoch.restore(state["partial"], device)
     files = {"last": run_dir / LAST, "best": run_dir / BEST, "log": run_dir / LOG} if run_dir else {}
-    saver = _Saver(files, model, optimizer, generator, precision, meta or {}) if run_dir and world.is_main else None
+    saver = _Saver(files, model, optimizer, gens, precision, meta or {}) if run_dir and world.is_main else None
     task = reporter.task("train", cfg.epochs * steps)
     task.advance(len(history) * steps + (current.steps_done if current else 0))
     with StopRequest() as stop:
@@ -256,7 +293,8 @@ def train(
                 current = _Epoch.fresh(epoch, torch.randperm(len(split), generator=generator), device)
             ep, start = current, time.perf_counter()
             first_lr = learning_rate(cfg, (epoch - 1) * steps, steps)
-            batches = iterate_batches(split, cfg.batch_size, device=device, augment=augment,
+            batches = iterate_batches(split, cfg.batch_size, device=device,
+                                      augment=None if augment is None else lambda x: augment(x, gens.augment),
                                       indices=ep.order[ep.steps_done * cfg.batch_size:])
             for i, (x, y) in enumerate(batches, start=ep.steps_done):
                 step = (epoch - 1) * steps + i
@@ -287,7 +325,7 @@ def train(
             if val_split is not None and len(val_split):
                 val_clean, val_pgd = validation_accuracy(
                     model, val_split, threat, steps=cfg.val_steps, batch_size=val_batch_size, device=device,
-                    generator=torch.Generator().manual_seed(seed * 100_003 + epoch), world=world,
+                    generator=torch.Generator(device).manual_seed(seed * 100_003 + epoch), world=world,
                 )
             seconds = ep.seconds + time.perf_counter() - start
             elapsed += seconds
@@ -358,15 +396,15 @@ class _Saver:
     """Writes a run's checkpoints and epoch log (rank 0); each write is atomic."""
 
     def __init__(self, files: Mapping[str, Path], model: nn.Module, optimizer: torch.optim.Optimizer,
-                 generator: torch.Generator, precision: Precision, meta: Mapping[str, Any]) -> None:
+                 gens: _Generators, precision: Precision, meta: Mapping[str, Any]) -> None:
         self.files, self.model, self.optimizer = files, model, optimizer
-        self.generator, self.precision, self.meta = generator, precision, meta
+        self.gens, self.precision, self.meta = gens, precision, meta
 
     def _train_state(self, history: list[EpochStats], best_epoch: int | None, best_score: float,
                      elapsed: float, partial: _Epoch | None) -> dict[str, Any]:
         return {
             "optimizer": self.optimizer.state_dict(),
-            "rng": _rng_state(self.generator),
+            "rng": _rng_state(self.gens),
             "history": [asdict(h) for h in history],
             "best_epoch": best_epoch,
             "best_score": best_score,

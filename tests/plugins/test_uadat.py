@@ -211,3 +211,35 @@ def test_short_digits_run_records_finite_losses(tmp_path):
     losses = [h["loss"] for h in rec["history"]]
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
     assert set(rec["checkpoints"]) == {"best", "last"} and "uadat" in (tmp_path / "digits-linf-3_16.md").read_text()
+
+
+def test_statistics_kernel_and_cosine_stay_float32_under_bf16_autocast():
+    """Under autocast the features arrive in bf16; UAD-AT's statistics, its proximity
+    kernel and its gradient cosine are computed in float32 all the same."""
+    torch.manual_seed(0)
+    h = torch.randn(8, 4, 5, 5)
+    logits, stats = torch.randn(8, 3), torch.rand(8, 6)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    g1, g2 = torch.randn(8, 1, 4, 4), torch.randn(8, 1, 4, 4)
+    expected_ref = reference(logits, y, stats, width=1.0, smoothing=0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mu, sigma = channel_stats(h.bfloat16())
+        assert mu.dtype == sigma.dtype == torch.float32
+        torch.testing.assert_close(mu, h.bfloat16().float().mean((2, 3)))
+        resampled = resample(h.bfloat16())
+        assert resampled.dtype == torch.bfloat16  # the network goes on in its own precision
+        ref = reference(logits, y, stats, width=1.0, smoothing=0.1)
+        assert ref.dtype == torch.float32
+        assert torch.equal(ref, expected_ref)  # the same float32 computation as without autocast
+        assert gradient_misalignment(g1.bfloat16(), g2.bfloat16()).dtype == torch.float32
+
+
+def test_full_method_step_under_bf16_autocast_is_finite():
+    torch.manual_seed(0)
+    model = NormalizedClassifier(get_registry("architecture").create("smallcnn").build(10, (1, 8, 8)), (0.3,), (0.4,))
+    x, y = torch.rand(16, 1, 8, 8), torch.arange(16) % 10
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = get_registry("defense").create("uadat").loss(model.train(), x, y, ThreatModel("Linf", "3/16"))
+    out.loss.backward()
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -1,0 +1,81 @@
+"""The numerics switches every run sets and records (robench.engine.backend), and
+optimizer state that follows its parameters' memory format on resume."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import run_cli
+from robench.engine.backend import Backend, configure, exact_fp32
+from robench.engine.train import load_optimizer_state
+
+
+@pytest.fixture(autouse=True)
+def _restore_switches() -> Iterator[None]:
+    """The tests change process-wide switches; put them back."""
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    yield
+    torch.use_deterministic_algorithms(saved[0], warn_only=True)
+    torch.backends.cudnn.benchmark = saved[1]
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[2], saved[3]
+
+
+def test_exact_on_a_cpu_fast_on_a_gpu_unless_told() -> None:
+    assert configure(torch.device("cpu"), None) == Backend(True, False, None, None)
+    assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
+    # the switches for a GPU can be set (and tested) without one
+    assert configure(torch.device("cuda"), None) == Backend(False, True, True, False)
+    assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    assert configure(torch.device("cuda"), True) == Backend(True, False, True, False)
+    assert configure(torch.device("cpu"), False) == Backend(False, True, None, None)
+
+
+def test_the_final_evaluation_runs_without_tf32() -> None:
+    configure(torch.device("cuda"), None)
+    with exact_fp32():
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32  # training's, back
+
+
+def test_records_say_what_was_in_force(tmp_path: Path) -> None:
+    for setting, exact in (("null", True), ("false", False)):
+        results = tmp_path / setting
+        proc = run_cli("run", "--results-dir", str(results), "--set", "train.epochs=1", "--attack", "fgsm",
+                       "--set", "eval.checks=false", "--set", f"engine.deterministic={setting}", "-q")
+        assert proc.returncode == 0, proc.stderr
+        record = json.loads(next((results / "records").rglob("*.json")).read_text())
+        assert record["backend"] == {"deterministic": exact, "cudnn_benchmark": not exact,
+                                     "tf32_training": None, "tf32_evaluation": None}
+
+
+def _conv_with_momentum(channels_last: bool) -> tuple[nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    x = torch.rand(2, 3, 8, 8)
+    net(x.contiguous(memory_format=torch.channels_last) if channels_last else x).sum().backward()
+    opt.step()
+    return net, opt
+
+
+@pytest.mark.parametrize("saved_cl, resumed_cl", [(True, False), (False, True)])
+def test_resumed_momentum_follows_the_parameters_memory_format(saved_cl: bool, resumed_cl: bool) -> None:
+    _, saved = _conv_with_momentum(saved_cl)
+    state = saved.state_dict()
+    net, opt = _conv_with_momentum(resumed_cl)
+    weight = net[0].weight
+    assert state["state"][0]["momentum_buffer"].stride() != weight.stride()  # the layouts differ
+    load_optimizer_state(opt, state, "last.pt")
+    for param in net.parameters():
+        buffer = opt.state[param]["momentum_buffer"]
+        assert buffer.stride() == param.stride()
+    assert torch.equal(opt.state[weight]["momentum_buffer"], state["state"][0]["momentum_buffer"])  # same values
