@@ -6,6 +6,7 @@ any data is loaded or any step is trained; :func:`execute` does the work.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import time
@@ -322,10 +323,16 @@ def build_model(plan: RunPlan) -> nn.Module:
     return NormalizedClassifier(net, plan.dataset.mean, plan.dataset.std).to(plan.device)
 
 
-def git_commit() -> str | None:
-    root = source_checkout()
+#: the commit of a copy of the source without its .git folder (a tree copied to a GPU machine)
+COMMIT_ENV = "ROBENCH_COMMIT"
+
+
+def git_commit(root: Path | None = None) -> str | None:
+    """The checkout's commit (``+dirty`` with uncommitted changes to tracked files); where
+    the source has no ``.git``, ``$ROBENCH_COMMIT`` as given, else None."""
+    root = root if root is not None else source_checkout()
     if root is None or not (root / ".git").exists():
-        return None
+        return os.environ.get(COMMIT_ENV) or None
     try:
         head = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
