@@ -113,6 +113,24 @@ def _other_rank() -> bool:
     return os.environ.get("RANK", "0") != "0"
 
 
+def _wait_forwarding_sigterm(child: Any) -> int:
+    """Wait for torchrun; a SIGTERM to this process (``kill``, a scheduler) goes on to it.
+
+    torchrun passes it to every rank, which stop at the next agreed step with a
+    mid-epoch ``last.pt``. SIGINT is not passed on: Ctrl-C reaches torchrun from the
+    terminal already, and a second one would cut the ranks' checkpoint short."""
+    import signal
+
+    handlers = {signal.SIGTERM: lambda signum, frame: child.send_signal(signum),
+                signal.SIGINT: lambda signum, frame: None}
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    try:
+        return int(child.wait())
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _launch_torchrun(nproc: Optional[int], device: str, batch_size: int) -> None:
     """Start this very command under torchrun with ``nproc`` processes, then exit with its code.
 
@@ -145,7 +163,7 @@ def _launch_torchrun(nproc: Optional[int], device: str, batch_size: int) -> None
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "robench"]
     out.print(Text(f"torchrun: {nproc} processes"), soft_wrap=True)
-    code = subprocess.call(cmd, env=env)
+    code = _wait_forwarding_sigterm(subprocess.Popen(cmd, env=env))
     if code != 0:
         err.print(Text(f"error: a torchrun process failed (exit code {code}); its message is above"), soft_wrap=True)
     raise typer.Exit(code if code in (0, 2) else 1)
@@ -282,6 +300,10 @@ def run(
                 f"continues a run with its own config; it cannot change {', '.join(given)}", param_hint="--resume"
             )
         plan, checkpoint = plan_resume(resume, flags)
+        trained_on = (checkpoint.train_state or {}).get("world_size")
+        if trained_on is not None and trained_on != (nproc or plan.world.size):
+            raise typer.BadParameter(f"this run trained on {trained_on} process(es); resume it with --nproc {trained_on}",
+                                     param_hint="--resume")
         out.print(Text(f"robench run --resume: {plan.run_id}, continuing after {resume_point(checkpoint)} "
                        f"({plan.config.train.epochs} epochs in all)"), soft_wrap=True)
     else:

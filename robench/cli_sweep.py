@@ -95,6 +95,10 @@ def sweep(
     cpus_per_task: Optional[int] = typer.Option(None, "--cpus-per-task", metavar="N", min=1, help="Slurm CPUs per job."),
     slurm_arg: list[str] = typer.Option([], "--slurm-arg", metavar="KEY=VALUE", help="Another sbatch option, e.g. account=abc; repeat."),
     wait: bool = typer.Option(False, "--wait", help="Slurm: wait for the jobs and report them (submitit-local always waits)."),
+    budget: Optional[float] = typer.Option(
+        None, "--budget", metavar="MINUTES", min=0.01,
+        help="Local runner: start no run that its records here say cannot finish in the time left; stop (resumably) at the end.",
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the runs and what would happen to each; run nothing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -110,6 +114,8 @@ def sweep(
         raise UserError(f"--runner {runner!r}: use one of {', '.join(RUNNERS)}")
     if runner != "local" and jobs != 1:
         raise UserError("--jobs is for the local runner; Slurm runs every job it can")
+    if runner != "local" and budget is not None:
+        raise UserError("--budget is for the local runner; Slurm jobs have --time-min")
     spec = load_sweep(sweep_file) if sweep_file is not None else SweepSpec(name or "sweep", None, ())
     axes = [(k, tuple(v)) for k, v in (("defense", defense), ("arch", arch), ("data", data)) if v]
     if seeds is not None:
@@ -129,7 +135,7 @@ def sweep(
                          extra=_slurm_extra(slurm_arg))
     _run_sweep(spec, runner, jobs, nproc, dry_run, quiet, {
         "device": device, "data_root": _absolute(data_root), "results_dir": _absolute(results_dir),
-    }, _absolute(runs_dir), slurm, wait)
+    }, _absolute(runs_dir), slurm, wait, budget)
 
 
 def _absolute(path: Optional[Path]) -> Optional[str]:
@@ -138,7 +144,8 @@ def _absolute(path: Optional[Path]) -> Optional[str]:
 
 
 def _run_sweep(spec: Any, runner: str, jobs: int, nproc: Optional[int], dry_run: bool, quiet: bool,
-               flags: dict[str, Any], runs_dir: Optional[str], slurm: SlurmOptions, wait_for_jobs: bool) -> None:
+               flags: dict[str, Any], runs_dir: Optional[str], slurm: SlurmOptions, wait_for_jobs: bool,
+               budget_min: Optional[float] = None) -> None:
     from robench.leaderboard import refresh_leaderboard
     from robench.sweep.plan import plan_sweep
     from robench.sweep.point import unfinished_run
@@ -165,7 +172,7 @@ def _run_sweep(spec: Any, runner: str, jobs: int, nproc: Optional[int], dry_run:
 
     results: list[Any] = []
     if runner == "local":
-        results = _local(todo, jobs, nproc, quiet)
+        results = _local(todo, jobs, nproc, quiet, budget_min)
     else:
         from robench.sweep.slurm import submit, wait
 
@@ -189,15 +196,19 @@ def _report(point: Any, result: Any) -> None:
         out.print(Text(f"{result.status:>8}  {point.label}: {_accuracy(result)}"), soft_wrap=True)
     elif result.status == "busy":
         err.print(Text(f"    busy  {point.label}: running in another process (its lock is held); skipped"), soft_wrap=True)
+    elif result.status == "not started" and result.reason:
+        err.print(Text(f" skipped  {point.label}: {result.reason}"), soft_wrap=True)
     elif result.status in ("failed", "stopped"):
         err.print(Text(f"{result.status:>8}  {point.label}: exit {result.exit_code}: {result.reason} (log: {result.log})"),
                   soft_wrap=True)
 
 
-def _local(todo: list[Any], jobs: int, nproc: Optional[int], quiet: bool) -> list[Any]:
+def _local(todo: list[Any], jobs: int, nproc: Optional[int], quiet: bool, budget_min: Optional[float]) -> list[Any]:
+    from robench.sweep.budget import Budget
     from robench.sweep.local import LocalRunner
 
-    local = LocalRunner(jobs=jobs, gpus_each=nproc or 1)
+    budget = Budget(budget_min * 60) if budget_min is not None else None
+    local = LocalRunner(jobs=jobs, gpus_each=nproc or 1, budget=budget)
     progress = Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err, disable=quiet)
     with progress:
@@ -216,7 +227,19 @@ def _local(todo: list[Any], jobs: int, nproc: Optional[int], quiet: bool) -> lis
                        f"{sum(r.status == 'not started' for r in results)} not started; rerun the same command to continue"),
                   soft_wrap=True)
         raise typer.Exit(128 + local.stop_signal)
+    if budget is not None:
+        results = _budget_summary(results, local.out_of_time, budget_min or 0.0)
     return results
+
+
+def _budget_summary(results: list[Any], out_of_time: bool, minutes: float) -> list[Any]:
+    """Say what the budget left undone; runs it stopped or never started are not failures."""
+    unstarted = [r for r in results if r.status == "not started"]
+    stopped = [r for r in results if r.status == "stopped"] if out_of_time else []
+    if unstarted or stopped:
+        err.print(Text(f"budget of {minutes:g} min: {len(stopped)} run(s) stopped at its end with a checkpoint, "
+                       f"{len(unstarted)} not started; rerun the same command to continue"), soft_wrap=True)
+    return [r for r in results if r not in unstarted and r not in stopped]
 
 
 class SweepFailed(RobenchError):

@@ -401,10 +401,18 @@ _IMPLICIT: dict[tuple[str, str], Any] = {
 }
 
 
-def config_hash(resolved: Mapping[str, Any]) -> str:
-    """Identifies the experiment: the resolved config without seed, device, paths and engine settings."""
+def config_hash(resolved: Mapping[str, Any], world_size: int = 1) -> str:
+    """Identifies the experiment: the resolved config without seed, device, paths and engine settings.
+
+    Training on several processes is another computation (BatchNorm statistics and
+    UAD-AT's batch spread per shard, unless ``engine.sync_bn``), so a world size above 1
+    and ``sync_bn`` enter the hash; one process hashes as it always has."""
     ignore = {"seed", "device", "data_root", "results_dir", "runs_dir", "download", "engine"}
     payload = {k: v for k, v in resolved.items() if k not in ignore}
+    if world_size > 1:
+        engine = resolved.get("engine")
+        sync_bn = bool(engine.get("sync_bn", False)) if isinstance(engine, Mapping) else False
+        payload["distributed"] = {"world_size": world_size, "sync_bn": sync_bn}
     for (section, key), value in _IMPLICIT.items():  # keys added later: old records keep their hash
         if isinstance(payload.get(section), Mapping) and payload[section].get(key, value) == value:
             payload[section] = {k: v for k, v in payload[section].items() if k != key}

@@ -56,6 +56,9 @@ class RunRecord:
     #: the folder the dataset was read from (the first of the data search order that
     #: had it; `robench data where NAME` shows the order); None in older records
     data_dir: str | None = None
+    #: processes that trained the model and whether BatchNorm saw the global batch
+    #: (``engine.sync_bn``); both enter ``config_hash`` above one process; None in older records
+    distributed: dict[str, Any] | None = None
 
     @property
     def threat_slug(self) -> str:

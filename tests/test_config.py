@@ -102,3 +102,11 @@ def test_config_hash_ignores_seed_and_paths() -> None:
     b = plan_run(validate(resolve(None, None, ["seed=2"]))).resolved
     c = plan_run(validate(resolve(None, None, ["seed=2", "train.epochs=3"]))).resolved
     assert config_hash(a) == config_hash(b) != config_hash(c)
+
+
+def test_several_processes_are_another_experiment_one_is_not() -> None:
+    """Per-shard BatchNorm statistics: world size and sync_bn enter the hash above one process."""
+    a = plan_run(validate(resolve(None, {}))).resolved
+    b = {**a, "engine": {**a["engine"], "sync_bn": True}}  # as a CUDA run plans it
+    assert config_hash(a) == config_hash(a, 1) == config_hash(b)  # engine settings: not the experiment
+    assert len({config_hash(a), config_hash(a, 2), config_hash(a, 4), config_hash(b, 2)}) == 4

@@ -202,6 +202,39 @@ def test_a_stopped_sweep_resumes_its_runs(tmp_path: Path) -> None:
     assert '"--resume"' in (run_dir.parent / "log.txt").read_text()
 
 
+def test_a_budget_starts_only_what_its_records_say_can_finish(tmp_path: Path) -> None:
+    """--budget: seed 0's record says a run takes a few seconds, so seed 1 does not start
+    with about one second left; with ten minutes it does."""
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    common = ["--defense", "pgd-at", *SHORT, "--name", "budget", "--results-dir", str(results), "--runs-dir", str(runs), "-q"]
+    seed0 = run_cli("sweep", "--seeds", "0", *common)
+    assert seed0.returncode == 0, seed0.stdout + seed0.stderr
+    (done,) = _records(results)
+    assert done.wall_time_s > 1.2  # the test's premise: longer than the budget below
+    short = run_cli("sweep", "--seeds", "0,1", *common, "--budget", "0.02")
+    assert short.returncode == 0, short.stdout + short.stderr
+    assert "budget of 0.02 min: 0 run(s) stopped at its end with a checkpoint, 1 not started" in short.stderr
+    assert re.search(r"skipped  pgd-at .* seed 1: needs about \d+ s by its records here, [01] s left", short.stderr), short.stderr
+    assert len(_records(results)) == 1
+    ample = run_cli("sweep", "--seeds", "0,1", *common, "--budget", "10")
+    assert ample.returncode == 0, ample.stdout + ample.stderr
+    assert "1 recorded already, 0 to resume, 1 to start" in ample.stdout and "budget of" not in ample.stderr
+    assert sorted(r.seed for r in _records(results)) == [0, 1]
+    slurm = run_cli("sweep", "--seeds", "0", *common, "--budget", "5", "--runner", "slurm")
+    assert slurm.returncode == 2 and "--budget is for the local runner" in slurm.stderr
+
+
+def test_a_spent_budget_stops_the_running_run_resumably(tmp_path: Path) -> None:
+    """At the budget's end the running run saves last.pt and stops; the sweep exits 0."""
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    args = ["sweep", "--defense", "pgd-at", "--seeds", "0", "--attack", "fgsm", "--set", "eval.checks=false",
+            "--epochs", "30", "--name", "deadline", "--results-dir", str(results), "--runs-dir", str(runs), "-q"]
+    cut = run_cli(*args, "--budget", "0.25")  # 15 s, then SIGTERM to a run of about a minute
+    assert cut.returncode == 0, cut.stdout + cut.stderr
+    assert "1 run(s) stopped at its end with a checkpoint, 0 not started" in cut.stderr
+    assert _records(results) == [] and len(list((runs / "sweeps" / "deadline").glob("*/*/last.pt"))) == 1
+
+
 def test_a_point_running_elsewhere_is_not_started_twice(tmp_path: Path) -> None:
     results, runs = tmp_path / "results", tmp_path / "runs"
     spec = override(SweepSpec("busy", None, ()), [("defense", ("standard",)), ("seed", (0,))])

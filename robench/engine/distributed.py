@@ -132,6 +132,15 @@ def average_buffers(model: nn.Module, world: World) -> None:
             buf.div_(world.size)
 
 
+def all_gather_object(value: Any, world: World) -> list[Any]:
+    """Every rank's ``value``, in rank order, on every rank (``[value]`` in one process)."""
+    if not world.active or not dist.is_initialized():
+        return [value]
+    box: list[Any] = [None] * world.size
+    dist.all_gather_object(box, value)
+    return box
+
+
 def broadcast_object(value: Any, world: World) -> Any:
     """Rank 0's ``value`` on every rank."""
     if not world.active or not dist.is_initialized():

@@ -2,7 +2,8 @@
 
 Preemption (SIGTERM from a scheduler) and Ctrl-C should cost at most the step in
 progress: the training loop reads the flag between steps, saves a checkpoint that
-can finish the epoch exactly, and stops. A second signal stops at once.
+can finish the epoch exactly, and stops. A second SIGINT (Ctrl-C twice) stops at once;
+a repeated SIGTERM changes nothing, as schedulers and torchrun may both send one.
 """
 from __future__ import annotations
 
@@ -36,9 +37,11 @@ class StopRequest:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signum is not None:  # asked twice: stop now, without the checkpoint
+        # Ctrl-C twice: stop now, without the checkpoint. A repeated SIGTERM is the same
+        # request arriving twice (a scheduler signals every process, torchrun passes it on)
+        if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.signum = signum
+        self.signum = self.signum or signum
 
     @property
     def name(self) -> str:

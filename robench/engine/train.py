@@ -31,7 +31,10 @@ from robench.checkpoint import Checkpoint, load_weights, save_checkpoint
 from robench.errors import CheckpointError
 from robench.config import EngineConfig, TrainConfig
 from robench.engine.batches import iterate_batches, num_batches
-from robench.engine.distributed import SINGLE, World, all_reduce_sum, average_buffers, convert_sync_bn, wrap
+from robench.engine.compiled import compile_step_model, eager_if, no_silent_fallback
+from robench.engine.distributed import (
+    SINGLE, World, all_gather_object, all_reduce_sum, average_buffers, convert_sync_bn, wrap,
+)
 from robench.engine.precision import Precision
 from robench.engine.schedule import learning_rate, warmed_threat
 from robench.engine.signals import StopRequest
@@ -162,6 +165,19 @@ def _rng_state(gens: _Generators) -> dict[str, Any]:
     return state
 
 
+def _rank_part(train_state: Mapping[str, Any], key: str, world: World) -> Any:
+    """This rank's saved ``rng`` or ``partial`` epoch.
+
+    A mid-epoch stop under torchrun saves every rank's (they draw different attack
+    noise and sum their own metrics); at an epoch's end rank 0's generators suffice,
+    as each rank reseeds at the next epoch."""
+    saved = train_state.get("world_size")
+    if saved is not None and saved != world.size:
+        raise CheckpointError(f"this run trained on {saved} process(es); resume it with --nproc {saved}")
+    ranks = train_state.get("ranks")
+    return ranks[world.rank][key] if ranks else train_state[key]
+
+
 def _restore_rng(state: Mapping[str, Any], gens: _Generators) -> None:
     torch.set_rng_state(state["torch"])
     gens.order.set_state(state["data"])
@@ -263,9 +279,13 @@ def train(
     optimizer = make_optimizer(model, cfg, device)
     precision = Precision(cfg.precision, device)
     gens = _Generators.for_device(generator, device, seed)
-    # the model the defense sees: compiled and/or under DDP; ``model`` keeps the weights
-    step_model = wrap(torch.compile(model) if engine.compile else model, world, device)
+    # the model the defense sees: under DDP and/or compiled (in this order); ``model`` keeps the weights
+    step_model = wrap(model, world, device)
+    if engine.compile:
+        step_model = compile_step_model(step_model)
     steps = num_batches(len(split), cfg.batch_size)
+    full = world.shard(min(cfg.batch_size, len(split)))
+    full_shard = full.stop - full.start
     history: list[EpochStats] = []
     best_epoch, best_score, elapsed = None, -math.inf, 0.0
     current: _Epoch | None = None
@@ -273,18 +293,18 @@ def train(
         state = resume.train_state or {}
         load_weights(model, resume.state_dict, resume.path or "the checkpoint to resume")
         load_optimizer_state(optimizer, state.get("optimizer"), resume.path)
-        _restore_rng(state["rng"], gens)
+        _restore_rng(_rank_part(state, "rng", world), gens)
         history = [EpochStats(**h) for h in state["history"]]
         best_epoch, best_score = state["best_epoch"], state["best_score"]
         elapsed = float(state.get("elapsed_s", 0.0))
         precision.load_state_dict(state.get("grad_scaler") or {})
         if state.get("partial"):
-            current = _Epoch.restore(state["partial"], device)
+            current = _Epoch.restore(_rank_part(state, "partial", world), device)
     files = {"last": run_dir / LAST, "best": run_dir / BEST, "log": run_dir / LOG} if run_dir else {}
-    saver = _Saver(files, model, optimizer, gens, precision, meta or {}) if run_dir and world.is_main else None
+    saver = _Saver(files, model, optimizer, gens, precision, meta or {}, world.size) if run_dir and world.is_main else None
     task = reporter.task("train", cfg.epochs * steps)
     task.advance(len(history) * steps + (current.steps_done if current else 0))
-    with StopRequest() as stop:
+    with StopRequest() as stop, no_silent_fallback(engine.compile):
         for epoch in range(len(history) + 1, cfg.epochs + 1):
             step_model.train()  # and the model it wraps
             if world.active and current is None:  # attack noise differs per rank, repeatably
@@ -303,7 +323,8 @@ def train(
                 step_threat = warmed_threat(threat, cfg, step, steps)
                 ep.eps = step_threat.eps
                 if not world.active or len(y) >= world.size:  # else a last batch too small to share
-                    _step(step_model, defense, optimizer, x, y, step_threat, precision, world, engine, ep, i)
+                    _step(step_model, defense, optimizer, x, y, step_threat, precision, world, engine, ep, i,
+                          full_shard)
                 ep.steps_done = i + 1
                 task.advance(1, epoch=f"{epoch}/{cfg.epochs}")
                 if ep.steps_done % NAN_CHECK_EVERY == 0:
@@ -311,8 +332,10 @@ def train(
                 stop_check = not world.active or ep.steps_done % STOP_CHECK_EVERY_DDP == 0
                 if ep.steps_done < steps and stop_check and stop.agreed(world, device):
                     ep.seconds += time.perf_counter() - start
+                    # each rank's own attack noise and metrics so far
+                    ranks = all_gather_object({"rng": _rng_state(gens), "partial": ep.state()}, world)
                     if saver is not None:
-                        saver.save_partial(history, best_epoch, best_score, elapsed, ep)
+                        saver.save_partial(history, best_epoch, best_score, elapsed, ranks)
                     raise TrainingStopped(
                         f"stopped by {stop.name} after step {ep.steps_done} of {steps} in epoch {epoch}", stop.signum or 15
                     )
@@ -352,8 +375,11 @@ def train(
 def _step(
     model: nn.Module, defense: Defense, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
     threat: ThreatModel, precision: Precision, world: World, engine: EngineConfig, ep: _Epoch, index: int,
+    full_shard: int,
 ) -> None:
-    """One step on this rank's shard; its metrics are added to ``ep`` on the device."""
+    """One step on this rank's shard; its metrics are added to ``ep`` on the device.
+
+    ``full_shard``: this rank's part of a full batch, the one shape compiled graphs take."""
     weight = 1.0
     if world.active:
         part = world.shard(len(y))
@@ -361,7 +387,8 @@ def _step(
         x, y = x[part], y[part]
     if engine.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
-    out = train_step(model, defense, optimizer, x, y, threat, precision, weight)
+    with eager_if(engine.compile and y.shape[0] != full_shard):  # an epoch's smaller last batch
+        out = train_step(model, defense, optimizer, x, y, threat, precision, weight)
     loss = out.loss.detach().float()
     ep.loss_sum += loss * y.shape[0]
     ep.correct += (out.logits.detach().argmax(1) == y).sum()
@@ -396,21 +423,24 @@ class _Saver:
     """Writes a run's checkpoints and epoch log (rank 0); each write is atomic."""
 
     def __init__(self, files: Mapping[str, Path], model: nn.Module, optimizer: torch.optim.Optimizer,
-                 gens: _Generators, precision: Precision, meta: Mapping[str, Any]) -> None:
+                 gens: _Generators, precision: Precision, meta: Mapping[str, Any], world_size: int) -> None:
         self.files, self.model, self.optimizer = files, model, optimizer
-        self.gens, self.precision, self.meta = gens, precision, meta
+        self.gens, self.precision, self.meta, self.world_size = gens, precision, meta, world_size
 
     def _train_state(self, history: list[EpochStats], best_epoch: int | None, best_score: float,
-                     elapsed: float, partial: _Epoch | None) -> dict[str, Any]:
+                     elapsed: float, ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         return {
             "optimizer": self.optimizer.state_dict(),
             "rng": _rng_state(self.gens),
+            "world_size": self.world_size,
+            #: each rank's {"rng", "partial"} after a mid-epoch stop under torchrun
+            "ranks": ranks if ranks is not None and len(ranks) > 1 else None,
             "history": [asdict(h) for h in history],
             "best_epoch": best_epoch,
             "best_score": best_score,
             "elapsed_s": elapsed,
             "grad_scaler": self.precision.state_dict(),
-            "partial": partial.state() if partial is not None else None,
+            "partial": ranks[0]["partial"] if ranks else None,
         }
 
     def _save_last(self, epoch: int, metrics: dict[str, Any], train_state: dict[str, Any]) -> None:
@@ -435,6 +465,9 @@ class _Saver:
         atomic_write_text(self.files["log"], "\n".join(lines) + "\n")
 
     def save_partial(self, history: list[EpochStats], best_epoch: int | None, best_score: float,
-                     elapsed: float, partial: _Epoch) -> None:
-        """last.pt in the middle of an epoch: resuming finishes that epoch as if never stopped."""
-        self._save_last(len(history), {}, self._train_state(history, best_epoch, best_score, elapsed, partial))
+                     elapsed: float, ranks: list[dict[str, Any]]) -> None:
+        """last.pt in the middle of an epoch: resuming finishes that epoch as if never stopped.
+
+        ``ranks``: every rank's generator states and epoch so far (one entry in one process)."""
+        state = self._train_state(history, best_epoch, best_score, elapsed, ranks)
+        self._save_last(len(history), {}, state)

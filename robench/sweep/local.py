@@ -4,7 +4,9 @@ Every worker slot gets its share of the machine: with several jobs, each gets
 ``cpus / jobs`` threads and, when there are enough GPUs, its own ``--nproc`` of them
 (``CUDA_VISIBLE_DEVICES``), unless the user set those variables. A stop signal stops
 starting points and forwards one SIGTERM to the running ones, which save a
-checkpoint at the next step and exit; the next ``robench sweep`` resumes them.
+checkpoint at the next step and exit; the next ``robench sweep`` resumes them. A
+:class:`~robench.sweep.budget.Budget` does the same when its time is spent, and
+starts no point whose records say it cannot finish in the time left.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from types import FrameType
 
+from robench.sweep.budget import Budget
 from robench.sweep.plan import SweepPoint
 from robench.sweep.point import PointResult, run_point
 
@@ -35,26 +38,31 @@ def slot_env(slot: int, jobs: int, gpus_each: int, gpus: int, cpus: int,
 class LocalRunner:
     """Runs points with at most ``jobs`` at a time; ``done`` hears of each result as it lands."""
 
-    def __init__(self, jobs: int = 1, gpus_each: int = 1) -> None:
+    def __init__(self, jobs: int = 1, gpus_each: int = 1, budget: Budget | None = None) -> None:
         import torch
 
-        self.jobs, self.gpus_each = jobs, gpus_each
+        self.jobs, self.gpus_each, self.budget = jobs, gpus_each, budget
         self.gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         self.cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         self.stop_signal: int | None = None
+        #: the budget ran out while points were running (they were stopped)
+        self.out_of_time = False
         self._live: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
 
     def _started(self, proc: subprocess.Popen[bytes]) -> None:
         with self._lock:
             self._live.add(proc)
-            stop = self.stop_signal is not None
+            stop = self.stop_signal is not None or self.out_of_time
         if stop:
             proc.send_signal(signal.SIGTERM)
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
         """Start nothing more; each signal goes on to the runs (a second one stops them at once)."""
         self.stop_signal = self.stop_signal or signum
+        self._terminate_live()
+
+    def _terminate_live(self) -> None:
         with self._lock:
             for proc in self._live:
                 if proc.poll() is None:
@@ -65,6 +73,9 @@ class LocalRunner:
         try:
             if self.stop_signal is not None:
                 return PointResult(point.key, "not started")
+            refusal = self.budget.refusal(point) if self.budget is not None else None
+            if refusal is not None:
+                return PointResult(point.key, "not started", reason=refusal)
             env = slot_env(slot, self.jobs, self.gpus_each, self.gpus, self.cpus)
             return run_point(point, env, self._started)
         finally:
@@ -82,6 +93,9 @@ class LocalRunner:
                 pending = set(futures)
                 while pending:  # short waits: signal handlers run on this thread between them
                     finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                    if self.budget is not None and self.budget.spent and not self.out_of_time:
+                        self.out_of_time = True  # the running ones save last.pt and stop
+                        self._terminate_live()
                     for future in finished:
                         done(futures[future], future.result())
                 return [f.result() for f in futures]

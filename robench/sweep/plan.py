@@ -15,7 +15,7 @@ from robench.config import PLUGIN_SECTIONS, config_hash, resolve, validate
 from robench.errors import ConfigError
 from robench.paths import runs_root
 from robench.records import file_safe, record_dir, recorded_runs
-from robench.run import plan_run
+from robench.run import device_label, plan_run
 from robench.sweep.grid import SweepSpec, expand
 from robench.threat import ThreatModel
 
@@ -38,6 +38,10 @@ class SweepPoint:
     record_dir: Path
     config_hash: str
     seed: int
+    #: the device as its record will name it, without the thread count (``--budget`` estimates)
+    machine: str = ""
+    #: (defense, architecture, dataset)
+    kind: tuple[str, str, str] = ("", "", "")
 
     def argv(self, resume: Path | None = None) -> list[str]:
         """The ``robench`` arguments that start this run, or continue it from ``resume``."""
@@ -102,7 +106,7 @@ def plan_sweep(
         except ConfigError as exc:
             point = " ".join([*([f"config={config.name}"] if config else []), *items[len(spec.fixed):]])
             raise ConfigError(f"sweep {spec.name}, point {point}: {exc}") from None
-        ident = (config_hash(run.resolved), run.config.seed)
+        ident = (config_hash(run.resolved, nproc or 1), run.config.seed)
         if ident in seen:
             plan.duplicates += 1
             continue
@@ -118,8 +122,17 @@ def plan_sweep(
             key=key, label=_label(names, ident[1], items[len(spec.fixed):]), layers=tuple(layers),
             common=(*common, "--runs-dir", str(base / key), "--quiet"), folder=base / key,
             record_dir=folder, config_hash=ident[0], seed=ident[1],
+            machine=_machine(run.device, nproc), kind=(names.get("defense", ""), names["arch"], names["data"]),
         )
         plan.points.append(point)
         if ident in known[folder]:
             plan.recorded.add(key)
     return plan
+
+
+def _machine(device: Any, nproc: int | None) -> str:
+    """The record's ``device`` for a run on ``device`` with ``nproc`` processes, thread count left out."""
+    from robench.sweep.budget import machine
+
+    label = machine(device_label(device))
+    return f"{nproc} x {label}" if nproc is not None and nproc > 1 else label

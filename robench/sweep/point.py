@@ -24,8 +24,9 @@ from robench.sweep.plan import SweepPoint
 
 LOCK = ".lock"
 LOG = "log.txt"
-#: exit codes of a run stopped by SIGINT/SIGTERM after saving a checkpoint
-STOPPED = (130, 143)
+#: exit codes of a run stopped by SIGINT/SIGTERM: after saving a checkpoint (130, 143), or
+#: outside training (before it, or while evaluating: the evaluation's own state resumes)
+STOPPED = (130, 143, -2, -15)
 
 
 @dataclass(frozen=True)
@@ -115,8 +116,8 @@ def run_point(
             code = proc.wait()
     finally:
         os.close(fd)
-    if code == 0:
-        found = find_record(point)
+    found = find_record(point)
+    if code == 0 or found is not None:  # a stop may arrive after the record was written
         return PointResult(point.key, "resumed" if resume else "done", accuracy=(found or {}).get("accuracy"), log=log)
     status = "stopped" if code in STOPPED else "failed"
     return PointResult(point.key, status, code, reason=_last_line(log), log=log)

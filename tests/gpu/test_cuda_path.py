@@ -43,14 +43,14 @@ def test_training_steps_never_synchronise_with_the_host(defense: str, precision:
     ep = _Epoch.fresh(1, torch.randperm(len(split), device=device), device)
     batches = iterate_batches(split, 32, device=device, augment=lambda x: cifar.augment(x, augment_gen), indices=ep.order)
     first = next(batches)  # warm-up outside the check: cuBLAS/cuDNN handles, lazy init
-    _step(model, plugin, optimizer, *first, threat, amp, SINGLE, EngineConfig(), ep, 0)
+    _step(model, plugin, optimizer, *first, threat, amp, SINGLE, EngineConfig(), ep, 0, 32)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for i, (x, y) in enumerate(batches, start=1):
             for group in optimizer.param_groups:
                 group["lr"] = 0.1 / (i + 1)
-            _step(model, plugin, optimizer, x, y, threat, amp, SINGLE, EngineConfig(), ep, i)
+            _step(model, plugin, optimizer, x, y, threat, amp, SINGLE, EngineConfig(), ep, i, 32)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert int(ep.seen.item()) == STEPS * 32 and torch.isfinite(ep.loss_sum).item()
