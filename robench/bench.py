@@ -7,7 +7,7 @@ in the attack, TRADES' clean target recomputed). The reference loops live in the
 source checkout's ``benchmarks/`` so that they stay plain scripts anyone can read and
 run; robench imports them from there.
 
-Throughput is converted to FLOP/s with the per-image costs of shared facts (one
+Throughput is converted to FLOP/s with the per-image costs below (one
 forward pass F = 2 x MACs; a PGD-10 AT step is about 23F per image), so the
 achieved fraction of a device's peak can be printed when the peak is given.
 """
@@ -34,7 +34,7 @@ from robench.paths import source_checkout
 from robench.registry import get_registry
 from robench.threat import ThreatModel
 
-#: forward-pass equivalents per training image (shared facts, section 4; TRADES with
+#: forward-pass equivalents per training image (published compute counts; TRADES with
 #: robench's cached clean target; UAD-AT estimated: PGD-AT + a clean pass + a second
 #: sampled copy + about two training steps of double backprop)
 FORWARD_PASSES = {"standard": 3, "pgd-at": 23, "trades": 27, "mart": 26, "uadat": 35}

@@ -9,17 +9,11 @@ the runs still going are stopped as by SIGTERM: they save ``last.pt``, and the n
 """
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 
 from robench.records import RunRecord, load_records
-from robench.sweep.plan import SweepPoint
-
-
-def machine(device_label: str) -> str:
-    """A record's ``device`` without the thread count, which a sweep's workers change."""
-    return re.sub(r", \d+ threads\)$", ")", device_label)
+from robench.sweep.plan import SweepPoint, machine
 
 
 def estimate_seconds(point: SweepPoint) -> float | None:

@@ -6,6 +6,7 @@ the point's config hash and seed, which identify its record, are known up front.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,9 +131,12 @@ def plan_sweep(
     return plan
 
 
+def machine(device_label: str) -> str:
+    """A record's ``device`` without the thread count, which a sweep's workers change."""
+    return re.sub(r", \d+ threads\)$", ")", device_label)
+
+
 def _machine(device: Any, nproc: int | None) -> str:
     """The record's ``device`` for a run on ``device`` with ``nproc`` processes, thread count left out."""
-    from robench.sweep.budget import machine
-
     label = machine(device_label(device))
     return f"{nproc} x {label}" if nproc is not None and nproc > 1 else label
