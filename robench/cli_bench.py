@@ -53,7 +53,8 @@ def bench(
               f"{torch.get_num_threads()} threads, median of {repeats}; robench side: {precision}"
               + (", channels-last" if channels_last else "") + (", compiled" if compile_model else ""))
     table = Table(show_edge=False)
-    for col in ("defense", "s/step", "images/s", "ref s/step", "ratio", "TFLOP/s", "of peak"):
+    memory = dev.type == "cuda"
+    for col in ("defense", "s/step", "images/s", "ref s/step", "ratio", "TFLOP/s", "of peak") + (("peak GB",) if memory else ()):
         table.add_column(col, justify="left" if col == "defense" else "right")
     for r in rows:
         table.add_row(
@@ -62,7 +63,10 @@ def bench(
             "-" if r.ratio is None else f"{r.ratio:.3f}",
             "-" if r.tflops is None else f"{r.tflops:.4f}",
             "-" if r.peak_fraction is None else f"{100 * r.peak_fraction:.1f}%",
+            *((f"{r.peak_memory_gb:.1f}",) if memory and r.peak_memory_gb is not None else ()),
         )
     out.print(table)
     out.print("ratio = robench s/step / reference s/step (below 1.0: robench is faster). UAD-AT has no official "
-              "code, so no reference. TFLOP/s use the per-image forward-pass counts in robench/bench.py.")
+              "code, so no reference. TFLOP/s use the per-image forward-pass counts in robench/bench.py. "
+              "The reference runs with PyTorch's default TF32 and cuDNN settings, robench with its training "
+              "settings" + ("; peak GB: the process's largest CUDA allocation during robench's steps." if memory else "."))

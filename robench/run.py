@@ -405,13 +405,15 @@ def execute(plan: RunPlan, reporter: Reporter | None = None, resume: Checkpoint 
     reporter = reporter or NullReporter()
     world = plan.world
     plan.device = init_process_group(world, plan.device)
+    finished = False
     try:
         if world.active:  # rank 0's id: one run folder, one record
             plan.run_id = broadcast_object(plan.run_id, world)
             plan.run_dir = plan.run_dir.parent / plan.run_id if resume is None else plan.run_dir
         trained = _train(plan, reporter, resume)
+        finished = True
     finally:
-        close_process_group()
+        close_process_group(finished)  # no barrier after a failure: the other ranks may be gone
     if not world.is_main:
         return None
     return _evaluate_and_record(plan, reporter, resume, trained)

@@ -47,7 +47,8 @@ class MART(Defense):
     def objective(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> LossOutput:
         """Boosted CE on x' plus beta * KL(p(x) || p(x')) weighted by 1 - p_y(x)."""
         p: MARTParams = self.params  # type: ignore[assignment]
-        logits, logits_adv = model(x), model(x_adv)
+        # fp32 under autocast: in bf16, 1.0001 - p rounds to 1 - p, which is 0 for a confident p
+        logits, logits_adv = model(x).float(), model(x_adv).float()
         adv_probs = F.softmax(logits_adv, 1)
         top2 = adv_probs.argsort(1)[:, -2:]
         wrong = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])  # strongest wrong class

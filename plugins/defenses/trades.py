@@ -34,6 +34,11 @@ def gaussian_start(x: Tensor, std: float) -> Tensor:
     return x + std * torch.randn(x.shape, device=x.device, dtype=x.dtype)
 
 
+def full_precision(x: Tensor) -> torch.autocast:
+    """Autocast off (fp32) inside, whatever the training precision outside."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 @dataclass(frozen=True)
 class InnerMaxParams:
     """The attack settings of the official TRADES code, which MART reuses."""
@@ -58,21 +63,25 @@ class TRADES(Defense):
         with attack_mode(model):
             clean: Tensor | None = None
             if p.cache_clean:
-                with torch.no_grad():
-                    clean = F.softmax(model(x), 1)
+                with torch.no_grad(), full_precision(x):
+                    clean = F.softmax(model(x).float(), 1)
 
             def kl_from_clean(logits: Tensor) -> Tensor:
-                target = clean if clean is not None else F.softmax(model(x), 1)
-                return F.kl_div(F.log_softmax(logits, 1), target, reduction="sum")
+                target = clean if clean is not None else F.softmax(model(x).float(), 1)
+                return F.kl_div(F.log_softmax(logits.float(), 1), target, reduction="sum")
 
             step = p.step_size or official_step_size(threat.value)
             start = gaussian_start(x, p.start_std)
-            return pgd(model, x, threat, kl_from_clean, steps=p.steps, step_size=step, start=start)
+            # 0.001 from x, bf16 or fp16 round p(x') to p(x): the KL and its gradient are
+            # exactly zero and the attack never leaves its start. The first step is fp32.
+            with full_precision(x):
+                first = pgd(model, x, threat, kl_from_clean, steps=min(1, p.steps), step_size=step, start=start)
+            return pgd(model, x, threat, kl_from_clean, steps=p.steps - 1, step_size=step, start=first)
 
     def objective(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> LossOutput:
         """CE(f(x), y) + beta * mean KL(p(x) || p(x')), differentiated through both."""
         p: TRADESParams = self.params  # type: ignore[assignment]
-        logits, logits_adv = model(x), model(x_adv)
+        logits, logits_adv = model(x).float(), model(x_adv).float()  # softmax and log in fp32 under autocast
         kl = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction="sum")
         return LossOutput(F.cross_entropy(logits, y) + p.beta * kl / len(x), logits_adv)
 

@@ -16,6 +16,7 @@ shrinks its batches as points are broken, which would recompile at every size.
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import Iterator
 
 import torch
@@ -53,3 +54,18 @@ def no_silent_fallback(active: bool) -> Iterator[None]:
 def eager_if(odd_shape: bool) -> contextlib.AbstractContextManager[None]:
     """Eager forward passes for a batch of another shape than the compiled graphs'."""
     return torch.compiler.set_stance("force_eager") if odd_shape else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def graphs_released(active: bool) -> Iterator[None]:
+    """On leaving, the compiled graphs are dropped.
+
+    Dynamo's caches keep the compiled module alive, and with it DDP's reducer and the
+    process group it holds; released here, the group is gone before the process exits
+    instead of being torn down with the interpreter."""
+    try:
+        yield
+    finally:
+        if active:
+            torch._dynamo.reset()
+            gc.collect()

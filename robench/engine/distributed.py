@@ -84,8 +84,11 @@ def init_process_group(world: World, device: torch.device) -> torch.device:
     return device
 
 
-def close_process_group() -> None:
+def close_process_group(finished: bool = False) -> None:
+    """Leave the process group; after a finished training, all ranks together (a barrier)."""
     if dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -31,7 +31,7 @@ from robench.checkpoint import Checkpoint, load_weights, save_checkpoint
 from robench.errors import CheckpointError
 from robench.config import EngineConfig, TrainConfig
 from robench.engine.batches import iterate_batches, num_batches
-from robench.engine.compiled import compile_step_model, eager_if, no_silent_fallback
+from robench.engine.compiled import compile_step_model, eager_if, graphs_released, no_silent_fallback
 from robench.engine.distributed import (
     SINGLE, World, all_gather_object, all_reduce_sum, average_buffers, convert_sync_bn, wrap,
 )
@@ -304,7 +304,7 @@ def train(
     saver = _Saver(files, model, optimizer, gens, precision, meta or {}, world.size) if run_dir and world.is_main else None
     task = reporter.task("train", cfg.epochs * steps)
     task.advance(len(history) * steps + (current.steps_done if current else 0))
-    with StopRequest() as stop, no_silent_fallback(engine.compile):
+    with StopRequest() as stop, graphs_released(engine.compile), no_silent_fallback(engine.compile):
         for epoch in range(len(history) + 1, cfg.epochs + 1):
             step_model.train()  # and the model it wraps
             if world.active and current is None:  # attack noise differs per rank, repeatably

@@ -167,3 +167,13 @@ def test_bf16_and_channels_last_digits_runs_are_close_to_fp32(tmp_path: Path) ->
     for name in ("bf16", "channels-last"):
         assert abs(acc[name]["clean"] - acc["fp32"]["clean"]) < 4, (name, acc)
         assert abs(acc[name]["PGD-10"] - acc["fp32"]["PGD-10"]) < 5, (name, acc)
+
+
+@pytest.mark.parametrize("defense", ["pgd-at", "trades", "mart", "uadat"])
+def test_bf16_channels_last_step_agrees_with_fp32_on_the_cpu(defense: str) -> None:
+    """CPU autocast keeps softmax and log in bf16 (CUDA's moves them to fp32): the
+    defenses' probability terms must be fp32 themselves. The same check runs on CUDA
+    in tests/gpu."""
+    from numerics import assert_bf16_agrees
+
+    assert_bf16_agrees(defense, torch.device("cpu"))
