@@ -6,6 +6,7 @@ or as Slurm jobs through submitit.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -133,9 +134,19 @@ def sweep(
     slurm = SlurmOptions(cluster="local" if runner == "submitit-local" else "slurm", gpus=nproc or 0,
                          cpus_per_task=cpus_per_task, timeout_min=time_min, partition=partition,
                          extra=_slurm_extra(slurm_arg))
+    _pin_default_folders()
     _run_sweep(spec, runner, jobs, nproc, dry_run, quiet, {
         "device": device, "data_root": _absolute(data_root), "results_dir": _absolute(results_dir),
     }, _absolute(runs_dir), slurm, wait, budget)
+
+
+def _pin_default_folders() -> None:
+    """The default ./robench-results of the folder the sweep started in, for every run
+    wherever its process starts (below flags and config files, as the variables are)."""
+    from robench.paths import results_root, runs_root
+
+    os.environ.setdefault("ROBENCH_RESULTS", str(results_root()))
+    os.environ.setdefault("ROBENCH_RUNS", str(runs_root()))
 
 
 def _absolute(path: Optional[Path]) -> Optional[str]:

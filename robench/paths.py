@@ -1,13 +1,18 @@
-"""Where results and data live; never relative to the current working directory.
+"""Where results and data live.
+
+Everything a run writes goes by default under one folder in the working folder, as
+Lightning's ``lightning_logs/`` and Hydra's ``outputs/`` do: ``./robench-results/``.
 
 Results (records and leaderboards): ``--results-dir`` / ``results_dir`` in the config,
-then ``$ROBENCH_RESULTS``, then the ``leaderboards/`` folder of the source checkout
-robench runs from (an editable install, as in the README), else
-``$XDG_DATA_HOME/robench`` (default ``~/.local/share/robench``).
+then ``$ROBENCH_RESULTS``, then ``./robench-results``. This repository's committed
+boards are written by pointing at its ``leaderboards/`` folder explicitly.
 
 Run artifacts (checkpoints, evaluation reports and state): ``--runs-dir`` / ``runs_dir``,
-then ``$ROBENCH_RUNS``, then ``runs/`` in the source checkout (git-ignored), else
-``$XDG_DATA_HOME/robench/runs``.
+then ``$ROBENCH_RUNS``, then ``./robench-results/runs``.
+
+Nothing is written inside the installed package or its source checkout unless a path
+points there. Defaults are made absolute when they are resolved, so that processes
+started elsewhere (sweep jobs) get the folder the user was in.
 
 Datasets are searched for (:func:`data_places`): ``--data-root``, ``$ROBENCH_DATA``,
 robench's cache, then folders where the operating system installs a dataset.
@@ -33,30 +38,28 @@ def source_checkout() -> Path | None:
     return root if 'name = "robench"' in pyproject else None
 
 
+#: the folder, in the working folder, that everything a run writes goes under by default
+RESULTS_FOLDER = "robench-results"
+
+
 def results_root(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Where records and leaderboards go: the flag, ``$ROBENCH_RESULTS``, ``./robench-results``."""
     if explicit:
         return Path(explicit).expanduser().resolve()
     env = os.environ.get("ROBENCH_RESULTS")
     if env:
         return Path(env).expanduser().resolve()
-    checkout = source_checkout()
-    if checkout is not None:
-        return checkout / "leaderboards"
-    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(data_home) / "robench"
+    return Path.cwd() / RESULTS_FOLDER
 
 
 def runs_root(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Where run folders go: the flag, ``$ROBENCH_RUNS``, ``./robench-results/runs``."""
     if explicit:
         return Path(explicit).expanduser().resolve()
     env = os.environ.get("ROBENCH_RUNS")
     if env:
         return Path(env).expanduser().resolve()
-    checkout = source_checkout()
-    if checkout is not None:
-        return checkout / "runs"
-    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(data_home) / "robench" / "runs"
+    return Path.cwd() / RESULTS_FOLDER / "runs"
 
 
 @dataclass(frozen=True)

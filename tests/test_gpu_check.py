@@ -57,12 +57,13 @@ def test_every_part_runs_at_toy_size_into_one_file(tmp_path: Path) -> None:
     doc = json.loads((out / "gpu-check.json").read_text())
     assert len(doc["parts"]["core"]["rows"]) == 1  # out of time: the first row is kept, no other starts
     assert "the remaining rows were not started" in (out / "core.log").read_text()
-    for part in ("fmnist", "core"):  # core again: its entry is replaced, not repeated
+    for part in ("fmnist", "autoattack", "core"):  # core again: its entry is replaced, not repeated
         done = _check(part, "--smoke", "--out", str(out), runs=runs)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     doc = json.loads((out / "gpu-check.json").read_text())
     assert report.problems(doc) == []
-    assert sorted(doc["parts"]) == ["core", "fmnist"]
+    assert sorted(doc["parts"]) == ["autoattack", "core", "fmnist"]
+    assert doc["parts"]["autoattack"]["pytest"]["returncode"] == 0
     core = doc["parts"]["core"]
     assert [r["defense"] for r in core["rows"]] == ["pgd-at", "trades", "mart", "uadat"]
     assert all(r["precision"] == "bf16" and r["channels_last"] and not r["compile"] for r in core["rows"])

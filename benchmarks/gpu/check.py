@@ -1,6 +1,7 @@
 """The GPU check: robench on one CUDA device, in parts that each fit in a few minutes.
 
     python benchmarks/gpu/check.py core    --out DIR   # pytest -m gpu, matmul ceiling, eager bench
+    python benchmarks/gpu/check.py autoattack --out DIR   # AutoAttack on the GPU against the CPU
     python benchmarks/gpu/check.py compile --out DIR   # the bench rows under torch.compile
     python benchmarks/gpu/check.py fmnist  --out DIR   # one real Fashion-MNIST run, its record
     python benchmarks/gpu/check.py sweep   --out DIR --minutes 4   # the Fashion-MNIST sweep, budgeted
@@ -176,15 +177,26 @@ def pytest_summary(xml_path: Path, returncode: int) -> dict[str, Any]:
     return counts
 
 
+def gpu_tests(part: Part, select: str, seconds: float) -> None:
+    """``pytest -m gpu tests/gpu -k SELECT``; its counts go into the part's entry."""
+    xml = part.out / f"{part.name}-pytest.xml"
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/gpu", "-k", select, "-q", "-p", "no:cacheprovider",
+           f"--junitxml={xml}"]
+    part.entry["pytest"] = pytest_summary(xml, part.run(cmd, timeout=seconds))
+
+
 def part_core(part: Part, pytest_seconds: float) -> None:
-    xml = part.out / "core-pytest.xml"
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/gpu", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}"]
-    code = part.run(cmd, timeout=pytest_seconds)
-    part.entry["pytest"] = pytest_summary(xml, code)
+    gpu_tests(part, "not autoattack", pytest_seconds)
     part.entry["matmul_bf16_tflops"] = matmul_ceiling(part.smoke)
     part.log(f"pytest -m gpu: {part.entry['pytest']}; bf16 matmul ceiling {part.entry['matmul_bf16_tflops']:.1f} TFLOP/s")
     part.save()
     bench_rows(part, "smallcnn" if part.smoke else "wrn-34-10", 4 if part.smoke else 128, compile_model=False)
+
+
+def part_autoattack(part: Part) -> None:
+    """AutoAttack on the device against the CPU (the CPU side takes minutes)."""
+    gpu_tests(part, "autoattack", part.left())
+    part.save()
 
 
 def part_compile(part: Part) -> None:
@@ -242,6 +254,7 @@ def _records(results: Path) -> list[dict[str, Any]]:
 
 PARTS: dict[str, Callable[[Part, argparse.Namespace], None]] = {
     "core": lambda part, a: part_core(part, a.pytest_seconds),
+    "autoattack": lambda part, a: part_autoattack(part),
     "compile": lambda part, a: part_compile(part),
     "fmnist": lambda part, a: part_fmnist(part, a.data_root),
     "sweep": lambda part, a: part_sweep(part, a.minutes),
@@ -255,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="toy sizes on any device (numbers mean nothing)")
     parser.add_argument("--seconds", type=float, default=270.0,
                         help="no bench row starts after these, counted from the part's start (default 270)")
-    parser.add_argument("--pytest-seconds", type=float, default=150.0, help="core: limit of pytest -m gpu (default 150)")
+    parser.add_argument("--pytest-seconds", type=float, default=200.0, help="core: limit of pytest -m gpu (default 200)")
     parser.add_argument("--minutes", type=float, default=4.0, help="sweep: the budget (default 4)")
     parser.add_argument("--data-root", default=None, help="fmnist: where the Fashion-MNIST files are")
     args = parser.parse_args(argv)

@@ -124,7 +124,22 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def test_killed_torchrun_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+#: a short 2-process run whose second epoch has 40 steps to stop in
+RESUMABLE = ["--epochs", "2", "--set", "defense.steps=2", "--set", "train.batch_size=32", "--attack", "fgsm",
+             "--set", "eval.checks=false", "--set", "eval.n_eval=64", "-q", "--nproc", "2"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    """The RESUMABLE run left alone: its record and its runs folder (shared by the resume tests)."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    whole = run_cli("run", *RESUMABLE, "--results-dir", str(root / "res"), env={"ROBENCH_RUNS": str(root / "runs")})
+    assert whole.returncode == 0, whole.stderr
+    (record,) = _records(root / "res")
+    return record, root / "runs"
+
+
+def test_killed_torchrun_run_resumes_to_the_uninterrupted_result(tmp_path: Path, uninterrupted: tuple[dict, Path]) -> None:
     """SIGKILL to a `--nproc 2` run after its first epoch, then `--resume RUN --nproc 2`:
     the same weights as the run left alone (data order, per-rank attack noise and BN
     statistics all come back from last.pt)."""
@@ -132,11 +147,7 @@ def test_killed_torchrun_run_resumes_to_the_uninterrupted_result(tmp_path: Path)
     import signal
     import time
 
-    args = ["--epochs", "3", "--set", "defense.steps=2", "--attack", "fgsm", "--set", "eval.checks=false", "-q",
-            "--nproc", "2"]
-    whole = run_cli("run", *args, "--results-dir", str(tmp_path / "whole"),
-                    env={"ROBENCH_RUNS": str(tmp_path / "runs-whole")})
-    assert whole.returncode == 0, whole.stderr
+    args = RESUMABLE
     runs = tmp_path / "runs-cut"
     env = {**os.environ, "ROBENCH_RUNS": str(runs), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "robench", "run", *args, "--results-dir", str(tmp_path / "cut")],
@@ -156,27 +167,23 @@ def test_killed_torchrun_run_resumes_to_the_uninterrupted_result(tmp_path: Path)
     resumed = run_cli("run", "--resume", run_dir.name, "--nproc", "2", "--results-dir", str(tmp_path / "cut"),
                       env={"ROBENCH_RUNS": str(runs)})
     assert resumed.returncode == 0, resumed.stderr
-    (a,), (b,) = _records(tmp_path / "whole"), _records(tmp_path / "cut")
+    (a, whole_runs), (b,) = uninterrupted, _records(tmp_path / "cut")
     assert b["notes"] and "resumed after epoch" in b["notes"][0]
     assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
     assert a["accuracy"] == b["accuracy"]
-    wa, wb = _weights(a, tmp_path / "runs-whole"), _weights(b, runs)
+    wa, wb = _weights(a, whole_runs), _weights(b, runs)
     for key in wa:
         assert torch.equal(wa[key], wb[key]), key
 
 
-def test_sigterm_mid_epoch_under_torchrun_resumes_bit_identical(tmp_path: Path) -> None:
+def test_sigterm_mid_epoch_under_torchrun_resumes_bit_identical(tmp_path: Path, uninterrupted: tuple[dict, Path]) -> None:
     """SIGTERM to `robench run --nproc 2` in the middle of an epoch: the launcher passes it
     to torchrun, the ranks agree on a step, last.pt keeps each rank's generator states,
     and `--resume RUN --nproc 2` ends with the uninterrupted run's weights, bit for bit."""
     import signal
     import time
 
-    args = ["--epochs", "2", "--set", "defense.steps=2", "--set", "train.batch_size=32", "--attack", "fgsm",
-            "--set", "eval.checks=false", "--set", "eval.n_eval=64", "-q", "--nproc", "2"]
-    whole = run_cli("run", *args, "--results-dir", str(tmp_path / "whole"),
-                    env={"ROBENCH_RUNS": str(tmp_path / "runs-whole")})
-    assert whole.returncode == 0, whole.stderr
+    args = RESUMABLE
     runs = tmp_path / "runs-cut"
     env = {**os.environ, "ROBENCH_RUNS": str(runs), "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
     proc = subprocess.Popen([sys.executable, "-m", "robench", "run", *args, "--results-dir", str(tmp_path / "cut")],
@@ -200,10 +207,10 @@ def test_sigterm_mid_epoch_under_torchrun_resumes_bit_identical(tmp_path: Path) 
     resumed = run_cli("run", "--resume", run_dir.name, "--nproc", "2", "--results-dir", str(tmp_path / "cut"),
                       env={"ROBENCH_RUNS": str(runs)})
     assert resumed.returncode == 0, resumed.stderr
-    (a,), (b,) = _records(tmp_path / "whole"), _records(tmp_path / "cut")
+    (a, whole_runs), (b,) = uninterrupted, _records(tmp_path / "cut")
     assert "step" in b["notes"][0]
     assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
-    wa, wb = _weights(a, tmp_path / "runs-whole"), _weights(b, runs)
+    wa, wb = _weights(a, whole_runs), _weights(b, runs)
     for key in wa:
         assert torch.equal(wa[key], wb[key]), key
     assert a["distributed"] == {"world_size": 2, "sync_bn": False}
