@@ -15,7 +15,7 @@ Conventions shared by all kinds:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -143,6 +143,7 @@ class Architecture(Plugin):
 
 
 # --------------------------------------------------------------------------- defenses
+
 @dataclass
 class LossOutput:
     """A defense's result for one batch: the loss to minimise, and the logits whose
@@ -169,6 +170,18 @@ class Defense(Plugin):
 
 
 # ---------------------------------------------------------------------------- attacks
+
+@dataclass
+class AttackOutcome:
+    """One attack call's result: which points the model still classifies correctly, and
+    the warnings this call raised about the evaluation's reliability (AutoAttack's sanity
+    checks). The warnings travel with the result, so one evaluation never reports
+    another's."""
+
+    still_correct: Tensor
+    flags: list[str] = field(default_factory=list)
+
+
 class Attack(Plugin):
     """Maps (model, x, y) to adversarial inputs inside ``threat`` and the [0, 1] box.
 
@@ -209,9 +222,23 @@ class Attack(Plugin):
         with torch.no_grad():
             return model(x_adv).argmax(1) == y
 
+    def evaluate_points(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        threat: ThreatModel,
+        generator: torch.Generator | None = None,
+        state_path: Path | None = None,
+    ) -> AttackOutcome:
+        """:meth:`still_correct` and the warnings of this call. Override it, not
+        :meth:`still_correct`, in attacks that check their own reliability."""
+        kwargs = {"state_path": state_path} if self.whole_set else {}
+        return AttackOutcome(self.still_correct(model, x, y, threat, generator=generator, **kwargs))
+
     def flags(self) -> list[str]:
-        """Warnings the attack raised about the reliability of the evaluation so far
-        (AutoAttack's sanity checks); they are recorded with the result."""
+        """Deprecated: warnings kept on the attack object. Return them from
+        :meth:`evaluate_points` instead; robench still reads this for plugins that do not."""
         return []
 
     def label(self) -> str:
@@ -222,6 +249,7 @@ class Attack(Plugin):
 __all__ = [
     "Architecture",
     "Attack",
+    "AttackOutcome",
     "DataSplits",
     "Dataset",
     "Defense",

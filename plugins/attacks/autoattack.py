@@ -4,8 +4,9 @@
 points still robust) or a custom subset; ``apgd-ce`` and ``apgd-t`` run one of its
 attacks alone. AutoAttack's seed defaults to the time, so robench always passes one.
 Its sanity checks (randomness, softmax output, zero gradients, dynamic defence, too
-few classes) are logged as warnings on the ``auto-attack`` logger; they are collected
-and returned by :meth:`AutoAttackSuite.flags` for the evaluation to record.
+few classes) are logged as warnings on the ``auto-attack`` logger; each call collects
+its own and returns them with its result (:meth:`AutoAttackSuite.evaluate_points`), so
+that the evaluation records them with that result and no other.
 
 The evaluation hands AutoAttack every remaining point at once (``whole_set``): it
 batches internally. To make an interrupted evaluation resumable, robench runs the
@@ -30,7 +31,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from robench.api import Attack
+from robench.api import Attack, AttackOutcome
 from robench.errors import ConfigError
 from robench.io import atomic_write_text
 from robench.params import param
@@ -79,7 +80,6 @@ class AutoAttackSuite(Attack):
 
     def __init__(self, params: object | None = None) -> None:
         super().__init__(params)
-        self.warnings: list[str] = []
         version, attacks = self._version_and_attacks()
         unknown = [a for a in attacks if a not in AA_ATTACKS]
         if unknown:
@@ -100,9 +100,6 @@ class AutoAttackSuite(Attack):
             return "AutoAttack"
         return f"AutoAttack-{version}" if version != "custom" else "+".join(a.upper() for a in attacks)
 
-    def flags(self) -> list[str]:
-        return list(self.warnings)
-
     def _runner(self, model: nn.Module, threat: ThreatModel, device: torch.device) -> object:
         from pyautoattack import AutoAttack
 
@@ -115,8 +112,8 @@ class AutoAttackSuite(Attack):
             runner.attacks_to_run = self._only()
         return runner
 
-    def _call(self, runner: object, x: Tensor, y: Tensor, threat: ThreatModel) -> Tensor:
-        """One ``run_standard_evaluation``, its warnings collected, the result in the ball."""
+    def _call(self, runner: object, x: Tensor, y: Tensor, threat: ThreatModel, warnings: list[str]) -> Tensor:
+        """One ``run_standard_evaluation``, its warnings added to ``warnings``, the result in the ball."""
         collect = _Collect()
         logger = logging.getLogger("auto-attack")
         logger.addHandler(collect)
@@ -125,7 +122,7 @@ class AutoAttackSuite(Attack):
             x_adv, _ = runner.run_standard_evaluation(x, y, batch_size=self.params.batch_size)  # type: ignore[attr-defined]
         finally:
             logger.removeHandler(collect)
-        self.warnings.extend(m for m in collect.messages if m not in self.warnings)
+        warnings.extend(m for m in collect.messages if m not in warnings)
         return project(x_adv.to(x.device, x.dtype), x, threat)  # float-exact inside the ball
 
     def perturb(
@@ -137,7 +134,7 @@ class AutoAttackSuite(Attack):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         with attack_mode(model):  # eval + frozen weights: FAB's backward computes no weight grads
-            return self._call(self._runner(model, threat, x.device), x, y, threat)
+            return self._call(self._runner(model, threat, x.device), x, y, threat, [])
 
     def still_correct(
         self,
@@ -148,10 +145,23 @@ class AutoAttackSuite(Attack):
         generator: torch.Generator | None = None,
         state_path: Path | None = None,
     ) -> Tensor:
+        return self.evaluate_points(model, x, y, threat, generator, state_path).still_correct
+
+    def evaluate_points(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        threat: ThreatModel,
+        generator: torch.Generator | None = None,
+        state_path: Path | None = None,
+    ) -> AttackOutcome:
+        """Stage by stage on the points still robust, each stage's progress and warnings
+        saved in ``state_path``; the warnings are this call's only."""
         with attack_mode(model):
             runner = self._runner(model, threat, x.device)
             stages = list(runner.attacks_to_run)  # type: ignore[attr-defined]
-            robust, done = _load_state(state_path, stages, len(y))
+            robust, done, warnings = _load_state(state_path, stages, len(y))
             if robust is None:
                 robust = self._correct(model, x, y)
             for stage in stages:
@@ -160,14 +170,14 @@ class AutoAttackSuite(Attack):
                 idx = robust.nonzero().squeeze(1)
                 if len(idx):
                     runner.attacks_to_run = [stage]  # type: ignore[attr-defined]
-                    x_adv = self._call(runner, x[idx.to(x.device)], y[idx.to(y.device)], threat)
+                    x_adv = self._call(runner, x[idx.to(x.device)], y[idx.to(y.device)], threat, warnings)
                     still = self._correct(model, x_adv, y[idx.to(y.device)])
                     robust[idx] = still
                     if stage == "square" and len(done) > 0:
-                        self._check_square(int((~still).sum()), len(y))
+                        _check_square(int((~still).sum()), len(y), warnings)
                 done.append(stage)
-                _save_state(state_path, stages, done, robust)
-        return robust.to(y.device)
+                _save_state(state_path, stages, done, robust, warnings)
+        return AttackOutcome(robust.to(y.device), warnings)
 
     @torch.no_grad()
     def _correct(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -175,35 +185,38 @@ class AutoAttackSuite(Attack):
         bs = self.params.batch_size
         return torch.cat([(model(x[i : i + bs]).argmax(1) == y[i : i + bs]).cpu() for i in range(0, len(y), bs)])
 
-    def _check_square(self, broken: int, n: int) -> None:
-        if n and broken / n > 0.002:
-            message = (
-                f"Square Attack has decreased the robust accuracy by {100 * broken / n:.2f}% after the "
-                "gradient-based attacks: the evaluation with AutoAttack might be unreliable "
-                "(gradient masking); consider an adaptive attack"
-            )
-            if message not in self.warnings:
-                self.warnings.append(message)
 
 
-def _load_state(path: Path | None, stages: list[str], n: int) -> tuple[Tensor | None, list[str]]:
-    """Flags and finished stages saved by an interrupted call with the same suite."""
+def _check_square(broken: int, n: int, warnings: list[str]) -> None:
+    """Square breaking points the gradient attacks left robust hints at gradient masking."""
+    if n and broken / n > 0.002:
+        message = (
+            f"Square Attack has decreased the robust accuracy by {100 * broken / n:.2f}% after the "
+            "gradient-based attacks: the evaluation with AutoAttack might be unreliable "
+            "(gradient masking); consider an adaptive attack"
+        )
+        if message not in warnings:
+            warnings.append(message)
+
+
+def _load_state(path: Path | None, stages: list[str], n: int) -> tuple[Tensor | None, list[str], list[str]]:
+    """Flags, finished stages and their warnings saved by an interrupted call with the same suite."""
     if path is None or not path.is_file():
-        return None, []
+        return None, [], []
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
-        bits, done = saved["robust"], list(saved["done"])
+        bits, done, warnings = saved["robust"], list(saved["done"]), [str(w) for w in saved.get("warnings", [])]
         if saved["stages"] != stages or len(bits) != n or not set(done) <= set(stages):
-            return None, []
-        return torch.tensor([b == "1" for b in bits], dtype=torch.bool), done
+            return None, [], []
+        return torch.tensor([b == "1" for b in bits], dtype=torch.bool), done, warnings
     except (OSError, ValueError, KeyError, TypeError):
-        return None, []  # unreadable state: start over
+        return None, [], []  # unreadable state: start over
 
 
-def _save_state(path: Path | None, stages: list[str], done: list[str], robust: Tensor) -> None:
+def _save_state(path: Path | None, stages: list[str], done: list[str], robust: Tensor, warnings: list[str]) -> None:
     if path is not None:
         bits = "".join("1" if b else "0" for b in robust.tolist())
-        atomic_write_text(path, json.dumps({"stages": stages, "done": done, "robust": bits}))
+        atomic_write_text(path, json.dumps({"stages": stages, "done": done, "robust": bits, "warnings": warnings}))
 
 
 class APGDCE(AutoAttackSuite):

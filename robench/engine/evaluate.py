@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from robench.api import Attack, TensorSplit
+from robench.api import Attack, AttackOutcome, TensorSplit
 from robench.engine.batches import iterate_batches
 from robench.errors import PluginLoadError
 from robench.io import atomic_write_text
@@ -85,8 +85,9 @@ def attack_still_correct(
     threat: ThreatModel,
     generator: torch.Generator | None,
     state_path: Path | None = None,
-) -> Tensor:
-    """Flags (on the CPU): which of ``x`` the model still classifies correctly under ``attack``.
+) -> AttackOutcome:
+    """Which of ``x`` the model still classifies correctly under ``attack`` (flags on
+    the CPU), and the warnings this call raised.
 
     What the attack returns is checked here, because a plugin's tensor of the wrong
     type or shape would otherwise fail deep inside the model's forward pass, or worse,
@@ -94,17 +95,23 @@ def attack_still_correct(
     distribution. Attacks that keep the default ``still_correct`` are run through
     ``perturb`` here so that its output can be checked.
     """
-    if type(attack).still_correct is Attack.still_correct:
+    def own(method: str) -> bool:  # the plugin overrides Attack's method
+        return getattr(type(attack), method, None) not in (None, getattr(Attack, method))
+
+    if not own("evaluate_points") and not own("still_correct"):
         x_adv = attack.perturb(model, x, y, threat, generator=generator)
         _check_adversarial(attack, x_adv, x)
         with torch.no_grad():
-            flags = model(x_adv).argmax(1) == y
-    elif attack.whole_set:
-        flags = attack.still_correct(model, x, y, threat, generator=generator, state_path=state_path)
+            outcome = AttackOutcome(model(x_adv).argmax(1) == y)
     else:
-        flags = attack.still_correct(model, x, y, threat, generator=generator)
-    _check_flags(attack, flags, y)
-    return flags.cpu()
+        outcome = attack.evaluate_points(model, x, y, threat, generator=generator, state_path=state_path)
+        if not isinstance(outcome, AttackOutcome):
+            raise PluginLoadError(f"{_blame(attack, 'evaluate_points')} {type(outcome).__name__}, "
+                                  "not robench.api.AttackOutcome")
+    _check_flags(attack, outcome.still_correct, y)
+    if own("flags"):  # the deprecated way: warnings kept on the attack object
+        outcome.flags += [m for m in attack.flags() if m not in outcome.flags]
+    return AttackOutcome(outcome.still_correct.cpu(), list(outcome.flags))
 
 
 def _shape(t: Tensor) -> str:
@@ -214,25 +221,28 @@ def evaluate(
             todo = idx[robust]
             gen = attack_generator(seed, position, device)
             still = torch.zeros(len(todo), dtype=torch.bool)
+            messages: list[str] = []
             task = reporter.task(f"eval {label}", max(len(todo), 1))
             if attack.whole_set and len(todo):
                 x = split.images(todo.to(split.x.device)).to(device)
                 y = split.y[todo.to(split.y.device)].to(device)
-                still[:] = attack_still_correct(
+                outcome = attack_still_correct(
                     attack, model, x, y, threat, gen, state_path=state.attack_state(position, label)
                 )
+                still[:], messages = outcome.still_correct, outcome.flags
                 task.advance(len(todo))
             else:
                 pos = 0
                 for x, y in iterate_batches(split, batch_size, device=device, indices=todo):
-                    still[pos : pos + len(y)] = attack_still_correct(attack, model, x, y, threat, gen)
+                    outcome = attack_still_correct(attack, model, x, y, threat, gen)
+                    still[pos : pos + len(y)] = outcome.still_correct
+                    messages += [m for m in outcome.flags if m not in messages]
                     pos += len(y)
                     task.advance(len(y))
             task.done()
             updated = robust.clone()
             updated[robust] = still
             robust = updated
-            messages = attack.flags()
             state.save(label, robust, messages)
         accuracy[label] = percent(robust)
         flags.extend(f"{label}: {m}" for m in messages if f"{label}: {m}" not in flags)

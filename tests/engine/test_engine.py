@@ -76,14 +76,11 @@ class Counting:
     def label(self) -> str:
         return self.attack.label()
 
-    def flags(self) -> list[str]:
-        return self.attack.flags()
-
-    def still_correct(self, model, x, y, threat, generator=None, state_path=None):
+    def evaluate_points(self, model, x, y, threat, generator=None, state_path=None):
         self.calls.append(len(y))
         if self.fail_after is not None and len(self.calls) > self.fail_after:
             raise KeyboardInterrupt  # a crash in the middle of the suite
-        return self.attack.still_correct(model, x, y, threat, generator=generator, state_path=state_path)
+        return self.attack.evaluate_points(model, x, y, threat, generator=generator, state_path=state_path)
 
 
 def _untrained():
@@ -155,3 +152,18 @@ def test_eps_warmup_reaches_the_defense_and_the_log() -> None:
     assert seen[: ramp] == [str(Fraction(3, 16) * Fraction(k + 1, ramp)) for k in range(ramp - 1)] + ["3/16"]
     assert set(seen[ramp:]) == {"3/16"}
     assert [h.eps for h in result.history] == [str(Fraction(3, 16) * Fraction(steps, ramp)), "3/16", "3/16"]
+
+
+def test_a_warning_belongs_to_the_evaluation_that_raised_it() -> None:
+    """One AutoAttack suite object evaluates two models: the first outputs probabilities
+    (AutoAttack's sanity check warns), the second logits. Only the first is flagged, as
+    when `robench run` evaluates the last and then the best checkpoint with one suite."""
+    plan, model, splits = _untrained()
+    attack = get_registry("attack").create("autoattack", {"version": "custom", "attacks": ["apgd-ce"]})
+    probabilities = torch.nn.Sequential(model, torch.nn.Softmax(dim=1)).eval()
+    cpu = torch.device("cpu")
+    first = evaluate(probabilities, splits.test, [attack], plan.threat, batch_size=80, device=cpu, n_eval=40)
+    second = evaluate(model, splits.test, [attack], plan.threat, batch_size=80, device=cpu, n_eval=40)
+    assert first.flags and all(f.startswith("APGD-CE: ") for f in first.flags), first.flags
+    assert any("probability" in f for f in first.flags), first.flags
+    assert second.flags == []
