@@ -215,7 +215,7 @@ def part_fmnist(part: Part, data_root: str | None) -> None:
         args = ["run", "--epochs", "1", "--attack", "fgsm", "--set", "eval.n_eval=50", "--set", "train.precision=bf16"]
     else:
         args = ["run", "--config", "configs/fashion-mnist/pgd-at-trades-smallcnn.yaml", "--set", "eval.n_eval=1000"]
-    args += ["--results-dir", str(results), "--runs-dir", str(runs_dir(part)), "-q"]
+    args += ["--results-dir", str(results), "--runs-dir", str(runs_dir()), "-q"]
     args += ["--data-root", data_root] if data_root else []
     code = part.run(robench_cli(*args), timeout=part.left())
     part.entry["returncode"] = code
@@ -231,13 +231,13 @@ def part_sweep(part: Part, minutes: float) -> None:
                 "--set", "eval.eps_sweep=false", "--set", "eval.n_eval=50"]
     else:
         args = ["sweep", "configs/sweeps/fashion-mnist.yaml"]
-    args += ["--budget", f"{minutes:g}", "--results-dir", str(results), "--runs-dir", str(runs_dir(part)), "-q"]
+    args += ["--budget", f"{minutes:g}", "--results-dir", str(results), "--runs-dir", str(runs_dir()), "-q"]
     part.entry["returncode"] = part.run(robench_cli(*args), timeout=minutes * 60 + 60)
     part.entry["records"] = _records(results)
     part.save()
 
 
-def runs_dir(part: Part) -> Path:
+def runs_dir() -> Path:
     """Checkpoints stay outside DIR: they are large and need not travel back."""
     return Path(os.environ.get("ROBENCH_RUNS") or Path.home() / "robench-gpu-check-runs")
 
