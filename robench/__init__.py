@@ -14,6 +14,6 @@ except _metadata.PackageNotFoundError:  # running from a source tree that is not
 
 #: Version of the plugin contracts in :mod:`robench.api`. A plugin may declare the
 #: version it was written for; the major number must match.
-api_version: str = "1.0"
+api_version: str = "1.1"
 
 __all__ = ["__version__", "api_version"]

@@ -173,13 +173,21 @@ class Defense(Plugin):
 
 @dataclass
 class AttackOutcome:
-    """One attack call's result: which points the model still classifies correctly, and
-    the warnings this call raised about the evaluation's reliability (AutoAttack's sanity
-    checks). The warnings travel with the result, so one evaluation never reports
-    another's."""
+    """One attack call's result: which points the model still classifies correctly, the
+    adversaries behind that verdict, and the warnings this call raised about the
+    evaluation's reliability (AutoAttack's sanity checks).
+
+    ``adversaries`` holds one input per point, shaped like ``x``: what the attack found
+    for the points it broke, and any point of the threat model (usually the input
+    itself) for the others. robench checks that they lie in the eps-ball and the [0, 1]
+    box, and counts a point as broken only where the model misclassifies its adversary,
+    so an attack's success is checked, not trusted. The warnings travel with the result,
+    so one evaluation never reports another's.
+    """
 
     still_correct: Tensor
     flags: list[str] = field(default_factory=list)
+    adversaries: Tensor | None = None
 
 
 class Attack(Plugin):
@@ -213,14 +221,9 @@ class Attack(Plugin):
         generator: torch.Generator | None = None,
         state_path: Path | None = None,
     ) -> Tensor:
-        """Boolean flags: which points the model still classifies correctly under attack.
-
-        ``state_path`` (only for ``whole_set`` attacks) is where an interrupted attack
-        keeps its progress; the default implementation has none and ignores it.
-        """
-        x_adv = self.perturb(model, x, y, threat, generator=generator)
-        with torch.no_grad():
-            return model(x_adv).argmax(1) == y
+        """Boolean flags: which points the model still classifies correctly under attack
+        (a convenience: :meth:`evaluate_points` is what the evaluation calls)."""
+        return self.evaluate_points(model, x, y, threat, generator=generator, state_path=state_path).still_correct
 
     def evaluate_points(
         self,
@@ -231,10 +234,15 @@ class Attack(Plugin):
         generator: torch.Generator | None = None,
         state_path: Path | None = None,
     ) -> AttackOutcome:
-        """:meth:`still_correct` and the warnings of this call. Override it, not
-        :meth:`still_correct`, in attacks that check their own reliability."""
-        kwargs = {"state_path": state_path} if self.whole_set else {}
-        return AttackOutcome(self.still_correct(model, x, y, threat, generator=generator, **kwargs))
+        """The verdict on every point, its adversaries and this call's warnings.
+
+        The default runs :meth:`perturb`. Override it in attacks that decide per point
+        themselves or keep their own state (``whole_set``; ``state_path`` is where an
+        interrupted call keeps its progress), and return the adversaries with the flags.
+        """
+        x_adv = self.perturb(model, x, y, threat, generator=generator)
+        with torch.no_grad():
+            return AttackOutcome(model(x_adv).argmax(1) == y, adversaries=x_adv)
 
     def flags(self) -> list[str]:
         """Deprecated: warnings kept on the attack object. Return them from

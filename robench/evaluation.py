@@ -23,6 +23,7 @@ from robench.checkpoint import Checkpoint, file_digest, load_checkpoint, load_we
 from robench.config import SUITE_SECTION, load_preset, resolve_over, validate
 from robench.engine.backend import configure as configure_backend
 from robench.engine.backend import exact_fp32
+from robench.engine.probe import probe_suite
 from robench.errors import UserError
 from robench.io import atomic_write_text
 from robench.progress import NullReporter, Reporter
@@ -157,6 +158,7 @@ def execute_eval(plan: EvalPlan, reporter: Reporter | None = None) -> tuple[Eval
     splits, _ = load_data(run.dataset, run.names["data"], run.config.data_root, download=run.config.download)
     test = splits.test.to(run.device) if run.device.type != "cpu" else splits.test
     with exact_fp32():  # "fp32" evaluation means fp32: no TF32 tensor-core matmuls
+        probe_suite(model, test, [entry.attack for entry in run.suite], run.threat, run.device)
         outcome = run_protocol(
             model, test, run.suite, run.threat, run.config.eval,
             device=run.device, seed=run.config.seed, reporter=reporter, state_dir=plan.state_dir,

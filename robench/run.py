@@ -27,6 +27,7 @@ from robench.engine.backend import Backend, exact_fp32
 from robench.engine.backend import configure as configure_backend
 from robench.engine.distributed import SINGLE, World, broadcast_object, close_process_group, init_process_group, world_from_env
 from robench.engine.precision import evaluation_model
+from robench.engine.probe import probe_suite
 from robench.engine.schedule import check_schedule
 from robench.engine.train import LAST as LAST_CHECKPOINT
 from robench.engine.train import PREVIOUS as PREVIOUS_CHECKPOINT
@@ -429,6 +430,8 @@ def _train(plan: RunPlan, reporter: Reporter, resume: Checkpoint | None) -> _Tra
     splits, data_dir = load_data(plan.dataset, names["data"], cfg.data_root, download=cfg.download)
     if plan.device.type != "cpu":  # the whole uint8 split lives on the GPU; batches are drawn there
         splits = DataSplits(*(s.to(plan.device) if s is not None else None for s in (splits.train, splits.test, splits.val)))
+    with exact_fp32():  # a broken attack fails now, not after the training
+        probe_suite(model, splits.test, [entry.attack for entry in plan.suite], plan.threat, plan.device)
     trained = train(
         model, plan.defense, splits.train, plan.threat, cfg.train,
         device=plan.device, generator=make_generator(cfg.seed), augment=plan.dataset.augment,

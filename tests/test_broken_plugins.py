@@ -4,8 +4,9 @@
 with pip into a temp folder that the CLI subprocesses get on PYTHONPATH, so robench
 finds it through ordinary entry-point metadata. Its plugins fail in every way a
 plugin can: at import, in the constructor, by returning the wrong type (a build
-that is no nn.Module, splits that are no DataSplits, a loss that is no LossOutput)
-or an attack result of the wrong type or shape. Each must stop the run with exit 2
+that is no nn.Module, splits that are no DataSplits, a loss that is no LossOutput),
+an attack result of the wrong type or shape, adversaries outside the threat model, a
+whole-set verdict that hides its adversaries, or an attack that raises. Each must stop the run with exit 2
 and one line naming the plugin and its distribution, with no traceback, and
 ``robench list`` must go on listing everything else.
 """
@@ -54,6 +55,12 @@ PYPROJECT = """
     zoo-list-attack = "broken_zoo.plugins:ListAttack"
     zoo-cropped-attack = "broken_zoo.plugins:CroppedAttack"
     zoo-label-flags = "broken_zoo.plugins:LabelFlags"
+    zoo-outside-ball = "broken_zoo.plugins:OutsideBall"
+    zoo-outside-box = "broken_zoo.plugins:OutsideBox"
+    zoo-hidden-whole-set = "broken_zoo.plugins:HiddenWholeSet"
+    zoo-far-whole-set = "broken_zoo.plugins:FarWholeSet"
+    zoo-crashing-attack = "broken_zoo.plugins:Crashing"
+    zoo-claims-all = "broken_zoo.plugins:ClaimsAll"
 """
 
 PLUGINS = '''
@@ -61,7 +68,7 @@ PLUGINS = '''
     import torch
     import torch.nn.functional as F
 
-    from robench.api import Architecture, Attack, Dataset, Defense, LossOutput
+    from robench.api import Architecture, Attack, AttackOutcome, Dataset, Defense, LossOutput
     from robench.threat import ThreatModel
 
 
@@ -125,6 +132,55 @@ PLUGINS = '''
         def still_correct(self, model, x, y, threat, generator=None, state_path=None):
             with torch.no_grad():
                 return model(x).argmax(1)
+
+
+    class OutsideBall(Attack):
+        """Steps twice the budget: a success no attack inside the threat model has."""
+
+        def perturb(self, model, x, y, threat, generator=None):
+            return (x + 2 * threat.value).clamp(0, 1)
+
+
+    class OutsideBox(Attack):
+        """Stays inside the ball but never clamps to [0, 1]."""
+
+        def perturb(self, model, x, y, threat, generator=None):
+            return x - threat.value
+
+
+    class HiddenWholeSet(Attack):
+        """Evaluates the whole set itself and reports every point broken, showing nothing."""
+
+        whole_set = True
+
+        def evaluate_points(self, model, x, y, threat, generator=None, state_path=None):
+            return AttackOutcome(torch.zeros(len(y), dtype=torch.bool, device=y.device))
+
+
+    class FarWholeSet(Attack):
+        """Evaluates the whole set itself with adversaries far outside the ball."""
+
+        whole_set = True
+
+        def evaluate_points(self, model, x, y, threat, generator=None, state_path=None):
+            broken = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+            return AttackOutcome(broken, adversaries=(x + 0.5).clamp(0, 1))
+
+
+    class Crashing(Attack):
+        def perturb(self, model, x, y, threat, generator=None):
+            raise RuntimeError("zoo attack has no kernel for this device")
+
+
+    class ClaimsAll(Attack):
+        """Claims every point broken but hands back the inputs themselves: within the
+        threat model, yet the model classifies them as before."""
+
+        whole_set = True
+
+        def evaluate_points(self, model, x, y, threat, generator=None, state_path=None):
+            broken = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+            return AttackOutcome(broken, adversaries=x.clone())
 '''
 
 
@@ -194,6 +250,8 @@ def test_list_reports_the_import_failure_and_lists_everything_else(zoo_site: Pat
         ("defense", "zoo-fine"), ("defense", "zoo-ctor-raises"), ("defense", "zoo-tuple-loss"),
         ("defense", "zoo-needs-missing"), ("architecture", "zoo-not-module"), ("dataset", "zoo-tuple-splits"),
         ("attack", "zoo-list-attack"), ("attack", "zoo-cropped-attack"), ("attack", "zoo-label-flags"),
+        ("attack", "zoo-outside-ball"), ("attack", "zoo-outside-box"), ("attack", "zoo-hidden-whole-set"),
+        ("attack", "zoo-far-whole-set"), ("attack", "zoo-crashing-attack"), ("attack", "zoo-claims-all"),
     }
     assert set(rows) == BUILTINS | zoo
     broken = [key for key, row in rows.items() if row["status"] != "ok"]
@@ -245,6 +303,11 @@ def test_defense_whose_loss_returns_the_wrong_type(zoo_site: Path, results: Path
         ("zoo-list-attack", ("perturb()", "list, not a tensor")),
         ("zoo-cropped-attack", ("perturb()", "x1x4x4;", "x1x8x8, float")),
         ("zoo-label-flags", ("still_correct()", "torch.int64", "one boolean flag per input")),
+        ("zoo-outside-ball", ("perturb()", "adversaries outside the threat model", "leave the Linf ball of eps 3/16")),
+        ("zoo-outside-box", ("perturb()", "leave the [0, 1] box", "from -0.1875")),
+        ("zoo-hidden-whole-set", ("evaluate_points()", "no adversaries", "AttackOutcome(still_correct, flags, adversaries)")),
+        ("zoo-far-whole-set", ("evaluate_points()", "leave the Linf ball of eps 3/16", "largest distance 0.5")),
+        ("zoo-crashing-attack", ("perturb() failed on a probe of 4 points", "RuntimeError", "no kernel")),
     ],
 )
 def test_attack_that_returns_the_wrong_thing(
@@ -255,3 +318,24 @@ def test_attack_that_returns_the_wrong_thing(
                    "--set", "eval.checks=false", "--out", str(out), "-q")
     one_error_line(proc, f"attack plugin '{attack}'", *expected)
     assert not out.exists()
+
+
+def test_a_claimed_success_counts_only_where_the_model_is_fooled(zoo_site: Path, trained: Path, tmp_path: Path) -> None:
+    """An attack that reports every point broken, with adversaries the model still
+    classifies correctly, breaks nothing: robench's verdict on the adversaries counts."""
+    out = tmp_path / "report.json"
+    proc = zoo_cli(zoo_site, "eval", "--checkpoint", str(trained), "--attack", "zoo-claims-all",
+                   "--set", "eval.checks=false", "--out", str(out), "-q")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    accuracy = json.loads(out.read_text(encoding="utf-8"))["accuracy"]
+    assert accuracy["clean"] > 0 and accuracy["ClaimsAll"] == accuracy["clean"] == accuracy["worst case"]
+
+
+def test_a_broken_attack_fails_before_training(zoo_site: Path, tmp_path: Path) -> None:
+    """The suite is probed when the run starts: no epoch is trained, nothing is recorded."""
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    proc = zoo_cli(zoo_site, "run", "--defense", "zoo-fine", "--epochs", "3", "--attack", "fgsm",
+                   "--attack", "zoo-outside-box", "--results-dir", str(results), "--runs-dir", str(runs), "-q")
+    one_error_line(proc, "attack plugin 'zoo-outside-box'", "perturb()", "leave the [0, 1] box")
+    assert not list(runs.rglob("*.pt")) and not list(runs.rglob("log.jsonl"))
+    assert not list(results.rglob("*.json"))

@@ -12,7 +12,8 @@ The evaluation hands AutoAttack every remaining point at once (``whole_set``): i
 batches internally. To make an interrupted evaluation resumable, robench runs the
 version's attacks one at a time (the runner configured by pyautoattack for that
 version, restricted to one attack per call) on the points still robust, and saves
-the per-example flags after each in a state file. This gives exactly the batches,
+the per-example flags after each in a state file (the adversaries found so far in a
+tensor file beside it: the evaluation checks them against the threat model). This gives exactly the batches,
 seeds and results of one call, because AutoAttack itself attacks only the points
 still robust, in order. pyautoattack's own ``state_path`` cannot be used for this:
 0.2.0 writes the attack set as its string form and then refuses every state file it
@@ -22,8 +23,10 @@ more than 0.2% of the points means the gradient-based attacks were not reliable)
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -33,7 +36,7 @@ from torch import Tensor, nn
 
 from robench.api import Attack, AttackOutcome
 from robench.errors import ConfigError
-from robench.io import atomic_write_text
+from robench.io import atomic_write_bytes, atomic_write_text
 from robench.params import param
 from robench.perturb import attack_mode, project
 from robench.threat import ThreatModel
@@ -136,17 +139,6 @@ class AutoAttackSuite(Attack):
         with attack_mode(model):  # eval + frozen weights: FAB's backward computes no weight grads
             return self._call(self._runner(model, threat, x.device), x, y, threat, [])
 
-    def still_correct(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        threat: ThreatModel,
-        generator: torch.Generator | None = None,
-        state_path: Path | None = None,
-    ) -> Tensor:
-        return self.evaluate_points(model, x, y, threat, generator, state_path).still_correct
-
     def evaluate_points(
         self,
         model: nn.Module,
@@ -156,12 +148,13 @@ class AutoAttackSuite(Attack):
         generator: torch.Generator | None = None,
         state_path: Path | None = None,
     ) -> AttackOutcome:
-        """Stage by stage on the points still robust, each stage's progress and warnings
-        saved in ``state_path``; the warnings are this call's only."""
+        """Stage by stage on the points still robust, each stage's progress, adversaries
+        and warnings saved in ``state_path``; the warnings are this call's only."""
         with attack_mode(model):
             runner = self._runner(model, threat, x.device)
             stages = list(runner.attacks_to_run)  # type: ignore[attr-defined]
-            robust, done, warnings = _load_state(state_path, stages, len(y))
+            adversaries = x.detach().clone()
+            robust, done, warnings = _load_state(state_path, stages, adversaries)
             if robust is None:
                 robust = self._correct(model, x, y)
             for stage in stages:
@@ -173,11 +166,12 @@ class AutoAttackSuite(Attack):
                     x_adv = self._call(runner, x[idx.to(x.device)], y[idx.to(y.device)], threat, warnings)
                     still = self._correct(model, x_adv, y[idx.to(y.device)])
                     robust[idx] = still
+                    adversaries[idx[~still].to(x.device)] = x_adv[(~still).to(x.device)]
                     if stage == "square" and len(done) > 0:
                         _check_square(int((~still).sum()), len(y), warnings)
                 done.append(stage)
-                _save_state(state_path, stages, done, robust, warnings)
-        return AttackOutcome(robust.to(y.device), warnings)
+                _save_state(state_path, stages, done, robust, warnings, adversaries, x)
+        return AttackOutcome(robust.to(y.device), warnings, adversaries)
 
     @torch.no_grad()
     def _correct(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -199,8 +193,16 @@ def _check_square(broken: int, n: int, warnings: list[str]) -> None:
             warnings.append(message)
 
 
-def _load_state(path: Path | None, stages: list[str], n: int) -> tuple[Tensor | None, list[str], list[str]]:
-    """Flags, finished stages and their warnings saved by an interrupted call with the same suite."""
+def _adversaries_path(path: Path) -> Path:
+    return path.with_suffix(".pt")
+
+
+def _load_state(
+    path: Path | None, stages: list[str], adversaries: Tensor
+) -> tuple[Tensor | None, list[str], list[str]]:
+    """Flags, finished stages and their warnings saved by an interrupted call with the
+    same suite; the adversaries found so far are written into ``adversaries``."""
+    n = len(adversaries)
     if path is None or not path.is_file():
         return None, [], []
     try:
@@ -208,15 +210,30 @@ def _load_state(path: Path | None, stages: list[str], n: int) -> tuple[Tensor | 
         bits, done, warnings = saved["robust"], list(saved["done"]), [str(w) for w in saved.get("warnings", [])]
         if saved["stages"] != stages or len(bits) != n or not set(done) <= set(stages):
             return None, [], []
+        found = torch.load(_adversaries_path(path), map_location="cpu", weights_only=True)
+        index, points = found["index"], found["adversaries"]
+        if found["done"] != done or points.shape[1:] != adversaries.shape[1:] or len(index) != len(points):
+            return None, [], []
+        adversaries[index.to(adversaries.device)] = points.to(adversaries.device, adversaries.dtype)
         return torch.tensor([b == "1" for b in bits], dtype=torch.bool), done, warnings
-    except (OSError, ValueError, KeyError, TypeError):
-        return None, [], []  # unreadable state: start over
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, IndexError, pickle.UnpicklingError):
+        return None, [], []  # unreadable or inconsistent state: start over
 
 
-def _save_state(path: Path | None, stages: list[str], done: list[str], robust: Tensor, warnings: list[str]) -> None:
-    if path is not None:
-        bits = "".join("1" if b else "0" for b in robust.tolist())
-        atomic_write_text(path, json.dumps({"stages": stages, "done": done, "robust": bits, "warnings": warnings}))
+def _save_state(
+    path: Path | None, stages: list[str], done: list[str], robust: Tensor, warnings: list[str],
+    adversaries: Tensor, x: Tensor,
+) -> None:
+    """The adversaries that differ from their input go to a tensor file beside the JSON
+    state, written first: a JSON state is only ever read with its own adversaries."""
+    if path is None:
+        return
+    changed = (adversaries != x).flatten(1).any(1).nonzero().squeeze(1)
+    buffer = io.BytesIO()
+    torch.save({"done": list(done), "index": changed.cpu(), "adversaries": adversaries[changed].cpu()}, buffer)
+    atomic_write_bytes(_adversaries_path(path), buffer.getvalue())
+    bits = "".join("1" if b else "0" for b in robust.tolist())
+    atomic_write_text(path, json.dumps({"stages": stages, "done": done, "robust": bits, "warnings": warnings}))
 
 
 class APGDCE(AutoAttackSuite):

@@ -21,11 +21,11 @@ from torch import Tensor, nn
 
 from robench.api import Attack, AttackOutcome, TensorSplit
 from robench.engine.batches import iterate_batches
+from robench.engine.contract import blame, check_adversaries, check_flags, check_in_threat, entry_method, overrides
 from robench.errors import PluginLoadError
 from robench.io import atomic_write_text
 from robench.progress import NullReporter, Reporter
 from robench.records import file_safe
-from robench.registry import plugin_origin
 from robench.threat import ThreatModel
 
 WORST_CASE = "worst case"
@@ -85,63 +85,52 @@ def attack_still_correct(
     threat: ThreatModel,
     generator: torch.Generator | None,
     state_path: Path | None = None,
+    batch_size: int | None = None,
 ) -> AttackOutcome:
     """Which of ``x`` the model still classifies correctly under ``attack`` (flags on
     the CPU), and the warnings this call raised.
 
-    What the attack returns is checked here, because a plugin's tensor of the wrong
-    type or shape would otherwise fail deep inside the model's forward pass, or worse,
-    broadcast into a meaningless accuracy; the error names the plugin and its
-    distribution. Attacks that keep the default ``still_correct`` are run through
-    ``perturb`` here so that its output can be checked.
+    The attack's adversaries are checked (:mod:`robench.engine.contract`) and the model's
+    verdict on them is the result: a point counts as broken only where the model
+    misclassifies an adversary inside the threat model. Attacks that keep the default
+    :meth:`~robench.api.Attack.evaluate_points` are run through ``perturb`` here, so
+    nothing is computed twice; ``batch_size`` bounds the forward passes of that verdict
+    for whole-set attacks.
     """
-    def own(method: str) -> bool:  # the plugin overrides Attack's method
-        return getattr(type(attack), method, None) not in (None, getattr(Attack, method))
-
-    if not own("evaluate_points") and not own("still_correct"):
-        x_adv = attack.perturb(model, x, y, threat, generator=generator)
-        _check_adversarial(attack, x_adv, x)
-        with torch.no_grad():
-            outcome = AttackOutcome(model(x_adv).argmax(1) == y)
-    else:
+    method = entry_method(attack)
+    if method == "evaluate_points":
         outcome = attack.evaluate_points(model, x, y, threat, generator=generator, state_path=state_path)
         if not isinstance(outcome, AttackOutcome):
-            raise PluginLoadError(f"{_blame(attack, 'evaluate_points')} {type(outcome).__name__}, "
-                                  "not robench.api.AttackOutcome")
-    _check_flags(attack, outcome.still_correct, y)
-    if own("flags"):  # the deprecated way: warnings kept on the attack object
-        outcome.flags += [m for m in attack.flags() if m not in outcome.flags]
-    return AttackOutcome(outcome.still_correct.cpu(), list(outcome.flags))
-
-
-def _shape(t: Tensor) -> str:
-    return "x".join(map(str, t.shape))
-
-
-def _blame(attack: Attack, method: str) -> str:
-    return f"{plugin_origin(attack)} ({attack.label()}): {method}() returned"
-
-
-def _check_adversarial(attack: Attack, x_adv: object, x: Tensor) -> None:
-    """``perturb`` must return float inputs shaped like ``x``, on its device."""
-    wanted = f"it must return adversarial inputs shaped like its input ({_shape(x)}, float, on {x.device})"
-    if not isinstance(x_adv, Tensor):
-        raise PluginLoadError(f"{_blame(attack, 'perturb')} {type(x_adv).__name__}, not a tensor; {wanted}")
-    if x_adv.shape != x.shape:
-        raise PluginLoadError(f"{_blame(attack, 'perturb')} a tensor of shape {_shape(x_adv)}; {wanted}")
-    if not x_adv.dtype.is_floating_point or x_adv.device != x.device:
-        raise PluginLoadError(f"{_blame(attack, 'perturb')} a {x_adv.dtype} tensor on {x_adv.device}; {wanted}")
-
-
-def _check_flags(attack: Attack, flags: object, y: Tensor) -> None:
-    """``still_correct`` must return one boolean per input."""
-    wanted = f"it must return one boolean flag per input ({len(y)})"
-    if not isinstance(flags, Tensor):
-        raise PluginLoadError(f"{_blame(attack, 'still_correct')} {type(flags).__name__}, not a tensor; {wanted}")
-    if flags.dtype != torch.bool or tuple(flags.shape) != (len(y),):
+            raise PluginLoadError(f"{blame(attack, method)} {type(outcome).__name__}, not robench.api.AttackOutcome")
+        check_flags(attack, method, outcome.still_correct, y)
+        x_adv, flags = outcome.adversaries, list(outcome.flags)
+    elif method == "still_correct":  # written for plugin API 1.0: flags without adversaries
+        kwargs = {"state_path": state_path} if attack.whole_set else {}
+        check_flags(attack, method, attack.still_correct(model, x, y, threat, generator=generator, **kwargs), y)
+        x_adv, flags = None, []
+    else:
+        x_adv, flags = attack.perturb(model, x, y, threat, generator=generator), []
+    if x_adv is None:
         raise PluginLoadError(
-            f"{_blame(attack, 'still_correct')} a {flags.dtype} tensor of shape {_shape(flags)}; {wanted}"
+            f"{blame(attack, method)} no adversaries; robench checks every attack's adversaries against "
+            "the threat model, so an attack that decides per point itself must override evaluate_points "
+            "and return AttackOutcome(still_correct, flags, adversaries) (plugin API 1.1)"
         )
+    check_in_threat(attack, method, check_adversaries(attack, method, x_adv, x), x, threat)
+    if overrides(attack, "flags"):  # the deprecated way: warnings kept on the attack object
+        flags += [m for m in attack.flags() if m not in flags]
+    return AttackOutcome(_verdict(model, x_adv, y, batch_size or len(y)), flags, x_adv)
+
+
+@torch.no_grad()
+def _verdict(model: nn.Module, x_adv: Tensor, y: Tensor, batch_size: int) -> Tensor:
+    """Is each adversary still classified correctly (flags on the CPU)."""
+    if not len(y):
+        return torch.zeros(0, dtype=torch.bool)
+    return torch.cat([
+        (model(x_adv[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).cpu()
+        for i in range(0, len(y), batch_size)
+    ])
 
 
 class _SuiteState:
@@ -227,7 +216,8 @@ def evaluate(
                 x = split.images(todo.to(split.x.device)).to(device)
                 y = split.y[todo.to(split.y.device)].to(device)
                 outcome = attack_still_correct(
-                    attack, model, x, y, threat, gen, state_path=state.attack_state(position, label)
+                    attack, model, x, y, threat, gen, state_path=state.attack_state(position, label),
+                    batch_size=batch_size,
                 )
                 still[:], messages = outcome.still_correct, outcome.flags
                 task.advance(len(todo))

@@ -106,10 +106,14 @@ def test_autoattack_resumes_from_its_state_file(trained, tmp_path) -> None:
     threat = ThreatModel("Linf", "1/16")
     x, y = test.images(slice(0, 80)), test.y[:80]
     suite = {"version": "custom", "attacks": ["apgd-ce", "apgd-t"]}
-    full = _attack("autoattack", **suite).still_correct(model, x, y, threat)
+    full = _attack("autoattack", **suite).evaluate_points(model, x, y, threat)
     one_call = _attack("autoattack", **suite).perturb(model, x, y, threat)
     with torch.no_grad():
-        assert torch.equal(full, model(one_call).argmax(1) == y)  # staged == AutoAttack in one call
+        assert torch.equal(full.still_correct, model(one_call).argmax(1) == y)  # staged == AutoAttack in one call
+        assert torch.equal(model(full.adversaries).argmax(1) == y, full.still_correct)  # its adversaries back it
+    broken = ~full.still_correct & (model(x).argmax(1) == y)
+    assert broken.any() and torch.equal(full.adversaries[broken], one_call[broken])
+    assert torch.equal(full.adversaries[full.still_correct], x[full.still_correct])
 
     ce_only = _DiesAfter(model, 10**9)
     _attack("autoattack", version="custom", attacks=["apgd-ce"]).still_correct(ce_only, x, y, threat)
@@ -122,10 +126,12 @@ def test_autoattack_resumes_from_its_state_file(trained, tmp_path) -> None:
     assert saved["stages"] == ["apgd-ce", "apgd-t"] and saved["done"] == ["apgd-ce"]
     after_ce = torch.tensor([b == "1" for b in saved["robust"]])
     assert 0 < int(after_ce.sum()) < len(y)  # APGD-CE's progress is on disk
+    assert (tmp_path / "aa-state.pt").is_file()  # and the adversaries it found
 
     calls = _DiesAfter(model, 10**9)
-    resumed = _attack("autoattack", **suite).still_correct(calls, x, y, threat, state_path=state)
-    assert torch.equal(resumed, full)  # same result as the uninterrupted run
+    resumed = _attack("autoattack", **suite).evaluate_points(calls, x, y, threat, state_path=state)
+    assert torch.equal(resumed.still_correct, full.still_correct)  # same result as the uninterrupted run
+    assert torch.equal(resumed.adversaries, full.adversaries)  # APGD-CE's adversaries restored from disk
     assert 10**9 - calls.left < 1000  # APGD-CE was not run again (APGD-T alone: ~9 x 100 passes)
 
 
