@@ -97,6 +97,26 @@ def load_checkpoint(path: Path) -> Checkpoint:
     )
 
 
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """Weights robench did not save: what ``torch.save(model.state_dict())`` writes (the
+    official TRADES and MART checkpoints), also inside a ``{"state_dict": ...}`` or
+    ``{"model": ...}`` wrapper. Read weights-only like a checkpoint; a robench checkpoint
+    is pointed to ``--checkpoint``, which restores its config too."""
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    payload = _read(path)
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        raise CheckpointError(f"{path} is a robench checkpoint; evaluate it with robench eval --checkpoint {path}")
+    if isinstance(payload, dict) and not any(isinstance(v, torch.Tensor) for v in payload.values()):
+        inner = next((payload[k] for k in ("state_dict", "model") if isinstance(payload.get(k), dict)), None)
+        payload = inner if inner is not None else payload
+    if not isinstance(payload, dict) or not payload or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload.items()
+    ):
+        raise CheckpointError(f"{path} holds no state dict (a mapping of parameter names to tensors)")
+    return payload
+
+
 def _read(path: Path) -> Any:
     """``torch.load`` in weights-only mode, its many failure modes turned into one line."""
     try:

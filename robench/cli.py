@@ -407,9 +407,15 @@ def ablate(
 
 @app.command("eval")
 def eval_checkpoint(
-    checkpoint: Path = typer.Option(
-        ..., "--checkpoint", metavar="PATH", help="A best.pt or last.pt written by robench run.", show_default=False
+    checkpoint: Optional[Path] = typer.Option(
+        None, "--checkpoint", metavar="PATH", help="A best.pt or last.pt written by robench run.", show_default=False
     ),
+    weights: Optional[Path] = typer.Option(
+        None, "--weights", metavar="FILE", show_default=False,
+        help="Instead: a plain state dict of the network (official checkpoints), with --arch and --data.",
+    ),
+    arch: Optional[str] = typer.Option(None, "--arch", metavar="NAME", help="With --weights: the architecture."),
+    data: Optional[str] = typer.Option(None, "--data", metavar="NAME", help="With --weights: the dataset."),
     config: Optional[Path] = _CONFIG_OPT,
     attack: Optional[list[str]] = _ATTACK_OPT,
     eps: Optional[str] = _EPS_OPT,
@@ -420,30 +426,65 @@ def eval_checkpoint(
     device: Optional[str] = _DEVICE_OPT,
     data_root: Optional[Path] = _DATA_ROOT_OPT,
     runs_dir: Optional[Path] = _RUNS_DIR_OPT,
+    results_dir: Optional[Path] = typer.Option(
+        None, "--results-dir", metavar="DIR",
+        help="Results folder whose records and boards the report joins (default: see README).",
+    ),
     out_file: Optional[Path] = typer.Option(
-        None, "--out", metavar="FILE", help="Report path; default: evals/ beside the checkpoint."
+        None, "--out", metavar="FILE", help="Report path instead (boards do not read it)."
     ),
     overrides: list[str] = _SET_OPT,
     quiet: bool = _QUIET_OPT,
 ) -> None:
     """Evaluate a saved model: clean, FGSM, PGD-20, CW-20, AutoAttack, plus robench's checks.
 
-    Rerun the same command after an interruption to resume (AutoAttack included).
+    A robench checkpoint brings its model, data and threat model; weights robench did not
+    save (--weights, e.g. the official TRADES WRN-34-10) need --arch and --data, and
+    --set data.normalize=false where they were trained on raw [0, 1] inputs. Rerun the
+    same command after an interruption to resume (AutoAttack included).
     """
     from robench.evaluation import execute_eval, plan_eval
 
     flags = _eval_flags(attack, eps, norm, n_eval, eps_sweep, seed, device, data_root, runs_dir)
-    plan = plan_eval(checkpoint, config_file=config, flags=flags, overrides=overrides, out=out_file)
+    if results_dir is not None:
+        flags["results_dir"] = str(results_dir)
+    source = _eval_source(checkpoint, weights, arch, data, flags)
+    plan = plan_eval(source, config_file=config, flags=flags, overrides=overrides, out=out_file)
     run_plan = plan.run
+    what = plan.source.run_id or f"weights {plan.source.path.name}"
     out.print(Text(
-        f"robench eval: {plan.checkpoint.run_id} ({run_plan.names['arch']} on {run_plan.names['data']}), "
+        f"robench eval: {what} ({run_plan.names['arch']} on {run_plan.names['data']}), "
         f"{run_plan.threat}, {len(run_plan.suite)} attack(s), {run_plan.device}"
     ), soft_wrap=True)
     with _reporter(quiet) as reporter:
-        report, path, _ = execute_eval(plan, reporter)
+        report, path, _, board = execute_eval(plan, reporter)
     _print_evaluation(f"{report.dataset}, {run_plan.threat}", report.accuracy, report.eval)
     out.print(f"test images: {report.eval['n']}   wall time: {report.wall_time_s:.1f} s")
     out.print(Text(f"report: {path}"), soft_wrap=True)
+    if board is not None:
+        out.print(Text(f"leaderboard: {board}"), soft_wrap=True)
+
+
+def _eval_source(
+    checkpoint: Optional[Path], weights: Optional[Path], arch: Optional[str], data: Optional[str],
+    flags: dict[str, Any],
+) -> Any:
+    """The checkpoint, or the weights with the architecture and dataset put into ``flags``."""
+    from robench.evaluation import EvalSource
+
+    if (checkpoint is None) == (weights is None):
+        raise typer.BadParameter("give --checkpoint PATH (written by robench run) or --weights FILE "
+                                 "(a plain state dict, with --arch and --data)", param_hint="--checkpoint")
+    if checkpoint is not None:
+        if arch is not None or data is not None:
+            raise typer.BadParameter("a checkpoint names its own architecture and dataset; "
+                                     "--arch and --data go with --weights", param_hint="--arch/--data")
+        return EvalSource.checkpoint(checkpoint)
+    if arch is None or data is None:
+        raise typer.BadParameter("--weights needs --arch and --data (the network and dataset it was trained for)",
+                                 param_hint="--weights")
+    flags["arch"], flags["data"] = {"name": arch}, {"name": data}
+    return EvalSource.weights(weights)
 
 
 @app.command("list")

@@ -34,13 +34,17 @@ def _selected(
 ) -> tuple[Path, list[RunRecord], list[ReportedRow]]:
     """(results root, filtered records, reported rows for the same datasets and threats)."""
     from robench.leaderboard import Filters, load_reported
+    from robench.leaderboard.evaluations import with_reports
     from robench.paths import results_root
     from robench.records import load_records
+    from robench.reports import REPORTS_FOLDER, load_reports
 
     root = results_root(results_dir)
     records, skipped = load_records(root / "records")
+    reports, unread = load_reports(root / REPORTS_FOLDER)
+    records = with_reports(records, reports)
     reported, bad = load_reported(root)
-    for item in skipped + bad:
+    for item in skipped + unread + bad:
         err.print(Text(f"warning: skipped {item.path}: {item.reason}", style="yellow"))
     filters = Filters(data or (), arch or (), defense or (), threat or ())
     chosen = filters.apply(records)
@@ -109,7 +113,8 @@ def leaderboard(
     root, records, reported = _selected(results_dir, data, arch, defense, threat)
     if fmt == "robustbench":
         record = _find_run(records, str(run), root / "records")
-        info = model_info(record, name=name, link=link, authors=authors, venue=venue, additional_data=additional_data)
+        info = model_info(record, name=name, link=link, authors=authors, venue=venue,
+                          additional_data=additional_data, results_root=root)
         _emit(json.dumps(info, indent=2) + "\n", output)
         return
     title = board_title(records)

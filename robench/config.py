@@ -126,6 +126,13 @@ class RunConfig:
     results_dir: str | None = None
     runs_dir: str | None = None
     download: bool = False
+    #: ``data.normalize``: the dataset's mean/std inside the model (false: the network
+    #: sees raw [0, 1] inputs, as the official TRADES and MART code trains)
+    normalize: bool = True
+
+
+#: the key of the ``data`` section that robench reads itself, not the dataset plugin
+NORMALIZE_KEY = "normalize"
 
 
 @dataclass(frozen=True)
@@ -357,6 +364,10 @@ def validate(raw: Mapping[str, Any]) -> RunConfig:
         name = value.pop("name", None)
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(f"{section}.name: choose a {kind} plugin (robench list {kind})")
+        if section == "data":
+            normalize = value.pop(NORMALIZE_KEY, True)
+            if not isinstance(normalize, bool):
+                raise ConfigError(f"data.{NORMALIZE_KEY}: expected true or false, got {shown(normalize)}")
         choices[section] = PluginChoice(name.strip(), value)
     suite = []
     items = raw.get(SUITE_SECTION) or []
@@ -391,6 +402,7 @@ def validate(raw: Mapping[str, Any]) -> RunConfig:
         results_dir=settings.results_dir,
         runs_dir=settings.runs_dir,
         download=settings.download,
+        normalize=normalize,
         **choices,
     )
 

@@ -12,11 +12,13 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from robench.io import atomic_write_text
 
 SCHEMA_VERSION = 2
+T = TypeVar("T")
 #: the checkpoints a run evaluates: best validation PGD accuracy, and the last epoch
 CHECKPOINT_NAMES = ("best", "last")
 
@@ -59,6 +61,8 @@ class RunRecord:
     #: processes that trained the model and whether BatchNorm saw the global batch
     #: (``engine.sync_bn``); both enter ``config_hash`` above one process; None in older records
     distributed: dict[str, Any] | None = None
+    #: the run folder with its checkpoints, as written (None in older records)
+    run_dir: str | None = None
 
     @property
     def threat_slug(self) -> str:
@@ -70,34 +74,14 @@ class RunRecord:
     @classmethod
     def from_dict(cls, data: Any) -> RunRecord:
         """Validate and build; raises ValueError with the reason."""
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        version = data.get("schema_version")
-        if version == 1:
+        if isinstance(data, dict) and data.get("schema_version") == 1:
             data = _from_v1(data)
-        elif version != SCHEMA_VERSION:
-            raise ValueError(f"schema_version {version!r}, expected {SCHEMA_VERSION}")
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        missing = [n for n, f in names.items() if n not in data and f.default is dataclasses.MISSING
-                   and f.default_factory is dataclasses.MISSING]
-        if missing:
-            raise ValueError("missing " + ", ".join(missing))
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise ValueError("unknown fields " + ", ".join(unknown))
-        for key in ("arch", "defense", "threat", "train", "eval", "accuracy", "config"):
+        check_schema(cls, data, SCHEMA_VERSION)
+        for key in ("arch", "defense", "train"):
             if not isinstance(data[key], dict):
                 raise ValueError(f"{key} must be an object")
-        for key in ("name",):
-            if not isinstance(data["defense"].get(key), str) or not isinstance(data["arch"].get(key), str):
-                raise ValueError("defense.name and arch.name must be strings")
-        if not data["accuracy"] or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 100
-            for v in data["accuracy"].values()
-        ):
-            raise ValueError("accuracy must map names to percentages in [0, 100]")
-        if not {"norm", "eps"} <= set(data["threat"]):
-            raise ValueError("threat needs norm and eps")
+        if not isinstance(data["defense"].get("name"), str) or not isinstance(data["arch"].get("name"), str):
+            raise ValueError("defense.name and arch.name must be strings")
         checkpoints = data.get("checkpoints") or {}
         if (not isinstance(checkpoints, dict) or not set(checkpoints) <= set(CHECKPOINT_NAMES)
                 or not all(isinstance(v, dict) for v in checkpoints.values())):
@@ -151,11 +135,44 @@ def recorded_runs(folder: Path) -> set[tuple[str, int]]:
 
 def load_records(folder: Path) -> tuple[list[RunRecord], list[SkippedRecord]]:
     """All valid records below ``folder`` (sorted by path), and the ones skipped with why."""
-    records: list[RunRecord] = []
+    return load_json_files(folder, RunRecord.from_dict)
+
+
+def load_json_files(folder: Path, parse: Callable[[Any], T]) -> tuple[list[T], list[SkippedRecord]]:
+    """Every ``*.json`` below ``folder`` (sorted by path) that ``parse`` accepts, and the
+    ones it refused (or that could not be read) with why."""
+    parsed: list[T] = []
     skipped: list[SkippedRecord] = []
     for path in sorted(folder.rglob("*.json")) if folder.is_dir() else []:
         try:
-            records.append(RunRecord.from_dict(json.loads(path.read_text(encoding="utf-8"))))
+            parsed.append(parse(json.loads(path.read_text(encoding="utf-8"))))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError, TypeError) as exc:
             skipped.append(SkippedRecord(path, str(exc)))
-    return records, skipped
+    return parsed, skipped
+
+
+def check_schema(cls: type, data: Any, version: int) -> None:
+    """The checks a record and a report share: a JSON object of ``cls``'s fields at
+    ``version``, with accuracies in percent and a threat model; ValueError says why."""
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    if data.get("schema_version") != version:
+        raise ValueError(f"schema_version {data.get('schema_version')!r}, expected {version}")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    missing = [n for n, f in names.items() if n not in data and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ValueError("missing " + ", ".join(missing))
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ValueError("unknown fields " + ", ".join(unknown))
+    for key in ("threat", "eval", "accuracy", "config"):
+        if not isinstance(data[key], dict):
+            raise ValueError(f"{key} must be an object")
+    if not data["accuracy"] or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 100
+        for v in data["accuracy"].values()
+    ):
+        raise ValueError("accuracy must map names to percentages in [0, 100]")
+    if not {"norm", "eps"} <= set(data["threat"]):
+        raise ValueError("threat needs norm and eps")

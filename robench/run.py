@@ -5,6 +5,7 @@ any data is loaded or any step is trained; :func:`execute` does the work.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -22,7 +23,7 @@ from torch import nn
 import robench
 from robench.api import Architecture, DataSplits, Dataset, Defense, Plugin, TensorSplit
 from robench.checkpoint import Checkpoint, load_checkpoint, load_weights
-from robench.config import PLUGIN_SECTIONS, SUITE_SECTION, PluginChoice, RunConfig, config_hash, validate
+from robench.config import NORMALIZE_KEY, PLUGIN_SECTIONS, SUITE_SECTION, PluginChoice, RunConfig, config_hash, validate
 from robench.engine.backend import Backend, exact_fp32
 from robench.engine.backend import configure as configure_backend
 from robench.engine.distributed import SINGLE, World, broadcast_object, close_process_group, init_process_group, world_from_env
@@ -116,6 +117,30 @@ def _create(section: str, choice: PluginChoice) -> tuple[Plugin, str]:
     return plugin, registry.canonical_name(choice.name)
 
 
+def _declares_normalize(dataset: type[Plugin] | Plugin) -> bool:
+    params = dataset.Params
+    return dataclasses.is_dataclass(params) and NORMALIZE_KEY in {f.name for f in dataclasses.fields(params)}
+
+
+def _with_normalize(choice: PluginChoice, normalize: bool) -> PluginChoice:
+    """``data.normalize`` is robench's; a dataset whose ``Params`` declares ``normalize``
+    (its mean and std may depend on it) gets the value too."""
+    try:
+        cls = get_registry(PLUGIN_SECTIONS["data"]).load(choice.name)
+    except UserError:
+        return choice  # an unknown or broken plugin: creating it gives the error, with its context
+    return PluginChoice(choice.name, {**choice.params, NORMALIZE_KEY: normalize}) if _declares_normalize(cls) else choice
+
+
+def _data_section(name: str, dataset: Plugin, normalize: bool) -> dict[str, Any]:
+    """The ``data`` section as recorded: ``normalize`` appears where the plugin declares
+    it or where it is off, so that configs from before robench owned the key hash as they did."""
+    section = {"name": name, **params_to_dict(dataset.params)}
+    if not normalize:
+        section[NORMALIZE_KEY] = False
+    return section
+
+
 def plan_run(config: RunConfig, sections: tuple[str, ...] = tuple(PLUGIN_SECTIONS)) -> RunPlan:
     """Resolve plugins and the threat model; every bad input fails here, before work starts.
 
@@ -124,7 +149,9 @@ def plan_run(config: RunConfig, sections: tuple[str, ...] = tuple(PLUGIN_SECTION
     plugins: dict[str, Plugin] = {}
     names: dict[str, str] = {}
     for section in sections:
-        plugins[section], names[section] = _create(section, getattr(config, section))
+        choice = getattr(config, section)
+        choice = _with_normalize(choice, config.normalize) if section == "data" else choice
+        plugins[section], names[section] = _create(section, choice)
     suite = create_suite(config.attacks)
     defense = plugins.get("defense")
     if defense is not None and getattr(defense, "selection_metric", None) not in SELECTION_METRICS:
@@ -159,6 +186,7 @@ def plan_run(config: RunConfig, sections: tuple[str, ...] = tuple(PLUGIN_SECTION
         "seed": config.seed,
         "device": config.device,
         **{s: {"name": names[s], **params_to_dict(plugins[s].params)} for s in sections},
+        "data": _data_section(names["data"], plugins["data"], config.normalize),
         SUITE_SECTION: [{"name": e.name, **e.params} for e in suite],
         "threat": {"norm": threat.norm, "eps": threat.eps},
         "train": params_to_dict(config.train),
@@ -317,11 +345,15 @@ def load_data(
     return _check_splits(splits, dataset, name), root
 
 
-def build_model(plan: RunPlan) -> nn.Module:
+def build_model(plan: RunPlan) -> NormalizedClassifier:
+    """The architecture's network behind the dataset's normalisation (``data.normalize``),
+    or behind an identity one (mean 0, std 1: the same layout, so checkpoints look alike)."""
     net = plan.arch.build(plan.dataset.num_classes, tuple(plan.dataset.input_shape))
     if not isinstance(net, nn.Module):
         raise PluginLoadError(f"{plugin_origin(plan.arch)}: build() returned {type(net).__name__}, not a torch nn.Module")
-    return NormalizedClassifier(net, plan.dataset.mean, plan.dataset.std).to(plan.device)
+    channels = int(plan.dataset.input_shape[0])
+    mean, std = (plan.dataset.mean, plan.dataset.std) if plan.config.normalize else ((0.0,) * channels, (1.0,) * channels)
+    return NormalizedClassifier(net, mean, std).to(plan.device)
 
 
 #: the commit of a copy of the source without its .git folder (a tree copied to a GPU machine)
@@ -511,6 +543,7 @@ def _evaluate_and_record(plan: RunPlan, reporter: Reporter, resume: Checkpoint |
         checkpoints=checkpoints,
         selected=selected,
         notes=notes,
+        run_dir=str(plan.run_dir),
     )
     try:
         record_path = write_record(record, plan.results_root)

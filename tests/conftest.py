@@ -29,8 +29,10 @@ def results(tmp_path: Path) -> Path:
 
 @pytest.fixture(autouse=True, scope="session")
 def _runs_outside_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Checkpoints of test runs go to a temp folder (subprocesses inherit it), not runs/."""
+    """Checkpoints, records and reports of test runs that name no folder go to temp
+    folders (subprocesses inherit them), never into the checkout's robench-results/."""
     os.environ["ROBENCH_RUNS"] = str(tmp_path_factory.mktemp("runs"))
+    os.environ["ROBENCH_RESULTS"] = str(tmp_path_factory.mktemp("results"))
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import REPO
 from robench.config import config_hash, load_preset, parse_set, resolve, validate
@@ -110,3 +111,25 @@ def test_several_processes_are_another_experiment_one_is_not() -> None:
     b = {**a, "engine": {**a["engine"], "sync_bn": True}}  # as a CUDA run plans it
     assert config_hash(a) == config_hash(a, 1) == config_hash(b)  # engine settings: not the experiment
     assert len({config_hash(a), config_hash(a, 2), config_hash(a, 4), config_hash(b, 2)}) == 4
+
+
+def test_data_normalize_is_robench_s_key_and_recorded_only_when_off() -> None:
+    """``data.normalize`` is read by robench, not by the dataset plugin (unless its Params
+    declare it); off, it is another experiment; on, configs keep the hash they had."""
+    from robench.run import build_model
+
+    on = plan_run(validate(resolve(None, None)))
+    off = plan_run(validate(resolve(None, None, ["data.normalize=false"])))
+    assert (on.config.normalize, off.config.normalize) == (True, False)
+    assert "normalize" not in on.resolved["data"] and off.resolved["data"]["normalize"] is False
+    assert config_hash(on.resolved) != config_hash(off.resolved)
+    raw = build_model(off)
+    assert raw.normalize.mean.abs().sum() == 0 and (raw.normalize.std == 1).all()
+    assert torch.equal(build_model(on).normalize.mean.flatten(), torch.tensor(on.dataset.mean))
+    with pytest.raises(ConfigError, match="data.normalize: expected true or false"):
+        validate(resolve(None, None, ["data.normalize=maybe"]))
+    # a plugin that declares the parameter (the idx datasets) gets the value, and records it either way
+    for value in (True, False):
+        plan = plan_run(validate(resolve(None, {"data": {"name": "fashion-mnist"}}, [f"data.normalize={value}"])))
+        assert plan.dataset.params.normalize is value and plan.resolved["data"]["normalize"] is value
+        assert plan.config.normalize is value

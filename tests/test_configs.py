@@ -14,16 +14,20 @@ CIFAR10 = sorted((REPO / "configs" / "cifar10").glob("*.yaml"))
 #: the official scripts' settings (each file cites its source)
 OFFICIAL = {
     "pgd-at": {"eps": "8/255", "epochs": 110, "milestones": (100, 105), "weight_decay": 5e-4,
-               "lr": 0.1, "select": "best", "defense": {"steps": 10, "random_start": True}},
+               "lr": 0.1, "select": "best", "defense": {"steps": 10, "random_start": True},
+               "normalize": True},  # Bag of Tricks normalises with the CIFAR-10 mean and std
     "trades": {"eps": "0.031", "epochs": 76, "milestones": (74,), "weight_decay": 2e-4,
                "lr": 0.1, "select": "last",
-               "defense": {"steps": 10, "step_size": 0.007, "beta": 6.0, "start_std": 0.001}},
+               "defense": {"steps": 10, "step_size": 0.007, "beta": 6.0, "start_std": 0.001},
+               "normalize": False},  # the official TRADES and MART code: raw [0, 1] inputs
     "mart-wrn-34-10": {"eps": "0.031", "epochs": 90, "milestones": (74, 89), "weight_decay": 7e-4,
                        "lr": 0.1, "select": "best",
-                       "defense": {"steps": 10, "step_size": 0.007, "beta": 6.0, "start_std": 0.001}},
+                       "defense": {"steps": 10, "step_size": 0.007, "beta": 6.0, "start_std": 0.001},
+                       "normalize": False},
     "mart-preact-resnet-18": {"eps": "0.031", "epochs": 120, "milestones": (74, 89, 99),
                               "weight_decay": 3.5e-3, "lr": 0.01, "select": "best",
-                              "defense": {"steps": 10, "step_size": 0.007, "beta": 5.0, "start_std": 0.001}},
+                              "defense": {"steps": 10, "step_size": 0.007, "beta": 5.0, "start_std": 0.001},
+                              "normalize": False},
 }
 
 
@@ -55,6 +59,8 @@ def test_cifar10_preset_holds_the_official_settings(path: Path, tmp_path: Path) 
     if plan.names["defense"] == "pgd-at":
         assert params["step_size"] == pytest.approx(2 / 255, abs=1e-15)
     assert [e.attack.label() for e in plan.suite] == ["FGSM", "PGD-20", "CW-20", "AutoAttack"]
+    assert plan.config.normalize is want["normalize"]
+    assert plan.resolved["data"].get("normalize", True) is want["normalize"]  # recorded when off
 
 
 # ------------------------------------------------------------------- Fashion-MNIST, MNIST

@@ -19,8 +19,10 @@ from robench.leaderboard import (
     UNRELIABLE, Filters, experiment_table, load_reported, refresh_all, refresh_leaderboard, render_csv,
     render_html, render_latex, render_markdown, run_table,
 )
+from robench.leaderboard.evaluations import with_reports
 from robench.leaderboard.robustbench import model_info
 from robench.records import RunRecord, load_records
+from robench.reports import EvalReport
 from robench.run import execute, plan_run
 
 REFERENCE = """\
@@ -188,6 +190,9 @@ def test_robustbench_entry_uses_its_field_names_and_refuses_runs_without_autoatt
     plain = _by(records, "standard")[0]
     out = run_cli("leaderboard", "--results-dir", str(results), "--format", "robustbench", "--run", plain.run_id)
     assert out.returncode == 2 and "no AutoAttack" in out.stderr and "Traceback" not in out.stderr
+    assert out.stderr.strip().endswith(  # the command that makes it exportable, with the real checkpoint
+        f"robench eval --checkpoint {plain.run_dir}/{plain.selected}.pt --results-dir {results}")
+    assert Path(plain.run_dir, f"{plain.selected}.pt").is_file()
 
 
 def test_cli_formats_filters_and_reports_malformed_records(results: Path, tmp_path: Path) -> None:
@@ -238,3 +243,41 @@ def test_plot_commands_write_pngs_from_the_records(results: Path, tmp_path: Path
     assert out.returncode == 0 and imread(tmp_path / "curves.png").shape[2] in (3, 4)
     out = run_cli("plot", "run", "nope", "--results-dir", str(results))
     assert out.returncode == 2 and "no run with id 'nope'" in out.stderr
+
+
+def _report(record: RunRecord, autoattack: float, **changes) -> EvalReport:
+    """An evaluation report on ``record``'s reported checkpoint, with AutoAttack."""
+    epoch = record.checkpoints[record.selected]["epoch"]
+    fields = dict(
+        report_id=f"{record.run_id}-{record.selected}-eval-x", created="2026-11-28T00:00:00Z",
+        robench_version="0", git_commit=None, checkpoint="best.pt", checkpoint_sha256="0" * 64,
+        source_run_id=record.run_id, source_checkpoint=record.selected, source_epoch=epoch,
+        dataset=record.dataset, arch=record.arch["name"], defense=record.defense["name"],
+        threat=dict(record.threat), seed=0, eval={"n": 90, "flags": []},
+        accuracy={"clean": record.accuracy["clean"], "AutoAttack": autoattack, "worst case": autoattack},
+        wall_time_s=1.0, device="cpu", config={},
+    )
+    return EvalReport(**{**fields, **changes})
+
+
+def test_a_report_completes_only_its_own_runs_reported_weights_and_threat(results: Path) -> None:
+    records = _records(results)
+    plain = _by(records, "standard")[0]
+    own_aa = _by(records, "standard", autoattack=True)[0]
+    epoch = plain.checkpoints[plain.selected]["epoch"]
+    ignored = [
+        _report(plain, 1.0, source_epoch=epoch + 1),  # other weights
+        _report(plain, 2.0, threat={"norm": "Linf", "eps": "1/8"}),  # another threat model
+        _report(plain, 3.0, source_run_id=own_aa.run_id),  # another run
+        _report(plain, 4.0, accuracy={"clean": 50.0, "PGD-20": 5.0, "worst case": 5.0}),  # no AutoAttack
+    ]
+    assert with_reports([plain], ignored) == [plain]
+    newest = _report(plain, 6.0, created="2026-11-29T00:00:00Z", report_id="newer")
+    shown = with_reports([plain, own_aa], [*ignored, _report(plain, 5.0), newest, _report(own_aa, 0.0)])
+    assert shown[0].accuracy["AutoAttack"] == 6.0 and shown[0].eval["report"] == "newer"
+    assert shown[1] == own_aa  # a run whose own suite had AutoAttack keeps its own number
+    same_eps = _report(plain, 7.0, threat={"norm": "Linf", "eps": "0.1875"})  # 3/16 written otherwise
+    assert with_reports([plain], [same_eps])[0].accuracy["AutoAttack"] == 7.0
+    table = run_table(shown)
+    assert dict(zip(table["run_id"], table["checkpoint"]))[plain.run_id] == f"{plain.selected} (eval report)"
+    assert model_info(shown[0])["footnote"].endswith("AutoAttack from evaluation report newer).")

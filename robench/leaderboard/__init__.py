@@ -2,7 +2,8 @@
 
 ``table`` groups runs into experiments and ranks them; ``formats`` writes markdown,
 CSV, LaTeX and HTML; ``reference`` reads published numbers, shown apart as
-"reported"; ``robustbench`` exports one run as a RobustBench entry. The committed
+"reported"; ``evaluations`` completes a run without AutoAttack by a later ``robench
+eval`` report on the same weights; ``robustbench`` exports one run as a RobustBench entry. The committed
 boards, ``<results>/<dataset>-<threat>.md``, are rebuilt by :func:`refresh_leaderboard`
 after every run and all at once by :func:`refresh_all` (``robench leaderboard --refresh``).
 """
@@ -19,7 +20,9 @@ from robench.leaderboard.reference import ReportedRow, load_reported
 from robench.leaderboard.table import (
     AUTOATTACK, UNRELIABLE, Filters, defense_label, experiment_table, ranking_rule, run_table, threat_title,
 )
+from robench.leaderboard.evaluations import with_reports
 from robench.records import RunRecord, SkippedRecord, load_records, record_dir
+from robench.reports import load_reports, report_dir
 from robench.threat import ThreatModel
 
 __all__ = [
@@ -30,6 +33,13 @@ __all__ = [
 
 #: held while a board is rebuilt (git-ignored)
 LOCK_FILE = ".leaderboard.lock"
+
+
+def _shown(results_root: Path, dataset: str, threat_slug: str) -> tuple[list[RunRecord], list[SkippedRecord]]:
+    """One board's records, completed by the evaluation reports beside them."""
+    records, skipped = load_records(record_dir(results_root, dataset, threat_slug))
+    reports, bad = load_reports(report_dir(results_root, dataset, threat_slug))
+    return with_reports(records, reports), skipped + bad
 
 
 def _write_board(
@@ -47,7 +57,7 @@ def refresh_leaderboard(
 ) -> tuple[Path, list[SkippedRecord]]:
     """Rebuild ``<results>/<dataset>-<threat slug>.md`` from its records and reported rows."""
     with exclusive_lock(results_root / LOCK_FILE):  # concurrent runs: the last rebuild sees every record
-        records, skipped = load_records(record_dir(results_root, dataset, threat_slug))
+        records, skipped = _shown(results_root, dataset, threat_slug)
         reported, bad = load_reported(results_root)
         path = _write_board(results_root, dataset, threat_slug, threat_label, records, reported)
     return path, skipped + bad
@@ -61,7 +71,7 @@ def refresh_all(results_root: Path) -> tuple[list[Path], list[SkippedRecord]]:
         boards: dict[tuple[str, str], tuple[str, list[RunRecord]]] = {}
         base = results_root / "records"
         for folder in sorted(p for p in base.glob("*/*") if p.is_dir()) if base.is_dir() else []:
-            records, bad = load_records(folder)
+            records, bad = _shown(results_root, folder.parent.name, folder.name)
             skipped += bad
             title = threat_title(records[0]) if records else folder.name
             boards[(folder.parent.name, folder.name)] = (title, records)

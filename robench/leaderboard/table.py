@@ -32,6 +32,12 @@ def flags(rec: RunRecord) -> list[str]:
     return [str(f) for f in found] if isinstance(found, list) else [str(found)]
 
 
+def checkpoint_label(rec: RunRecord) -> str:
+    """``best``, or ``best (eval report)`` where a ``robench eval`` report evaluated it
+    (:mod:`robench.leaderboard.evaluations`)."""
+    return f"{rec.selected} (eval report)" if rec.eval.get("report") else rec.selected
+
+
 def defense_label(rec: RunRecord) -> str:
     """``trades`` or, with hyperparameters away from the defaults, ``trades (beta=1.0)``."""
     changed = rec.defense.get("changed") or {}
@@ -119,7 +125,7 @@ def runs_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
             "seed": rec.seed,
             "run_id": rec.run_id,
             "epochs": rec.train.get("epochs"),
-            "checkpoint": rec.selected,
+            "checkpoint": checkpoint_label(rec),
             "flags": len(flags(rec)),
             "ranked_by": ranked_by,
             "_rank": rec.accuracy.get(rank_key),

@@ -102,6 +102,6 @@ def test_autoattack_on_the_device_agrees_with_the_cpu(tmp_path: Path) -> None:
         out = run_cli("eval", "--checkpoint", str(checkpoint), "--device", device, "--attack", "autoattack",
                       "--eps", "1/64", "--n-eval", "200", "--out", str(tmp_path / f"{device}.json"), "-q", env=env)
         assert out.returncode == 0, out.stderr[-3000:]
-        robust[device] = json.loads((tmp_path / f"{device}.json").read_text())["accuracy"]["autoattack"]
+        robust[device] = json.loads((tmp_path / f"{device}.json").read_text())["accuracy"]["AutoAttack"]
     assert 5 < robust["cpu"] < 95, robust  # a budget that tells the two apart if they differ
     assert abs(robust[str(DEVICE)] - robust["cpu"]) <= 1.0, robust
