@@ -33,18 +33,14 @@ def _selected(
     defense: Optional[list[str]], threat: Optional[list[str]],
 ) -> tuple[Path, list[RunRecord], list[ReportedRow]]:
     """(results root, filtered records, reported rows for the same datasets and threats)."""
-    from robench.leaderboard import Filters, load_reported
-    from robench.leaderboard.evaluations import with_reports
+    from robench.leaderboard import Filters, load_reported, load_shown
     from robench.paths import results_root
-    from robench.records import load_records
-    from robench.reports import REPORTS_FOLDER, load_reports
+    from robench.reports import REPORTS_FOLDER
 
     root = results_root(results_dir)
-    records, skipped = load_records(root / "records")
-    reports, unread = load_reports(root / REPORTS_FOLDER)
-    records = with_reports(records, reports)
+    records, skipped = load_shown(root / "records", root / REPORTS_FOLDER)
     reported, bad = load_reported(root)
-    for item in skipped + unread + bad:
+    for item in skipped + bad:
         err.print(Text(f"warning: skipped {item.path}: {item.reason}", style="yellow"))
     filters = Filters(data or (), arch or (), defense or (), threat or ())
     chosen = filters.apply(records)

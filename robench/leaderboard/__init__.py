@@ -27,7 +27,7 @@ from robench.threat import ThreatModel
 
 __all__ = [
     "AUTOATTACK", "FORMATS", "UNRELIABLE", "Filters", "ReportedRow", "board_title", "defense_label",
-    "experiment_table", "load_reported", "ranking_rule", "refresh_all", "refresh_leaderboard", "render_csv",
+    "experiment_table", "load_reported", "load_shown", "ranking_rule", "refresh_all", "refresh_leaderboard", "render_csv",
     "render_html", "render_latex", "render_markdown", "run_table",
 ]
 
@@ -35,11 +35,17 @@ __all__ = [
 LOCK_FILE = ".leaderboard.lock"
 
 
+def load_shown(records_folder: Path, reports_folder: Path) -> tuple[list[RunRecord], list[SkippedRecord]]:
+    """The records below ``records_folder`` as boards show them: completed by the
+    evaluation reports below ``reports_folder``; with every file skipped and why."""
+    records, skipped = load_records(records_folder)
+    reports, bad = load_reports(reports_folder)
+    return with_reports(records, reports), skipped + bad
+
+
 def _shown(results_root: Path, dataset: str, threat_slug: str) -> tuple[list[RunRecord], list[SkippedRecord]]:
     """One board's records, completed by the evaluation reports beside them."""
-    records, skipped = load_records(record_dir(results_root, dataset, threat_slug))
-    reports, bad = load_reports(report_dir(results_root, dataset, threat_slug))
-    return with_reports(records, reports), skipped + bad
+    return load_shown(record_dir(results_root, dataset, threat_slug), report_dir(results_root, dataset, threat_slug))
 
 
 def _write_board(
