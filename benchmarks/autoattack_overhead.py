@@ -12,7 +12,7 @@ same per-example robust flags on the same inputs and seed.
 
 What it does
 ------------
-In one process: trains robench's default digits model (smallcnn, PGD-AT, 20 epochs,
+In one process: trains robench's digits model (smallcnn, PGD-AT, 20 epochs (the default has 15),
 about 35 s on a 2-core CPU) or loads ``--checkpoint``, then times three variants on the
 same test points with the same AutoAttack seed and batch size, interleaved
 (robench, direct, direct-frozen; the order alternates from one repeat to the next):
@@ -133,16 +133,15 @@ def prepare(args: argparse.Namespace) -> tuple[RunPlan, nn.Module, TensorSplit, 
         plan = plan_run(validate(raw), sections=("data", "arch"))
         model = build_model(plan)
         model.load_state_dict(ckpt.state_dict)
-        splits = load_data(plan.dataset, plan.names["data"], data_root(plan.config.data_root))
+        splits, _ = load_data(plan.dataset, plan.names["data"], data_root(plan.config.data_root))
         return plan, model, splits.test, f"checkpoint {args.checkpoint} (run {ckpt.run_id})"
     flags: dict[str, object] = {"defense": {"name": "pgd-at"}, "device": "cpu", "seed": args.seed}
-    if args.epochs is not None:
-        flags["train"] = {"epochs": args.epochs}
+    flags["train"] = {"epochs": 20 if args.epochs is None else args.epochs}  # as measured in docs/performance.md
     plan = plan_run(validate(resolve(None, flags)))
     cfg = plan.config
     seed_everything(cfg.seed)
     model = build_model(plan)
-    splits = load_data(plan.dataset, plan.names["data"], data_root(cfg.data_root))
+    splits, _ = load_data(plan.dataset, plan.names["data"], data_root(cfg.data_root))
     gen = make_generator(cfg.seed)
     started = time.perf_counter()
     train(model, plan.defense, splits.train, plan.threat, cfg.train, device=torch.device("cpu"),

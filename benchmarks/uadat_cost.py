@@ -60,7 +60,7 @@ def time_epochs(args: argparse.Namespace, uadat: dict[str, Any]) -> dict[str, li
         for d in DEFENSES
     }
     first = plans[DEFENSES[0]]
-    splits = load_data(first.dataset, first.names["data"], data_root(None))
+    splits, _ = load_data(first.dataset, first.names["data"], data_root(None))
     seed_everything(args.seed)
     model = build_model(first)
     start = {k: v.clone() for k, v in model.state_dict().items()}

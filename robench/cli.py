@@ -68,7 +68,7 @@ def _root(
     """Train, attack and rank adversarially robust image classifiers.
 
     Start with `robench run` (PGD adversarial training on the embedded digits
-    dataset, under two minutes on a laptop CPU) and `robench list` (installed plugins).
+    dataset, under a minute on a laptop CPU) and `robench list` (installed plugins).
     """
     if ctx.invoked_subcommand is None:
         out.print(ctx.get_help())
@@ -274,7 +274,7 @@ def run(
     """Train a model with a defense, evaluate its best and last checkpoints, record the run
     and refresh the leaderboard.
 
-    With no options: PGD-AT on the embedded digits dataset with a small CNN (CPU, under two minutes).
+    With no options: PGD-AT on the embedded digits dataset with a small CNN (CPU, under a minute).
     """
     from robench.config import resolve, validate
     from robench.run import RESUME_SETTINGS, execute, plan_resume, plan_run, resume_point

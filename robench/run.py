@@ -428,7 +428,7 @@ def _evaluate_checkpoint(
 
 
 def execute(plan: RunPlan, reporter: Reporter | None = None, resume: Checkpoint | None = None) -> RunOutcome | None:
-    """Train, evaluate the best and the last checkpoint, write the record, refresh the board.
+    """Train, evaluate the best and the last checkpoint (or only the one reported), write the record, refresh the board.
 
     With ``resume`` (a ``last.pt`` with training state), training continues after its
     epoch under the same run id, and finished evaluations are not redone. Under

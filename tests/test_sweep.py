@@ -6,7 +6,6 @@ only) so that the sweep machinery, not training, is what these tests spend time 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import re
 import signal

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from robench.engine.backend import sync_inductor_determinism
 from robench.errors import RobenchError
 
 
@@ -31,6 +32,7 @@ class RecompileLimit(RobenchError):
 
 def compile_step_model(model: nn.Module) -> nn.Module:
     """``model`` (already under DDP when several processes train) compiled for one batch shape."""
+    sync_inductor_determinism()
     return torch.compile(model, dynamic=False)
 
 

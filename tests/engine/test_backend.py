@@ -3,6 +3,9 @@ optimizer state that follows its parameters' memory format on resume."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,3 +82,47 @@ def test_resumed_momentum_follows_the_parameters_memory_format(saved_cl: bool, r
         buffer = opt.state[param]["momentum_buffer"]
         assert buffer.stride() == param.stride()
     assert torch.equal(opt.state[weight]["momentum_buffer"], state["state"][0]["momentum_buffer"])  # same values
+
+
+def test_determinism_reaches_inductor_only_when_compiling() -> None:
+    """Setting the switch must not import TorchInductor (over a second per run), and a
+    compiled step must still see it."""
+    code = (
+        "import sys, torch\n"
+        "from robench.engine.backend import configure\n"
+        "configure(torch.device('cpu'), None)\n"
+        "assert torch.are_deterministic_algorithms_enabled(), 'switch not set'\n"
+        "assert torch.is_deterministic_algorithms_warn_only_enabled(), 'not warn-only'\n"
+        "assert 'torch._inductor.config' not in sys.modules, 'Inductor imported'\n"
+        "from robench.engine.compiled import compile_step_model\n"
+        "compile_step_model(torch.nn.Linear(2, 2))\n"
+        "import torch._inductor.config as inductor\n"
+        "assert inductor.deterministic, 'Inductor not told'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+
+
+def _page_faults(configure_first: bool) -> int:
+    """Minor page faults of 100 activation-sized conv forwards in a fresh process."""
+    code = (
+        "import resource, torch\n"
+        "from robench.engine.backend import configure\n"
+        f"if {configure_first}: configure(torch.device('cpu'), None)\n"
+        "x, conv = torch.rand(348, 1, 8, 8), torch.nn.Conv2d(1, 64, 3, padding=1)\n"
+        "for _ in range(3): conv(x)\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "with torch.no_grad():\n"
+        "    for _ in range(100): y = conv(x).relu(); del y\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return int(proc.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_a_run_reuses_freed_memory_instead_of_faulting_it_in_again() -> None:
+    plain, kept = _page_faults(False), _page_faults(True)
+    assert kept * 4 < plain, (plain, kept)
