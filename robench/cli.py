@@ -13,7 +13,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
@@ -26,6 +26,9 @@ from robench.cli_boards import leaderboard, plot_app
 from robench.cli_new import new
 from robench.cli_sweep import sweep
 from robench.errors import RobenchError, one_line
+
+if TYPE_CHECKING:
+    from robench.records import RunRecord
 
 out = Console(highlight=False)
 # soft_wrap: an error stays one line however narrow the terminal
@@ -216,6 +219,28 @@ def _plugin_flags(flags: dict[str, Any], epochs: Optional[int], **plugins: Optio
     return flags
 
 
+#: how the record's ``selected_by`` reads on the console
+_SELECTED_BY = {"val_pgd": "validation PGD accuracy", "val_clean": "validation clean accuracy"}
+
+
+def _print_other_checkpoint(rec: RunRecord) -> None:
+    """One line on the checkpoint the record does not report, so that a reader of the
+    table knows whether best and last differ and how the best was chosen."""
+    other = "last" if rec.selected == "best" else "best"
+    if "best" in rec.checkpoints:
+        metric = _SELECTED_BY.get(rec.checkpoints["best"].get("selected_by", ""), "validation accuracy")
+        out.print(f"best checkpoint chosen by {metric}")
+    if other not in rec.checkpoints:
+        which = f"last checkpoint (epoch {rec.history[-1]['epoch']})" if other == "last" else "best checkpoint"
+        out.print(f"the {which} was not evaluated (--set eval.checkpoints=both evaluates it too)")
+    elif rec.checkpoints[other]["epoch"] == rec.checkpoints[rec.selected]["epoch"]:
+        out.print("the best checkpoint is also the last")
+    else:
+        acc = rec.checkpoints[other]["accuracy"]
+        out.print(f"{other} checkpoint (epoch {rec.checkpoints[other]['epoch']}): "
+                  f"clean {acc['clean']:.2f}, worst case {acc['worst case']:.2f}")
+
+
 def _print_evaluation(title: str, accuracy: dict[str, float], section: dict[str, Any]) -> None:
     table = Table()
     table.add_column(title)
@@ -335,11 +360,7 @@ def run(
     rec = outcome.record
     _print_evaluation(f"{rec.dataset}, {plan.threat}, {rec.selected} checkpoint (epoch "
                       f"{rec.checkpoints[rec.selected]['epoch']})", rec.accuracy, rec.eval)
-    other = "last" if rec.selected == "best" else "best"
-    if other in rec.checkpoints:
-        acc = rec.checkpoints[other]["accuracy"]
-        out.print(f"{other} checkpoint (epoch {rec.checkpoints[other]['epoch']}): "
-                  f"clean {acc['clean']:.2f}, worst case {acc['worst case']:.2f}")
+    _print_other_checkpoint(rec)
     out.print(f"test images: {rec.eval['n']}   wall time: {rec.wall_time_s:.1f} s")
     out.print(Text(f"record:      {outcome.record_path}"), soft_wrap=True)
     out.print(Text(f"checkpoints: {outcome.run_dir} (best.pt, last.pt, log.jsonl)"), soft_wrap=True)

@@ -479,11 +479,11 @@ def _evaluate_checkpoints(
 ) -> dict[str, dict[str, Any]]:
     """The protocol on the last and the best checkpoint, or (``eval.checkpoints:
     selected``) on the one the record reports only; a checkpoint that is both is
-    evaluated once."""
+    evaluated once and kept under both names, so the record says so."""
     history, run_dir = trained.history, plan.run_dir
     if trained.best_epoch is None:
         wanted = ["last"]
-    elif plan.config.eval.checkpoints == "selected":
+    elif plan.config.eval.checkpoints == "selected" and trained.best_epoch != history[-1].epoch:
         wanted = [plan.config.train.select]
     else:
         wanted = ["last", "best"]

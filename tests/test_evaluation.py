@@ -17,6 +17,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     proc = run_cli(
         "run", "--results-dir", str(root / "results"), "--runs-dir", str(root / "runs"), "-q",
         "--epochs", "2", "--set", "defense.steps=2", "--attack", "pgd-5", "--n-eval", "60",
+        "--set", "eval.checkpoints=both",
     )
     assert proc.returncode == 0, proc.stderr
     record = json.loads(next((root / "results" / "records").rglob("*.json")).read_text())
