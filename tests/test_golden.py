@@ -1,0 +1,152 @@
+"""What a restructuring of the code must not change, pinned to committed values.
+
+* The committed boards regenerate byte for byte from their records.
+* Short fixed-seed digits runs of every built-in defense, through the real command
+  line, give bit-identical weights (``best.pt`` and ``last.pt``), epoch histories and
+  accuracies to those in ``tests/golden/digits-runs.json``.
+
+The runs go through ``python -m robench run`` and read only the record (JSON) and the
+checkpoints (``torch.load`` with ``weights_only``), so this test does not depend on where
+the code lives. Bit-exact CPU arithmetic depends on the torch build and the CPU's vector
+units: the file records both, and on another machine the run test says so and skips.
+Regenerate the file (only when a change of results is intended, and say why in the
+commit) with::
+
+    python tests/test_golden.py
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).resolve().parent / "golden" / "digits-runs.json"
+
+#: every run: 2 epochs, 120 test points, FGSM and PGD-20, the masking checks on 60 points
+COMMON = ["--epochs", "2", "--n-eval", "120", "--attack", "fgsm", "--attack", "pgd-20",
+          "--set", "eval.check_n=60", "--set", "eval.checkpoints=both"]
+RUNS: dict[str, list[str]] = {
+    "pgd-at": ["--defense", "pgd-at"],
+    "trades": ["--defense", "trades"],
+    "mart": ["--defense", "mart"],
+    "uadat": ["--defense", "uadat"],
+    "standard": ["--defense", "standard", "--seed", "1"],
+    "pgd-at-apgd": ["--defense", "pgd-at", "--seed", "2", "--attack", "apgd-ce", "--attack", "apgd-t"],
+}
+
+
+def machine() -> dict[str, str]:
+    """What bit-exact CPU results depend on: the torch build and the CPU's vector units."""
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("flags"):
+                flags = line.split(":", 1)[1]
+                break
+    except OSError:
+        pass
+    simd = sorted(f for f in flags.split() if f.startswith(("avx", "amx", "fma", "sse4")))
+    return {"torch": torch.__version__, "machine": platform.machine(), "simd": " ".join(simd),
+            "threads": str(torch.get_num_threads())}
+
+
+def weights_digest(path: Path) -> str:
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def measure(name: str, folder: Path) -> dict[str, Any]:
+    """One run through the command line, reduced to what must not change."""
+    results, runs = folder / name / "results", folder / name / "runs"
+    env = {"ROBENCH_RESULTS": str(results), "ROBENCH_RUNS": str(runs)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "robench", "run", "-q", *COMMON, *RUNS[name]],
+        capture_output=True, text=True, timeout=600, cwd=folder, env={**_env(), **env},
+    )
+    assert proc.returncode == 0, proc.stderr
+    (path,) = (results / "records").rglob("*.json")
+    record = json.loads(path.read_text(encoding="utf-8"))
+    (run_dir,) = runs.iterdir()
+    history = [{k: v for k, v in h.items() if k != "seconds"} for h in record["history"]]
+    checkpoints = {
+        k: {"epoch": v["epoch"], "accuracy": v["accuracy"], "checks": v["eval"]["checks"], "flags": v["eval"]["flags"]}
+        for k, v in record["checkpoints"].items()
+    }
+    return {
+        "args": RUNS[name],
+        "config_hash": record["config_hash"],
+        "history": history,
+        "checkpoints": checkpoints,
+        "selected": record["selected"],
+        "weights": {f: weights_digest(run_dir / f"{f}.pt") for f in ("best", "last")},
+    }
+
+
+def _env() -> dict[str, str]:
+    """This environment without the results folders the test suite points at."""
+    return {k: v for k, v in os.environ.items() if k not in ("ROBENCH_RESULTS", "ROBENCH_RUNS")}
+
+
+def _golden() -> dict[str, Any]:
+    return json.loads(GOLDEN.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_fixed_seed_runs_are_bit_identical_to_the_golden_values(name: str, tmp_path: Path) -> None:
+    golden = _golden()
+    assert (golden["args"], golden["runs"][name]["args"]) == (COMMON, RUNS[name]), "the runs changed: regenerate"
+    if golden["machine"] != machine():
+        pytest.skip(f"golden values were made on {golden['machine']}; this is {machine()}")
+    assert measure(name, tmp_path) == golden["runs"][name]
+
+
+def _boards(root: Path) -> list[Path]:
+    return sorted(p for p in root.glob("*-*.md"))
+
+
+@pytest.mark.parametrize("root", ["leaderboards", "leaderboards/ablations/uadat"])
+def test_committed_boards_regenerate_byte_for_byte(root: str, tmp_path: Path) -> None:
+    committed = REPO / root
+    copy = tmp_path / "results"
+    shutil.copytree(committed, copy, ignore=shutil.ignore_patterns("*.lock", "plots", "ablations", "sweeps"))
+    boards = _boards(copy)
+    assert boards, f"no boards in {committed}"
+    for board in boards:
+        board.unlink()
+    proc = subprocess.run([sys.executable, "-m", "robench", "leaderboard", "--refresh", "--results-dir", str(copy)],
+                          capture_output=True, text=True, timeout=300, env=_env())
+    assert proc.returncode == 0, proc.stderr
+    for board in boards:
+        assert board.read_bytes() == (committed / board.name).read_bytes(), board.name
+
+
+def main() -> None:
+    """Write the golden file from runs on this machine."""
+    with tempfile.TemporaryDirectory() as folder:
+        runs = {}
+        for name in RUNS:
+            print(f"running {name} ...", flush=True)
+            runs[name] = measure(name, Path(folder))
+    GOLDEN.parent.mkdir(exist_ok=True)
+    GOLDEN.write_text(json.dumps({"machine": machine(), "args": COMMON, "runs": runs}, indent=1) + "\n",
+                      encoding="utf-8")
+    print(f"wrote {GOLDEN}")
+
+
+if __name__ == "__main__":
+    main()
