@@ -228,7 +228,8 @@ def part_sweep(part: Part, minutes: float) -> None:
     results = part.out / "results"
     if part.smoke:
         args = ["sweep", "configs/sweeps/digits.yaml", "--set", "train.epochs=1", "--set", "attacks=[fgsm]",
-                "--set", "eval.eps_sweep=false", "--set", "eval.n_eval=50"]
+                "--set", "eval.eps_sweep=false", "--set", "eval.n_eval=50",
+                "--set", "eval.checks=false", "--set", "eval.checkpoints=selected"]
     else:
         args = ["sweep", "configs/sweeps/fashion-mnist.yaml"]
     args += ["--budget", f"{minutes:g}", "--results-dir", str(results), "--runs-dir", str(runs_dir()), "-q"]
