@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,7 +27,8 @@ from typing import Any
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO, run_cli
+
 GOLDEN = Path(__file__).resolve().parent / "golden" / "digits-runs.json"
 
 #: every run: 2 epochs, 120 test points, FGSM and PGD-20, the masking checks on 60 points
@@ -73,11 +71,7 @@ def weights_digest(path: Path) -> str:
 def measure(name: str, folder: Path) -> dict[str, Any]:
     """One run through the command line, reduced to what must not change."""
     results, runs = folder / name / "results", folder / name / "runs"
-    env = {"ROBENCH_RESULTS": str(results), "ROBENCH_RUNS": str(runs)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "robench", "run", "-q", *COMMON, *RUNS[name]],
-        capture_output=True, text=True, timeout=600, cwd=folder, env={**_env(), **env},
-    )
+    proc = run_cli("run", "-q", *COMMON, *RUNS[name], env={"ROBENCH_RESULTS": str(results), "ROBENCH_RUNS": str(runs)})
     assert proc.returncode == 0, proc.stderr
     (path,) = (results / "records").rglob("*.json")
     record = json.loads(path.read_text(encoding="utf-8"))
@@ -95,11 +89,6 @@ def measure(name: str, folder: Path) -> dict[str, Any]:
         "selected": record["selected"],
         "weights": {f: weights_digest(run_dir / f"{f}.pt") for f in ("best", "last")},
     }
-
-
-def _env() -> dict[str, str]:
-    """This environment without the results folders the test suite points at."""
-    return {k: v for k, v in os.environ.items() if k not in ("ROBENCH_RESULTS", "ROBENCH_RUNS")}
 
 
 def _golden() -> dict[str, Any]:
@@ -128,8 +117,7 @@ def test_committed_boards_regenerate_byte_for_byte(root: str, tmp_path: Path) ->
     assert boards, f"no boards in {committed}"
     for board in boards:
         board.unlink()
-    proc = subprocess.run([sys.executable, "-m", "robench", "leaderboard", "--refresh", "--results-dir", str(copy)],
-                          capture_output=True, text=True, timeout=300, env=_env())
+    proc = run_cli("leaderboard", "--refresh", "--results-dir", str(copy), timeout=300)
     assert proc.returncode == 0, proc.stderr
     for board in boards:
         assert board.read_bytes() == (committed / board.name).read_bytes(), board.name
