@@ -17,7 +17,7 @@ about 35 s on a 2-core CPU) or loads ``--checkpoint``, then times three variants
 same test points with the same AutoAttack seed and batch size, interleaved
 (robench, direct, direct-frozen; the order alternates from one repeat to the next):
 
-* ``robench``        ``robench.engine.evaluate.evaluate`` with the ``autoattack`` plugin
+* ``robench``        ``robench.evaluation.sequential.evaluate`` with the ``autoattack`` plugin
 * ``direct``         ``pyautoattack.AutoAttack(...).run_standard_evaluation`` after
                      ``model.eval()`` only, as AutoAttack's README shows
 * ``direct-frozen``  the same with ``model.requires_grad_(False)`` as well (no weight
@@ -58,13 +58,13 @@ import torch
 from torch import Tensor, nn
 
 from robench.api import TensorSplit
-from robench.config import resolve, resolve_over, validate
-from robench.engine.evaluate import evaluate, percent, subset_indices
+from robench.core.config import resolve, resolve_over, validate
+from robench.evaluation.sequential import evaluate, percent, subset_indices
 from robench.engine.train import train
-from robench.registry import get_registry
-from robench.paths import data_root
-from robench.run import RunPlan, build_model, load_data, plan_run
-from robench.seeding import make_generator, seed_everything
+from robench.core.registry import get_registry
+from robench.core.paths import data_root
+from robench.workflows.run import RunPlan, build_model, load_data, plan_run
+from robench.core.seeding import make_generator, seed_everything
 
 VARIANTS = ("robench", "direct", "direct-frozen")
 AA_LOGGER = "auto-attack"
@@ -125,7 +125,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def prepare(args: argparse.Namespace) -> tuple[RunPlan, nn.Module, TensorSplit, str]:
     """The model (trained here the way ``robench run`` does, or from a checkpoint)."""
     if args.checkpoint is not None:
-        from robench.checkpoint import load_checkpoint
+        from robench.engine.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(args.checkpoint.expanduser().resolve())
         base = {k: ckpt.config[k] for k in ("seed", "data", "arch", "defense", "threat", "train") if k in ckpt.config}

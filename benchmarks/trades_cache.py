@@ -21,9 +21,9 @@ import time
 
 import torch
 
-from robench.model import NormalizedClassifier
-from robench.registry import get_registry
-from robench.threat import ThreatModel
+from robench.api.model import NormalizedClassifier
+from robench.core.registry import get_registry
+from robench.api.threat import ThreatModel
 
 
 def parse_args() -> argparse.Namespace:

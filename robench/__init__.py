@@ -1,7 +1,7 @@
 """robench: train, attack and rank adversarially robust image classifiers.
 
 The core knows no plugin by name: defenses, architectures, datasets and attacks
-arrive through Python entry points (see :mod:`robench.registry`).
+arrive through Python entry points (see :mod:`robench.core.registry`).
 """
 from __future__ import annotations
 
@@ -17,3 +17,7 @@ except _metadata.PackageNotFoundError:  # running from a source tree that is not
 api_version: str = "1.1"
 
 __all__ = ["__version__", "api_version"]
+
+from robench import _moved
+
+_moved.install()

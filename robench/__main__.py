@@ -1,4 +1,4 @@
 """``python -m robench`` is the same as the ``robench`` console script."""
-from robench.cli import main
+from robench.cli.main import main
 
 raise SystemExit(main())

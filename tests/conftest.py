@@ -41,9 +41,9 @@ def standard_digits():
     accurate and breakable. Shared: tests must leave it in eval mode, weights untouched."""
     import torch
 
-    from robench.config import TrainConfig, resolve, validate
+    from robench.core.config import TrainConfig, resolve, validate
     from robench.engine.train import train
-    from robench.run import build_model, plan_run
+    from robench.workflows.run import build_model, plan_run
 
     plan = plan_run(validate(resolve(None, {"defense": {"name": "standard"}})))
     torch.manual_seed(0)

@@ -6,8 +6,8 @@ import re
 import subprocess
 
 from conftest import REPO
-from robench.leaderboard import render_markdown
-from robench.records import load_records
+from robench.results.leaderboard import render_markdown
+from robench.results.records import load_records
 
 
 def _first_commands() -> list[str]:

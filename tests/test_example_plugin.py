@@ -1,4 +1,4 @@
-"""The example plugin in plugins/examples/ keeps working as a third party would use it.
+"""The example plugin in examples/ keeps working as a third party would use it.
 
 ``robench-fast-at`` is copied out of the checkout (so that building it leaves nothing
 in the repository), installed offline with ``pip --target`` into a folder that the
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-EXAMPLE = REPO / "plugins" / "examples" / "robench-fast-at"
+EXAMPLE = REPO / "examples" / "robench-fast-at"
 
 
 def _env(tmp: Path, site: Path) -> dict[str, str]:
@@ -116,8 +116,8 @@ def test_the_tutorial_shows_the_example_module_verbatim() -> None:
     assert module in TUTORIAL.read_text()
 
 
-def test_the_tutorial_copies_the_contracts_signatures_from_robench_api() -> None:
-    api = _squeeze((REPO / "robench" / "api.py").read_text())
+def test_the_tutorial_copies_the_contracts_signatures_from_the_contracts_module() -> None:
+    api = _squeeze((REPO / "robench" / "api" / "contracts.py").read_text())
     contracts = TUTORIAL.read_text().split("## 2. The contracts")[1].split("## 3.")[0]
     signatures = re.findall(r"def \w+\(.*?\) -> [^:]+:", contracts, re.S)
     assert len(signatures) >= 10, signatures

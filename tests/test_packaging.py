@@ -16,7 +16,7 @@ def test_the_wheel_holds_every_module_and_template(tmp_path: Path) -> None:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")  # examples stay: they must not ship
-    for folder in ("robench", "plugins"):
+    for folder in ("robench", "robench_plugins"):
         shutil.copytree(REPO / folder, src / folder, ignore=ignore)
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
@@ -26,8 +26,7 @@ def test_the_wheel_holds_every_module_and_template(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (wheel,) = (tmp_path / "dist").glob("robench-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    expected = {p.relative_to(REPO).as_posix() for p in (REPO / "robench").rglob("*") if p.suffix in (".py", ".tmpl")}
-    expected |= {"robench_plugins/" + p.relative_to(REPO / "plugins").as_posix()
-                 for p in (REPO / "plugins").rglob("*.py") if "examples" not in p.parts}
+    expected = {p.relative_to(REPO).as_posix() for folder in ("robench", "robench_plugins")
+                for p in (REPO / folder).rglob("*") if p.suffix in (".py", ".tmpl")}
     assert expected - names == set()
-    assert not any(name.startswith(("tests/", "robench_plugins/examples")) for name in names)
+    assert not any(name.startswith(("tests/", "examples/")) for name in names)

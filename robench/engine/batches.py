@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-from robench.api import TensorSplit
+from robench.api.contracts import TensorSplit
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:

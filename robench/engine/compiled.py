@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from robench.engine.backend import sync_inductor_determinism
-from robench.errors import RobenchError
+from robench.api.errors import RobenchError
 
 
 class RecompileLimit(RobenchError):

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from robench.errors import ConfigError
+from robench.api.errors import ConfigError
 
 #: set by torchrun in every process it starts
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")

@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robench.api import Defense, LossOutput, TensorSplit
-from robench.checkpoint import Checkpoint, load_weights, save_checkpoint
-from robench.errors import CheckpointError
-from robench.config import EngineConfig, TrainConfig
+from robench.api.contracts import Defense, LossOutput, TensorSplit
+from robench.engine.checkpoint import Checkpoint, load_weights, save_checkpoint
+from robench.api.errors import CheckpointError
+from robench.core.config import EngineConfig, TrainConfig
 from robench.engine.batches import iterate_batches, num_batches
 from robench.engine.compiled import compile_step_model, eager_if, graphs_released, no_silent_fallback
 from robench.engine.distributed import (
@@ -38,12 +38,12 @@ from robench.engine.distributed import (
 from robench.engine.precision import Precision
 from robench.engine.schedule import learning_rate, warmed_threat
 from robench.engine.signals import StopRequest
-from robench.errors import PluginLoadError, RobenchError
-from robench.io import atomic_write_text
-from robench.perturb import attack_mode, cross_entropy_loss, default_step_size, pgd, random_start
-from robench.progress import NullReporter, Reporter
-from robench.registry import plugin_origin
-from robench.threat import ThreatModel
+from robench.api.errors import PluginLoadError, RobenchError
+from robench.api.io import atomic_write_text
+from robench.api.perturb import attack_mode, cross_entropy_loss, default_step_size, pgd, random_start
+from robench.core.progress import NullReporter, Reporter
+from robench.core.registry import plugin_origin
+from robench.api.threat import ThreatModel
 
 LAST, BEST, LOG = "last.pt", "best.pt", "log.jsonl"
 #: the last.pt before the current one: what a resume falls back to if last.pt is damaged

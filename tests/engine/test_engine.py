@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from robench.checkpoint import load_checkpoint
-from robench.config import resolve, validate
-from robench.engine.evaluate import evaluate, subset_indices
-from robench.registry import get_registry
-from robench.run import build_model, execute, plan_run
+from robench.engine.checkpoint import load_checkpoint
+from robench.core.config import resolve, validate
+from robench.evaluation.sequential import evaluate, subset_indices
+from robench.core.registry import get_registry
+from robench.workflows.run import build_model, execute, plan_run
 
 FAST = ["train.epochs=2", "attacks=[pgd-3]", "eval.n_eval=120"]
 
@@ -131,7 +131,7 @@ def test_subset_is_fixed_and_sorted() -> None:
 
 def test_eps_warmup_reaches_the_defense_and_the_log() -> None:
     from robench.api import Defense, LossOutput
-    from robench.config import TrainConfig
+    from robench.core.config import TrainConfig
     from robench.engine.train import train
 
     seen: list[str] = []

@@ -17,12 +17,12 @@ from torch import nn
 
 from conftest import run_cli
 from numerics import assert_bf16_agrees
-from robench.config import TrainConfig
+from robench.core.config import TrainConfig
 from robench.engine.backend import exact_fp32
 from robench.engine.train import load_optimizer_state, make_optimizer, train_step
-from robench.model import NormalizedClassifier
-from robench.registry import get_registry
-from robench.threat import ThreatModel
+from robench.api.model import NormalizedClassifier
+from robench.core.registry import get_registry
+from robench.api.threat import ThreatModel
 
 DEVICE = torch.device(os.environ.get("ROBENCH_GPU_TEST_DEVICE", "cuda"))
 pytestmark = [

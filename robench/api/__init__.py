@@ -1,0 +1,35 @@
+"""What a plugin author imports: the contracts and the building blocks, nothing above them.
+
+``robench.api`` re-exports the plugin contracts (:mod:`robench.api.contracts`). Beside
+them: ``params`` (typed plugin parameters), ``threat`` (the threat model), ``errors``,
+``perturb`` (projections and random starts), ``features`` (penultimate features),
+``model`` (wrappers), ``data`` (tensor splits and augmentation) and ``io`` (atomic,
+locked writes). Nothing here imports the engine, the workflows or the CLI.
+"""
+from __future__ import annotations
+
+from robench.api.contracts import (
+    Architecture,
+    Attack,
+    AttackOutcome,
+    DataSplits,
+    Dataset,
+    Defense,
+    LossOutput,
+    Plugin,
+    TensorSplit,
+    ThreatModel,
+)
+
+__all__ = [
+    "Architecture",
+    "Attack",
+    "AttackOutcome",
+    "DataSplits",
+    "Dataset",
+    "Defense",
+    "LossOutput",
+    "Plugin",
+    "TensorSplit",
+    "ThreatModel",
+]

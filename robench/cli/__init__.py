@@ -1,0 +1,1 @@
+"""The ``robench`` command line: one module per command group; only parsing and printing."""

@@ -1,0 +1,180 @@
+"""``robench leaderboard`` and ``robench plot``: read run records, never train.
+
+Registered on the main app by :mod:`robench.cli.main`, which owns exit codes and error lines.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from robench.api.errors import UserError
+
+if TYPE_CHECKING:
+    from robench.results.leaderboard import ReportedRow
+    from robench.results.records import RunRecord
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+_RESULTS_OPT = typer.Option(None, "--results-dir", metavar="DIR", help="Where the records are (default: see README).")
+_DATA = typer.Option(None, "--data", metavar="NAME", help="Only this dataset (repeatable).")
+_ARCH = typer.Option(None, "--arch", metavar="NAME", help="Only this architecture (repeatable).")
+_DEFENSE = typer.Option(None, "--defense", metavar="NAME", help="Only this defense (repeatable).")
+_THREAT = typer.Option(None, "--threat", metavar="THREAT", help='Only this threat model, e.g. linf-8_255 or "Linf 8/255" (repeatable).')
+
+
+def _selected(
+    results_dir: Optional[Path], data: Optional[list[str]], arch: Optional[list[str]],
+    defense: Optional[list[str]], threat: Optional[list[str]],
+) -> tuple[Path, list[RunRecord], list[ReportedRow]]:
+    """(results root, filtered records, reported rows for the same datasets and threats)."""
+    from robench.results.leaderboard import Filters, load_reported, load_shown
+    from robench.core.paths import results_root
+    from robench.results.reports import REPORTS_FOLDER
+
+    root = results_root(results_dir)
+    records, skipped = load_shown(root / "records", root / REPORTS_FOLDER)
+    reported, bad = load_reported(root)
+    for item in skipped + bad:
+        err.print(Text(f"warning: skipped {item.path}: {item.reason}", style="yellow"))
+    filters = Filters(data or (), arch or (), defense or (), threat or ())
+    chosen = filters.apply(records)
+    wanted = {(r.dataset, r.threat_slug) for r in chosen}
+    shown = [row for row in reported if filters.keep_reported(row)
+             and (not chosen or (row.dataset, row.threat_slug) in wanted)]
+    if not chosen and not shown:
+        what = "match the filters" if records or reported else "exist"
+        raise UserError(f"no run records or reported rows {what} in {root}")
+    return root, chosen, shown
+
+
+def _emit(text: str, output: Optional[Path]) -> None:
+    if output is None:
+        sys.stdout.write(text)
+        return
+    from robench.api.io import atomic_write_text
+
+    path = atomic_write_text(output.expanduser(), text)
+    err.print(Text(f"wrote {path}"))
+
+
+def leaderboard(
+    data: Optional[list[str]] = _DATA,
+    arch: Optional[list[str]] = _ARCH,
+    defense: Optional[list[str]] = _DEFENSE,
+    threat: Optional[list[str]] = _THREAT,
+    by: str = typer.Option("experiment", "--by", metavar="experiment|seed", help="One row per experiment (mean ± std over seeds) or per run."),
+    fmt: str = typer.Option("markdown", "--format", "-f", metavar="FORMAT", help="markdown, csv, latex, html, or robustbench (with --run)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="Write here instead of stdout."),
+    run: Optional[str] = typer.Option(None, "--run", metavar="RUN", help="The run to export with --format robustbench (id or unique prefix)."),
+    name: Optional[str] = typer.Option(None, "--name", help="RobustBench: the entry's name (paper title)."),
+    link: str = typer.Option("", "--link", help="RobustBench: link to the paper or code."),
+    authors: str = typer.Option("", "--authors", help="RobustBench: authors."),
+    venue: str = typer.Option("", "--venue", help="RobustBench: venue."),
+    additional_data: bool = typer.Option(False, "--additional-data", help="RobustBench: trained with extra data."),
+    refresh: bool = typer.Option(False, "--refresh", help="Rebuild every <dataset>-<threat>.md board in the results folder."),
+    results_dir: Optional[Path] = _RESULTS_OPT,
+) -> None:
+    """Rank recorded runs: markdown (default), CSV, LaTeX, HTML, or a RobustBench entry.
+
+    Runs group by dataset, threat model, defense, architecture and config; each row is the mean ± std over seeds, ranked by AutoAttack accuracy (the worst case where a suite had no AutoAttack, marked). Published numbers show apart, as "reported".
+    """
+    from robench.results.leaderboard import (
+        FORMATS, board_title, refresh_all, render_csv, render_html, render_latex, render_markdown,
+    )
+    from robench.results.leaderboard.robustbench import model_info
+
+    if refresh:
+        if data or arch or defense or threat or run or fmt != "markdown" or output:
+            raise typer.BadParameter("rebuilds every board as committed; it takes no filters or format", param_hint="--refresh")
+        from robench.core.paths import results_root
+
+        paths, skipped = refresh_all(results_root(results_dir))
+        for item in skipped:
+            err.print(Text(f"warning: skipped {item.path}: {item.reason}", style="yellow"))
+        for path in paths:
+            sys.stdout.write(f"{path}\n")
+        return
+    if by not in ("experiment", "seed"):
+        raise typer.BadParameter(f"expected experiment or seed, got {by!r}", param_hint="--by")
+    if fmt not in (*FORMATS, "robustbench"):
+        raise typer.BadParameter(f"expected one of {', '.join(FORMATS)}, robustbench; got {fmt!r}", param_hint="--format")
+    if (fmt == "robustbench") != (run is not None):
+        raise typer.BadParameter("--format robustbench and --run RUN go together", param_hint="--run")
+    root, records, reported = _selected(results_dir, data, arch, defense, threat)
+    if fmt == "robustbench":
+        record = _find_run(records, str(run), root / "records")
+        info = model_info(record, name=name, link=link, authors=authors, venue=venue,
+                          additional_data=additional_data, results_root=root)
+        _emit(json.dumps(info, indent=2) + "\n", output)
+        return
+    title = board_title(records)
+    source = "records"
+    by_seed = by == "seed"
+    text = {
+        "markdown": lambda: render_markdown(records, title, source, reported, by_seed),
+        "csv": lambda: render_csv(records, reported, by_seed),
+        "latex": lambda: render_latex(records, title, reported, by_seed),
+        "html": lambda: render_html(records, title, source, reported, by_seed),
+    }[fmt]()
+    _emit(text, output)
+
+
+plot_app = typer.Typer(help="PNG plots from run records (matplotlib).", no_args_is_help=True)
+
+
+def _find_run(records: list[RunRecord], run: str, where: Path) -> RunRecord:
+    matches = [r for r in records if r.run_id == run] or [r for r in records if r.run_id.startswith(run)]
+    if len(matches) != 1:
+        found = "no run" if not matches else f"{len(matches)} runs"
+        raise UserError(f"{found} with id {run!r} among the records in {where}")
+    return matches[0]
+
+
+@plot_app.command("run")
+def plot_run_curves(
+    run: str = typer.Argument(..., metavar="RUN", help="Run id (or a unique prefix)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="PNG path (default: <results>/plots/<run id>.png)."),
+    results_dir: Optional[Path] = _RESULTS_OPT,
+) -> None:
+    """Training curves of one run: validation clean and PGD accuracy, training accuracy and loss per epoch."""
+    from robench.results.plots import plot_run
+
+    root, records, _ = _selected(results_dir, None, None, None, None)
+    record = _find_run(records, run, root / "records")
+    path = plot_run(record, output.expanduser() if output else root / "plots" / f"{record.run_id}.png")
+    sys.stdout.write(f"{path}\n")
+
+
+@plot_app.command("board")
+def plot_board(
+    data: Optional[list[str]] = _DATA,
+    arch: Optional[list[str]] = _ARCH,
+    defense: Optional[list[str]] = _DEFENSE,
+    threat: Optional[list[str]] = _THREAT,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="DIR", help="Folder for the PNGs (default: <results>/plots)."),
+    results_dir: Optional[Path] = _RESULTS_OPT,
+) -> None:
+    """Per leaderboard (dataset and threat): clean vs robust accuracy, and accuracy vs eps where runs recorded an eps sweep."""
+    from robench.results.leaderboard.formats import board_title
+    from robench.results.plots import plot_clean_vs_robust, plot_eps_sweep
+
+    root, records, _ = _selected(results_dir, data, arch, defense, threat)
+    if not records:
+        raise UserError(f"no run records match the filters in {root / 'records'}")
+    folder = output.expanduser() if output else root / "plots"
+    boards: dict[tuple[str, str], list[RunRecord]] = {}
+    for rec in records:
+        boards.setdefault((rec.dataset, rec.threat_slug), []).append(rec)
+    for (dataset, slug), recs in sorted(boards.items()):
+        title = board_title(recs)
+        sys.stdout.write(f"{plot_clean_vs_robust(recs, folder / f'{dataset}-{slug}-clean-vs-robust.png', title)}\n")
+        if any(r.eval.get("eps_sweep") for r in recs):
+            sys.stdout.write(f"{plot_eps_sweep(recs, folder / f'{dataset}-{slug}-eps-sweep.png', title)}\n")
+        else:
+            err.print(Text(f"note: no {dataset} {slug} run recorded an eps sweep (robench run --eps-sweep); no accuracy-vs-eps plot"))

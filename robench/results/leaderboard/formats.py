@@ -1,0 +1,209 @@
+"""One leaderboard, four outputs: markdown (the committed boards), CSV (numbers for
+scripts), LaTeX (a booktabs table for papers) and a standalone HTML page.
+
+Everything is a pure function of the records and reported rows: no timestamps, sorted
+input, fixed number formats, so a board regenerates byte for byte.
+"""
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+
+import pandas as pd
+
+from robench.evaluation.sequential import WORST_CASE
+from robench.results.leaderboard.reference import ReportedRow
+from robench.results.leaderboard.table import (
+    AUTOATTACK, CLEAN, UNRELIABLE, experiment_table, flags, metrics, run_table, threat_title,
+)
+from robench.results.records import RunRecord
+
+FORMATS = ("markdown", "csv", "latex", "html")
+_TEXT = {"Rank": False, "Dataset": True, "Threat": True, "Defense": True, "Architecture": True, "Seed": False,
+         "Seeds": False, "Epochs": False, "Checkpoint": True, "Ranked by": True, "Evaluation": True,
+         "Config": True, "Run": True, "Source": True, "Note": True}
+
+
+def _name(metric: str) -> str:
+    return {CLEAN: "Clean", WORST_CASE: "Worst case"}.get(metric, metric) + " (%)"
+
+
+def _number(mean: float, std: float | None = None) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    if std is None or (isinstance(std, float) and math.isnan(std)):
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def measured_display(records: Sequence[RunRecord], by_seed: bool = False) -> pd.DataFrame:
+    """The measured table with formatted cells; dataset and threat columns only when the
+    records span more than one of them, a "Ranked by" column only when a row lacks AutoAttack."""
+    df = run_table(records) if by_seed else experiment_table(records)
+    if df.empty:
+        return df
+    keys = metrics(records)
+    out = pd.DataFrame({"Rank": df["rank"].astype(str)})
+    for col, name in (("dataset", "Dataset"), ("threat", "Threat")):
+        if df[col].nunique() > 1:
+            out[name] = df[col]
+    out["Defense"], out["Architecture"] = df["defense"], df["arch"]
+    for m in keys:
+        stds = [None] * len(df) if by_seed else df[f"{m} std"]
+        out[_name(m)] = [_number(v, s) for v, s in zip(df[m], stds)]
+    if by_seed:
+        out["Seed"], out["Run"] = df["seed"].astype(str), df["run_id"].map(lambda r: f"`{r}`")
+    else:
+        out["Seeds"] = df["seeds"].astype(str)
+    out["Epochs"], out["Checkpoint"] = df["epochs"].astype(str), df["checkpoint"]
+    if (df["ranked_by"] != AUTOATTACK).any():
+        out["Ranked by"] = df["ranked_by"]
+    out["Evaluation"] = df["flags"].map(lambda k: UNRELIABLE if k else "ok")
+    out["Config"] = df["config"]
+    return out
+
+
+def reported_display(rows: Sequence[ReportedRow]) -> pd.DataFrame:
+    if not rows:
+        return pd.DataFrame()
+    others = sorted({k for r in rows for k in r.other})
+    ordered = sorted(rows, key=lambda r: (-(r.autoattack or -1), r.defense, r.arch, r.source))
+    out = pd.DataFrame({
+        "Defense": [r.defense for r in ordered], "Architecture": [r.arch for r in ordered],
+        "Threat": [f"{r.norm} {r.eps}" for r in ordered],
+        "Clean (%)": [_number(r.clean) for r in ordered], "AutoAttack (%)": [_number(r.autoattack) for r in ordered],
+        **{f"{k} (%)": [_number(r.other.get(k)) for r in ordered] for k in others},
+        "Source": [r.source for r in ordered], "Note": [r.note or "" for r in ordered],
+    })
+    return out
+
+
+def _markdown_table(df: pd.DataFrame) -> str:
+    align = ["left" if _TEXT.get(c, False) else "right" for c in df.columns]
+    return df.to_markdown(index=False, disable_numparse=True, colalign=align)
+
+
+def _ranking_sentence(records: Sequence[RunRecord], by_seed: bool) -> str:
+    unit = "one row per run (seed)" if by_seed else "mean ± std over seeds"
+    if all(AUTOATTACK in r.accuracy for r in records):
+        rule = "ranked by AutoAttack accuracy"
+    else:
+        rule = ("ranked by AutoAttack accuracy where the suite had AutoAttack, otherwise by the worst case "
+                "(the Ranked by column says which)")
+    return f"{unit}; {rule}; each attack of a suite runs on the points still robust after the ones before it"
+
+
+def _reports_sentence(records: Sequence[RunRecord]) -> str:
+    completed = sum(1 for r in records if r.eval.get("report"))
+    if not completed:
+        return ""
+    return (f" {completed} run(s) whose own suite had no AutoAttack show a later `robench eval` report on the "
+            "same checkpoint and threat model (Checkpoint: eval report; the reports are in `evaluations/`).")
+
+
+def render_markdown(records: Sequence[RunRecord], title: str, source: str,
+                    reported: Sequence[ReportedRow] = (), by_seed: bool = False) -> str:
+    lines = [f"# {title}", ""]
+    if not records:
+        lines.append("No runs recorded yet.")
+    else:
+        lines += [
+            f"Measured by robench from {len(records)} run record(s) in `{source}`; "
+            f"{_ranking_sentence(records, by_seed)}.{_reports_sentence(records)} "
+            "Generated by robench from these records: do not edit by hand.",
+            "", _markdown_table(measured_display(records, by_seed)),
+        ]
+        flagged = sorted((r for r in records if flags(r)), key=lambda r: r.run_id)
+        if flagged:
+            lines += ["", f"**{UNRELIABLE}**: these runs' evaluations raised flags:", ""]
+            lines += [f"- `{r.run_id}` ({r.defense['name']}, {r.arch['name']}, config {r.config_hash}): "
+                      f"{' '.join(flag.split())}" for r in flagged for flag in flags(r)]
+    if reported:
+        lines += ["", "## Reported (published numbers, not measured by robench)", "",
+                  "Copied from the cited sources for comparison; robench did not run these.", "",
+                  _markdown_table(reported_display(reported))]
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(records: Sequence[RunRecord], reported: Sequence[ReportedRow] = (), by_seed: bool = False) -> str:
+    """Numbers unformatted (mean and std columns), one ``kind`` column: measured or reported."""
+    df = run_table(records) if by_seed else experiment_table(records)
+    df = df.rename(columns={m: f"{m} mean" for m in (metrics(records) if records else [])}) if not by_seed else df
+    df.insert(0, "kind", "measured")
+    rep = pd.DataFrame([{
+        "kind": "reported", "dataset": r.dataset, "threat": f"{r.norm} {r.eps}", "defense": r.defense,
+        "arch": r.arch, f"{CLEAN}{'' if by_seed else ' mean'}": r.clean,
+        f"{AUTOATTACK}{'' if by_seed else ' mean'}": r.autoattack,
+        **{f"{k}{'' if by_seed else ' mean'}": v for k, v in r.other.items()}, "source": r.source, "note": r.note,
+    } for r in reported])
+    both = pd.concat([df, rep], ignore_index=True) if len(rep) else df
+    return both.to_csv(index=False, float_format="%.4f", lineterminator="\n")
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "±": r"$\pm$", "–": "--", "⚠": ""}
+
+
+def _tex(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text).replace("`", "")).strip()
+
+
+def _latex_tabular(df: pd.DataFrame, caption: str) -> list[str]:
+    spec = "".join("l" if _TEXT.get(c, False) else "r" for c in df.columns)
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex(caption)}}}", rf"\begin{{tabular}}{{{spec}}}",
+             r"\toprule", " & ".join(_tex(c) for c in df.columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(_tex(v) for v in row) + r" \\" for row in df.itertuples(index=False)]
+    return lines + [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+
+
+def render_latex(records: Sequence[RunRecord], title: str, reported: Sequence[ReportedRow] = (),
+                 by_seed: bool = False) -> str:
+    """booktabs tables (``\\usepackage{booktabs}``): measured, then reported in a table of its own."""
+    lines = [f"% {title}: generated by robench from run records; do not edit by hand"]
+    if records:
+        lines += _latex_tabular(measured_display(records, by_seed).drop(columns=["Config"]),
+                                f"{title}. Measured by robench; {_ranking_sentence(records, by_seed)}.")
+    if reported:
+        lines += [""] + _latex_tabular(reported_display(reported).drop(columns=["Note"]),
+                                       f"{title}: reported by the cited sources, not measured by robench.")
+    return "\n".join(lines) + "\n"
+
+
+_CSS = ("body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}"
+        "th,td{padding:.3em .7em;border-bottom:1px solid #ddd}th{background:#f4f4f4;text-align:left}"
+        "td.num{text-align:right;font-variant-numeric:tabular-nums}caption{text-align:left;color:#555}")
+
+
+def _html_table(df: pd.DataFrame, caption: str) -> list[str]:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
+    rows = ["<tr>" + "".join(
+        f'<td{"" if _TEXT.get(c, False) else " class=num"}>{html.escape(str(v).replace("`", ""))}</td>'
+        for c, v in zip(df.columns, row)) + "</tr>" for row in df.itertuples(index=False)]
+    return [f"<table><caption>{html.escape(caption)}</caption>", f"<thead><tr>{head}</tr></thead><tbody>",
+            *rows, "</tbody></table>"]
+
+
+def render_html(records: Sequence[RunRecord], title: str, source: str, reported: Sequence[ReportedRow] = (),
+                by_seed: bool = False) -> str:
+    """A standalone page (inline CSS, no scripts)."""
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    if records:
+        body += _html_table(measured_display(records, by_seed),
+                            f"Measured by robench from {len(records)} run record(s) in {source}; "
+                            f"{_ranking_sentence(records, by_seed)}.")
+    else:
+        body.append("<p>No runs recorded yet.</p>")
+    if reported:
+        body += ["<h2>Reported (published numbers, not measured by robench)</h2>",
+                 *_html_table(reported_display(reported), "Copied from the cited sources; robench did not run these.")]
+    return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n"
+            + "\n".join(body) + "\n<p>Generated by robench from run records; do not edit by hand.</p></body></html>\n")
+
+
+def board_title(records: Sequence[RunRecord]) -> str:
+    """``digits, Linf eps=3/16`` for one dataset and threat; a plain title otherwise."""
+    pairs = {(r.dataset, threat_title(r)) for r in records}
+    return ", ".join(pairs.pop()) if len(pairs) == 1 else "robench leaderboard"

@@ -1,0 +1,173 @@
+"""Run records to pandas tables: one row per run, or one per experiment over its seeds.
+
+An experiment is a (dataset, threat model, defense, architecture, config hash) group:
+the same settings under different seeds. Each run reports one checkpoint (``best`` by
+validation accuracy or ``last``, per ``train.select``; the record keeps both). Rows
+rank by AutoAttack accuracy; an experiment whose suite had no AutoAttack ranks by its
+worst case instead, and the ``ranked_by`` column says so. Numbers stay numeric here;
+:mod:`robench.results.leaderboard.formats` formats them.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from robench.evaluation.sequential import WORST_CASE
+from robench.results.leaderboard.reference import ReportedRow
+from robench.results.records import RunRecord
+from robench.api.threat import ThreatModel
+
+#: the accuracy key of AutoAttack's standard version in a record
+AUTOATTACK = "AutoAttack"
+CLEAN = "clean"
+UNRELIABLE = "⚠ potentially unreliable"
+#: the columns that identify an experiment
+EXPERIMENT = ["dataset", "threat", "defense", "arch", "config"]
+
+
+def flags(rec: RunRecord) -> list[str]:
+    found = rec.eval.get("flags") or []
+    return [str(f) for f in found] if isinstance(found, list) else [str(found)]
+
+
+def checkpoint_label(rec: RunRecord) -> str:
+    """``best``, or ``best (eval report)`` where a ``robench eval`` report evaluated it
+    (:mod:`robench.results.leaderboard.evaluations`)."""
+    return f"{rec.selected} (eval report)" if rec.eval.get("report") else rec.selected
+
+
+def defense_label(rec: RunRecord) -> str:
+    """``trades`` or, with hyperparameters away from the defaults, ``trades (beta=1.0)``."""
+    changed = rec.defense.get("changed") or {}
+    if not isinstance(changed, dict) or not changed:
+        return rec.defense["name"]
+    values = ", ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in sorted(changed.items()))
+    return f"{rec.defense['name']} ({values})"
+
+
+def threat_label(rec: RunRecord) -> str:
+    return f"{rec.threat['norm']} {rec.threat['eps']}"
+
+
+def threat_title(rec: RunRecord) -> str:
+    """``Linf eps=3/16``, as a board's title writes the threat model."""
+    return str(ThreatModel(rec.threat["norm"], str(rec.threat["eps"])))
+
+
+def metrics(records: Iterable[RunRecord]) -> list[str]:
+    """Accuracy keys in suite order: clean first, the worst case last."""
+    found: list[str] = []
+    for rec in records:
+        for key in rec.accuracy:
+            if key not in found and key != WORST_CASE:
+                found.append(key)
+    if CLEAN in found:
+        found.insert(0, found.pop(found.index(CLEAN)))
+    return [*found, WORST_CASE]
+
+
+def ranking_rule(records: Iterable[RunRecord]) -> tuple[str, str]:
+    """(accuracy key, label) that ranks these runs: AutoAttack when every run has it."""
+    recs = list(records)
+    if recs and all(AUTOATTACK in r.accuracy for r in recs):
+        return AUTOATTACK, AUTOATTACK
+    last = [a for r in recs for a in r.accuracy if a not in (CLEAN, WORST_CASE)][-1:] or ["clean"]
+    return WORST_CASE, f"worst case ({last[0]}; no AutoAttack)"
+
+
+def _lower(names: Iterable[str]) -> set[str]:
+    return {n.strip().lower() for n in names}
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Keep what matches one of the given names per field (empty: keep all); case-insensitive.
+    A threat matches as ``linf-8_255``, ``Linf 8/255`` or ``Linf eps=8/255``."""
+    data: Sequence[str] = ()
+    arch: Sequence[str] = ()
+    defense: Sequence[str] = ()
+    threat: Sequence[str] = ()
+
+    def _threat_ok(self, norm: str, eps: str) -> bool:
+        names = {ThreatModel(norm, eps).slug, f"{norm} {eps}", f"{norm}-{eps}", f"{norm} eps={eps}"}
+        return not self.threat or bool(_lower(names) & _lower(self.threat))
+
+    def _ok(self, wanted: Sequence[str], *names: str) -> bool:
+        return not wanted or bool(_lower(names) & _lower(wanted))
+
+    def keep(self, rec: RunRecord) -> bool:
+        return (self._ok(self.data, rec.dataset) and self._ok(self.arch, rec.arch["name"])
+                and self._ok(self.defense, rec.defense["name"], defense_label(rec))
+                and self._threat_ok(rec.threat["norm"], str(rec.threat["eps"])))
+
+    def keep_reported(self, row: ReportedRow) -> bool:
+        return (self._ok(self.data, row.dataset) and self._ok(self.arch, row.arch)
+                and self._ok(self.defense, row.defense) and self._threat_ok(row.norm, row.eps))
+
+    def apply(self, records: Iterable[RunRecord]) -> list[RunRecord]:
+        return [r for r in records if self.keep(r)]
+
+
+def runs_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
+    """One row per run with numeric accuracies (NaN where a run's suite lacked an attack)."""
+    keys = metrics(records)
+    rows = []
+    for rec in records:
+        rank_key, ranked_by = ranking_rule([rec])
+        rows.append({
+            "dataset": rec.dataset,
+            "threat": threat_label(rec),
+            "defense": defense_label(rec),
+            "arch": rec.arch["name"],
+            "config": rec.config_hash,
+            "seed": rec.seed,
+            "run_id": rec.run_id,
+            "epochs": rec.train.get("epochs"),
+            "checkpoint": checkpoint_label(rec),
+            "flags": len(flags(rec)),
+            "ranked_by": ranked_by,
+            "_rank": rec.accuracy.get(rank_key),
+            **{m: rec.accuracy.get(m) for m in keys},
+        })
+    return pd.DataFrame(rows)
+
+
+def _ordered(df: pd.DataFrame) -> pd.DataFrame:
+    """Best first: ranking accuracy, then clean accuracy, then names (stable for ties)."""
+    df = df.sort_values(["_rank", CLEAN, "defense", "arch", "config", *(["seed"] if "seed" in df else [])],
+                        ascending=[False, False, True, True, True, *([True] if "seed" in df else [])],
+                        na_position="last", kind="mergesort")
+    df.insert(0, "rank", range(1, len(df) + 1))
+    return df.drop(columns="_rank").reset_index(drop=True)
+
+
+def run_table(records: Sequence[RunRecord]) -> pd.DataFrame:
+    """``--by seed``: every run on its own row, ranked."""
+    return _ordered(runs_frame(records)) if records else pd.DataFrame()
+
+
+def experiment_table(records: Sequence[RunRecord]) -> pd.DataFrame:
+    """One row per experiment: ``<metric>`` is the mean over seeds and ``<metric> std``
+    the sample standard deviation (NaN for one seed)."""
+    if not records:
+        return pd.DataFrame()
+    runs = runs_frame(records)
+    keys = metrics(records)
+    rows = []
+    for ident, group in runs.groupby(EXPERIMENT, sort=True):
+        without_aa = group.loc[group["ranked_by"] != AUTOATTACK, "ranked_by"]
+        row = dict(zip(EXPERIMENT, ident))
+        row.update(
+            seeds=group["seed"].nunique(), epochs=group["epochs"].iloc[0],
+            checkpoint=", ".join(sorted(set(group["checkpoint"]))), flags=int(group["flags"].sum()),
+            ranked_by=without_aa.iloc[0] if len(without_aa) else AUTOATTACK,
+            _rank=group[WORST_CASE if len(without_aa) else AUTOATTACK].mean(),
+        )
+        for m in keys:
+            values = group[m].dropna()
+            row[m] = values.mean() if len(values) else float("nan")
+            row[f"{m} std"] = values.std(ddof=1) if len(values) > 1 else float("nan")
+        rows.append(row)
+    return _ordered(pd.DataFrame(rows))

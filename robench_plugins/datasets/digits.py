@@ -1,0 +1,67 @@
+"""scikit-learn's handwritten digits: 1,797 real 8x8 images that ship with scikit-learn.
+
+No download, so it is the embedded default for runs on a laptop CPU and in CI. Pixel
+values 0..16 are scaled to [0, 1]. The threat model, Linf eps = 3/16 (three of the
+sixteen grey levels), is chosen so that it means something: standard training falls
+below 10% PGD accuracy while PGD-AT keeps well over 50% (measured figures: README).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from robench.api import DataSplits, Dataset, TensorSplit
+from robench.api.errors import ConfigError
+from robench.api.params import param
+from robench.api.threat import ThreatModel
+
+
+@dataclass(frozen=True)
+class DigitsParams:
+    test_fraction: float = param(0.2, gt=0, lt=1, help="share of images held out for testing")
+    val_size: int = param(180, ge=0, help="images held out from training for checkpoint selection")
+
+
+class Digits(Dataset):
+    Params = DigitsParams
+    num_classes = 10
+    input_shape = (1, 8, 8)
+    # mean and std of all 1,797 images after scaling to [0, 1]
+    mean = (0.3053,)
+    std = (0.3760,)
+    # 3 of the 16 grey levels the digits use
+    threat_model = ThreatModel("Linf", "3/16")
+    # the images ship inside scikit-learn
+    needs_files = False
+
+    def load(self, root: Path, seed: int) -> DataSplits:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        bunch = load_digits()
+        x = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]
+        y = bunch.target.astype(np.int64)
+        p: DigitsParams = self.params  # type: ignore[assignment]
+        x_rest, x_test, y_rest, y_test = train_test_split(
+            x, y, test_size=p.test_fraction, random_state=seed, stratify=y
+        )
+        val = None
+        classes = len(np.unique(y))
+        if p.val_size and not classes <= p.val_size <= len(y_rest) - classes:  # a stratified split needs both
+            raise ConfigError(
+                f"data.val_size: {p.val_size} must be between {classes} and {len(y_rest) - classes} "
+                f"with the {len(y_rest)} images left for training (one per class on each side)"
+            )
+        if p.val_size:
+            x_rest, x_val, y_rest, y_val = train_test_split(
+                x_rest, y_rest, test_size=p.val_size, random_state=seed, stratify=y_rest
+            )
+            val = TensorSplit(torch.from_numpy(x_val), torch.from_numpy(y_val))
+        return DataSplits(
+            train=TensorSplit(torch.from_numpy(x_rest), torch.from_numpy(y_rest)),
+            test=TensorSplit(torch.from_numpy(x_test), torch.from_numpy(y_test)),
+            val=val,
+        )

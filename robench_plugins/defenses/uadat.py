@@ -1,0 +1,132 @@
+"""UAD-AT: uncertainty-aware distributional adversarial training (Dong et al., arXiv 2411.02871).
+
+Only the paper's abstract is public; docs/uadat.md states the method as robench
+implements it, each choice the abstract leaves open, and the alternatives rejected.
+Per batch: PGD adversaries (as PGD-AT); M sampled adversaries per example, drawn by
+re-normalising the adversarial features at the stage layers with statistics
+perturbed by their own batch uncertainty (a distribution of adversaries instead of
+one point); a KL match of those to a reference distribution that, for misclassified
+clean examples, is rebuilt from statistically close correct examples of the same
+class; and an alignment of the model's own clean and adversarial input gradients.
+Each component has a switch (``sampling``, ``refine``, ``align``) for ablations.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robench.api import LossOutput
+from robench.api.features import FeatureHooks, batch_spread, channel_stats, feature_modules, renormalize
+from robench.api.model import eager_forwards
+from robench.api.params import param
+from robench.api.perturb import attack_loss_scale
+from robench.api.threat import ThreatModel
+from robench_plugins.defenses.pgd_at import PGDAT, PGDATParams
+
+
+@dataclass(frozen=True)
+class UADATParams(PGDATParams):
+    # beta and lambda: the best validation PGD accuracy of a sweep on digits (docs/uadat.md)
+    beta: float = param(0.5, ge=0, help="weight of the distribution match L_match")
+    align_weight: float = param(0.1, ge=0, help="lambda, weight of the gradient alignment L_align")
+    samples: int = param(2, ge=1, help="M, sampled adversaries per example")
+    sample_prob: float = param(0.5, ge=0, le=1, help="p, chance that a layer resamples in a forward pass")
+    layers: tuple[str, ...] = param((), help="feature layers; empty: those the architecture declares")
+    kernel_width: float = param(1.0, gt=0, help="tau of the proximity kernel exp(-d^2 / tau)")
+    smoothing: float = param(0.1, ge=0, lt=1, help="label smoothing of the fallback reference")
+    sampling: bool = param(True, help="component 2: sample adversaries with statistic uncertainty")
+    refine: bool = param(True, help="component 3: refined reference for misclassified clean examples")
+    align: bool = param(True, help="component 5: introspective input-gradient alignment")
+
+
+def resample(h: Tensor, noise: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Features with statistics mu + e1 std(mu), sigma + e2 std(sigma), e ~ N(0, 1)
+    (reparameterised: gradients flow through mu, sigma and their spreads)."""
+    mu, sigma = channel_stats(h)
+    e1, e2 = noise if noise is not None else (torch.randn_like(mu), torch.randn_like(sigma))
+    return renormalize(h, mu, sigma, mu + e1 * batch_spread(mu), sigma + e2 * batch_spread(sigma))
+
+
+def full_precision(device: torch.device) -> torch.autocast:
+    """Autocast off: what follows runs in the float32 its inputs are cast to."""
+    return torch.autocast(device.type, enabled=False)
+
+
+def reference(logits: Tensor, y: Tensor, stats: Tensor | None, *, width: float, smoothing: float) -> Tensor:
+    """Alignment targets: p(x_i) where x_i is classified correctly; otherwise a kernel-
+    weighted mix of p(x_j) over correct clean x_j of class y_i, by the distance of their
+    feature statistics; a label-smoothed one-hot of y_i when the batch has none.
+
+    float32 under autocast too: the kernel exp(-d^2 / tau) and its mix."""
+    with full_precision(logits.device):
+        return _reference(logits.float(), y, None if stats is None else stats.float(), width, smoothing)
+
+
+def _reference(logits: Tensor, y: Tensor, stats: Tensor | None, width: float, smoothing: float) -> Tensor:
+    probs = F.softmax(logits, 1)
+    correct = logits.argmax(1) == y
+    if stats is None:  # no `if correct.all()` shortcut: it would wait for the GPU every step
+        return probs
+    peers = correct[None, :] & (y[None, :] == y[:, None])
+    d2 = torch.cdist(stats, stats).pow(2) / stats.shape[1]
+    weights = torch.where(peers, -d2 / width, torch.full_like(d2, float("-inf")))
+    has_peer = peers.any(1, keepdim=True)
+    mixed = F.softmax(torch.where(has_peer, weights, torch.zeros_like(weights)), 1) @ probs
+    k = logits.shape[1]
+    fallback = F.one_hot(y, k).float() * (1 - smoothing) + smoothing / k
+    refined = torch.where(has_peer, mixed, fallback)
+    return torch.where(correct[:, None], probs, refined)
+
+
+def gradient_misalignment(g_clean: Tensor, g_adv: Tensor) -> Tensor:
+    """Mean over examples of 1 - cos(g_clean, g_adv): 0 aligned, 2 opposite; in float32."""
+    with full_precision(g_clean.device):
+        cos = F.cosine_similarity(g_clean.flatten(1).float(), g_adv.flatten(1).float(), dim=1, eps=1e-12)
+    return (1 - cos).mean()
+
+
+class UADAT(PGDAT):
+    Params = UADATParams
+    _layers: tuple[nn.Module, list[tuple[str, nn.Module]]] | None = None
+
+    def feature_layers(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        """The model's feature layers, looked up once per model rather than every batch."""
+        if self._layers is None or self._layers[0] is not model:
+            self._layers = (model, feature_modules(model, self.params.layers))  # type: ignore[attr-defined]
+        return self._layers[1]
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> LossOutput:
+        x_adv = self.adversary(model, x, y, threat)  # compiled when the engine compiles
+        # eager: torch.compile has no double backward and ignores hooks added after compiling
+        with eager_forwards():
+            return self.outer_loss(model, x, x_adv, y)
+
+    def outer_loss(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> LossOutput:
+        p: UADATParams = self.params  # type: ignore[assignment]
+        layers = self.feature_layers(model) if (p.sampling or p.refine) else []
+        x_in = x.detach().requires_grad_(p.align)
+        with FeatureHooks(layers if p.refine else [], record=True) as clean_hooks:
+            logits = model(x_in)
+        stats = torch.cat([torch.cat(s, 1) for s in clean_hooks.stats.values()], 1) if p.refine else None
+        target = reference(logits, y, stats, width=p.kernel_width, smoothing=p.smoothing).detach()
+
+        m = p.samples if p.sampling else 1
+        xa = x_adv.detach().requires_grad_(p.align)
+        draw = (lambda name, h: resample(h) if torch.rand(()) < p.sample_prob else None) if p.sampling else None
+        with FeatureHooks(layers if p.sampling else [], transform=draw):
+            logits_adv = model(xa.repeat(m, 1, 1, 1))
+        ys = y.repeat(m)
+        ce = F.cross_entropy(logits_adv, ys)
+        match = F.kl_div(F.log_softmax(logits_adv, 1), target.repeat(m, 1), reduction="batchmean")
+        loss = ce + p.beta * match
+        if p.align:
+            scale = attack_loss_scale()  # > 1 under fp16 only; the cosine does not see it
+            g_clean, g_adv = torch.autograd.grad(  # one pass over both graphs
+                [scale * F.cross_entropy(logits, y, reduction="sum"), scale * F.cross_entropy(logits_adv, ys, reduction="sum")],
+                [x_in, xa], create_graph=True,
+            )
+            loss = loss + p.align_weight * gradient_misalignment(g_clean, g_adv)
+        return LossOutput(loss, logits_adv[: len(y)])

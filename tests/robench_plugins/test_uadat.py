@@ -1,0 +1,245 @@
+"""UAD-AT, component by component on fixed tensors, and the identity with everything off."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robench.api.errors import ConfigError
+from robench.api.features import FeatureHooks, batch_spread, channel_stats, feature_modules, renormalize
+from robench.api.model import NormalizedClassifier
+from robench.core.registry import get_registry
+from robench.api.threat import ThreatModel
+from robench_plugins.defenses.uadat import gradient_misalignment, reference, resample
+
+THREAT = ThreatModel("Linf", "8/255")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 5),
+    )
+    net.feature_layers = ("2", "4")
+    return NormalizedClassifier(net, (0.5,) * 3, (0.25,) * 3).train()
+
+
+def uadat(**params):
+    return get_registry("defense").create("uadat", params)
+
+
+# ------------------------------------------------------------------ statistics
+def test_channel_statistics_and_their_batch_spread_by_hand():
+    h = torch.tensor([[[[1.0, 3.0], [5.0, 7.0]]], [[[2.0, 2.0], [2.0, 2.0]]]])  # (2, 1, 2, 2)
+    mu, sigma = channel_stats(h)
+    assert mu.tolist() == [[4.0], [2.0]]
+    # population variance of 1, 3, 5, 7 is 5; of a constant 0 (plus the 1e-6 guard)
+    assert sigma[0, 0].item() == pytest.approx(math.sqrt(5 + 1e-6))
+    assert sigma[1, 0].item() == pytest.approx(math.sqrt(1e-6))
+    # spread across the batch: population std of (4, 2) is 1
+    assert batch_spread(mu).item() == pytest.approx(math.sqrt(1 + 1e-6))
+    expected = (sigma[0, 0] - sigma[1, 0]).abs().item() / 2
+    assert batch_spread(sigma).item() == pytest.approx(math.sqrt(expected**2 + 1e-6))
+    # repeating the batch (M samples per example) leaves the spread unchanged
+    assert torch.allclose(batch_spread(mu.repeat(3, 1)), batch_spread(mu))
+
+
+def test_fast_statistics_equal_torchs_mean_and_population_variance():
+    h = torch.randn(6, 4, 5, 5) * 3 + 1
+    mu, sigma = channel_stats(h)
+    assert torch.allclose(mu, h.mean(dim=(2, 3)), atol=1e-6)
+    assert torch.allclose(sigma, (h.var(dim=(2, 3), unbiased=False) + 1e-6).sqrt(), atol=1e-5)
+    new_mu, new_sigma = mu + 1, sigma * 2
+    by_formula = (h - mu[..., None, None]) / sigma[..., None, None] * new_sigma[..., None, None] + new_mu[..., None, None]
+    assert torch.allclose(renormalize(h, mu, sigma, new_mu, new_sigma), by_formula, atol=1e-5)
+
+
+def test_recorded_statistics_are_constants():
+    model = tiny_model()
+    with FeatureHooks(feature_modules(model), record=True) as hooks:
+        model(torch.rand(2, 3, 8, 8)).sum().backward()
+    assert hooks.stats and all(not t.requires_grad for pair in hooks.stats.values() for t in pair)
+
+
+def test_sampling_with_zero_noise_leaves_features_unchanged():
+    h = torch.randn(5, 3, 4, 4)
+    mu, sigma = channel_stats(h)
+    zero = (torch.zeros_like(mu), torch.zeros_like(sigma))
+    assert torch.allclose(resample(h, zero), h, atol=1e-5)
+    shifted = resample(h, (torch.ones_like(mu), torch.zeros_like(sigma)))
+    assert torch.allclose(channel_stats(shifted)[0], mu + batch_spread(mu), atol=1e-5)
+
+
+def test_sampled_features_pass_gradients_to_their_statistics():
+    h = torch.randn(4, 2, 3, 3, requires_grad=True)
+    resample(h).pow(2).sum().backward()
+    assert h.grad is not None and h.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------- reference
+def test_reference_is_the_clean_softmax_for_correct_examples():
+    logits = torch.tensor([[3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 1.0]])
+    y = torch.tensor([0, 1, 2])
+    stats = torch.randn(3, 4)
+    assert torch.equal(reference(logits, y, stats, width=1.0, smoothing=0.1), F.softmax(logits, 1))
+
+
+def test_reference_for_misclassified_examples_is_a_distribution_from_close_peers():
+    # examples 0, 1 correct (class 0); 2 misclassified class 0; 3 misclassified class 2, no peers
+    logits = torch.tensor([[4.0, 0.0, 0.0], [2.0, 1.0, 0.0], [0.0, 3.0, 0.0], [0.0, 5.0, 0.0]])
+    y = torch.tensor([0, 0, 0, 2])
+    stats = torch.tensor([[0.0, 0.0], [5.0, 5.0], [0.1, 0.0], [9.0, 9.0]])
+    ref = reference(logits, y, stats, width=1.0, smoothing=0.1)
+    assert torch.allclose(ref.sum(1), torch.ones(4)) and (ref >= 0).all()
+    probs = F.softmax(logits, 1)
+    d2 = torch.tensor([0.01, 4.9**2 + 25]) / 2  # squared distances to 0 and 1, per dimension
+    w = torch.softmax(-d2, 0)
+    assert torch.allclose(ref[2], w[0] * probs[0] + w[1] * probs[1], atol=1e-6)
+    assert w[0] > 0.99  # the statistically closer peer dominates
+    assert torch.allclose(ref[3], torch.tensor([0.1 / 3, 0.1 / 3, 0.9 + 0.1 / 3]))
+    assert torch.equal(ref[:2], probs[:2])
+
+
+# ------------------------------------------------------------------- alignment
+def test_alignment_is_zero_for_identical_and_two_for_opposite_gradients():
+    g = torch.randn(6, 3, 4, 4)
+    assert gradient_misalignment(g, g.clone()).item() == pytest.approx(0.0, abs=1e-6)
+    assert gradient_misalignment(g, -g).item() == pytest.approx(2.0, abs=1e-6)
+    assert gradient_misalignment(g, 3.0 * g).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_alignment_gradients_reach_the_weights():
+    model = tiny_model()
+    x, y = torch.rand(6, 3, 8, 8), torch.randint(0, 5, (6,))
+    xc = x.clone().requires_grad_(True)
+    xa = (x + 0.03 * torch.randn_like(x)).clamp(0, 1).requires_grad_(True)
+    (gc,) = torch.autograd.grad(F.cross_entropy(model(xc), y, reduction="sum"), xc, create_graph=True)
+    (ga,) = torch.autograd.grad(F.cross_entropy(model(xa), y, reduction="sum"), xa, create_graph=True)
+    grads = torch.autograd.grad(gradient_misalignment(gc, ga), [model.net[0].weight, model.net[3].weight])
+    assert all(g.abs().sum() > 0 for g in grads)  # double backprop reaches the weights
+
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def weight_grad(align: bool) -> torch.Tensor:
+        model.load_state_dict(state)  # same BN statistics, so the same adversaries
+        model.zero_grad()
+        torch.manual_seed(1)
+        uadat(sampling=False, refine=False, align=align).loss(model, x, y, THREAT).loss.backward()
+        return model.net[0].weight.grad.clone()
+
+    assert torch.equal(weight_grad(False), weight_grad(False))  # the comparison below is fair
+    assert not torch.allclose(weight_grad(True), weight_grad(False))
+
+
+# -------------------------------------------------------------------- identity
+def test_with_every_component_off_the_loss_is_ce_plus_beta_kl():
+    model = tiny_model()
+    x, y = torch.rand(8, 3, 8, 8), torch.randint(0, 5, (8,))
+    defense = uadat(sampling=False, refine=False, align=False, beta=6.0)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(3)
+    got = defense.loss(model, x, y, THREAT).loss
+    model.load_state_dict(state)  # the loss's train-mode passes moved BN's running statistics
+    torch.manual_seed(3)
+    x_adv = defense.adversary(model, x, y, THREAT)
+    p_clean, p_adv = F.softmax(model(x), 1), F.softmax(model(x_adv), 1)
+    kl = (p_clean * (p_clean.log() - p_adv.log())).sum(1).mean()
+    assert got.item() == pytest.approx((F.cross_entropy(model(x_adv), y) + 6.0 * kl).item(), rel=1e-5)
+
+
+def test_full_method_trains_a_step_and_keeps_the_model_in_train_mode():
+    model = tiny_model()
+    x, y = torch.rand(8, 3, 8, 8), torch.randint(0, 5, (8,))
+    out = uadat(samples=3, sample_prob=1.0).loss(model, x, y, THREAT)
+    assert math.isfinite(out.loss.item()) and out.logits.shape == (8, 5)
+    out.loss.backward()
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_sampling_draws_distinct_adversaries_per_example():
+    model = tiny_model().eval()
+    x = torch.rand(4, 3, 8, 8).repeat(3, 1, 1, 1)
+    layers = feature_modules(model)
+    with FeatureHooks(layers, transform=lambda name, h: resample(h)):
+        logits = model(x)
+    first, second = logits[:4], logits[4:8]
+    assert not torch.allclose(first, second)  # the M copies see different feature statistics
+
+
+# ------------------------------------------------------------------ feature layers
+def test_feature_layers_are_declared_by_the_builtin_architectures():
+    archs = get_registry("architecture")
+    expect = {"smallcnn": ["net.1", "net.3", "net.6"], "wrn-28-10": ["net.block1", "net.block2", "net.block3"],
+              "preact-resnet-18": [f"net.layer{i}" for i in range(1, 5)]}
+    for name, layers in expect.items():
+        net = archs.create(name, {}).build(10, (3, 32, 32))
+        assert [n for n, _ in feature_modules(NormalizedClassifier(net, (0,) * 3, (1,) * 3))] == layers
+    model = tiny_model()
+    assert [n for n, _ in feature_modules(model, ["2"])] == ["net.2"]
+    with pytest.raises(ConfigError, match="not a module"):
+        feature_modules(model, ["nope"])
+    with pytest.raises(ConfigError, match="declares no feature layers"):
+        feature_modules(nn.Sequential(nn.Linear(2, 2)))
+
+
+# ----------------------------------------------------------------- a real run
+def test_short_digits_run_records_finite_losses(tmp_path):
+    import json
+
+    from conftest import run_cli
+
+    proc = run_cli("run", "--defense", "uadat", "--epochs", "3", "--attack", "pgd-5", "--n-eval", "120",
+                   "--set", "eval.checks=false", "--results-dir", str(tmp_path), "-q")
+    assert proc.returncode == 0, proc.stderr
+    (path,) = (tmp_path / "records").rglob("*.json")
+    rec = json.loads(path.read_text())
+    assert rec["defense"]["name"] == "uadat" and rec["defense"]["params"]["samples"] == 2
+    losses = [h["loss"] for h in rec["history"]]
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+    assert rec["selected"] in rec["checkpoints"] and "uadat" in (tmp_path / "digits-linf-3_16.md").read_text()
+
+
+def test_statistics_kernel_and_cosine_stay_float32_under_bf16_autocast():
+    """Under autocast the features arrive in bf16; UAD-AT's statistics, its proximity
+    kernel and its gradient cosine are computed in float32 all the same."""
+    torch.manual_seed(0)
+    h = torch.randn(8, 4, 5, 5)
+    logits, stats = torch.randn(8, 3), torch.rand(8, 6)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    g1, g2 = torch.randn(8, 1, 4, 4), torch.randn(8, 1, 4, 4)
+    expected_ref = reference(logits, y, stats, width=1.0, smoothing=0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mu, sigma = channel_stats(h.bfloat16())
+        assert mu.dtype == sigma.dtype == torch.float32
+        torch.testing.assert_close(mu, h.bfloat16().float().mean((2, 3)))
+        resampled = resample(h.bfloat16())
+        assert resampled.dtype == torch.bfloat16  # the network goes on in its own precision
+        ref = reference(logits, y, stats, width=1.0, smoothing=0.1)
+        assert ref.dtype == torch.float32
+        assert torch.equal(ref, expected_ref)  # the same float32 computation as without autocast
+        assert gradient_misalignment(g1.bfloat16(), g2.bfloat16()).dtype == torch.float32
+
+
+def test_full_method_step_under_bf16_autocast_is_finite():
+    torch.manual_seed(0)
+    model = NormalizedClassifier(get_registry("architecture").create("smallcnn").build(10, (1, 8, 8)), (0.3,), (0.4,))
+    x, y = torch.rand(16, 1, 8, 8), torch.arange(16) % 10
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = get_registry("defense").create("uadat").loss(model.train(), x, y, ThreatModel("Linf", "3/16"))
+    out.loss.backward()
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
