@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from importlib import metadata as _metadata
 
+from robench import _moved
+
 try:
     __version__: str = _metadata.version("robench")
 except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
@@ -14,10 +16,8 @@ except _metadata.PackageNotFoundError:  # running from a source tree that is not
 
 #: Version of the plugin contracts in :mod:`robench.api`. A plugin may declare the
 #: version it was written for; the major number must match.
-api_version: str = "1.1"
+api_version: str = "1.2"
 
 __all__ = ["__version__", "api_version"]
-
-from robench import _moved
 
 _moved.install()

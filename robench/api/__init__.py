@@ -9,11 +9,12 @@ locked writes). Nothing here imports the engine, the workflows or the CLI.
 from __future__ import annotations
 
 from robench.api.contracts import (
+    AdversarialDefense,
     Architecture,
     Attack,
     AttackOutcome,
-    DataSplits,
     Dataset,
+    DataSplits,
     Defense,
     LossOutput,
     Plugin,
@@ -22,6 +23,7 @@ from robench.api.contracts import (
 )
 
 __all__ = [
+    "AdversarialDefense",
     "Architecture",
     "Attack",
     "AttackOutcome",

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -25,12 +25,19 @@ from torch import Tensor, nn
 from robench.api.params import NoParams
 from robench.api.threat import ThreatModel
 
+#: a plugin's hyperparameter dataclass
+P = TypeVar("P")
 
-class Plugin:
-    """Common base: typed hyperparameters and the contract version."""
+
+class Plugin(Generic[P]):
+    """Common base: typed hyperparameters and the contract version.
+
+    Generic over its ``Params`` dataclass, so that ``self.params`` has that type in the
+    plugin's methods: ``class PGDAT(Defense[PGDATParams])`` with ``Params = PGDATParams``.
+    """
 
     #: Dataclass of hyperparameters, with the official defaults.
-    Params: ClassVar[type] = NoParams
+    Params: ClassVar[type[Any]] = NoParams
     #: The :data:`robench.api_version` the plugin was written for.
     api_version: ClassVar[str] = "1.0"
     #: For plugin families: the ``Params`` field that ``NAME/VARIANT`` sets, so that
@@ -40,7 +47,9 @@ class Plugin:
     #: ``pgd-20`` creates ``pgd`` with ``steps=20``.
     count_param: ClassVar[str | None] = None
 
-    def __init__(self, params: object | None = None) -> None:
+    params: P
+
+    def __init__(self, params: P | None = None) -> None:
         self.params = params if params is not None else self.Params()
 
 
@@ -73,7 +82,7 @@ class DataSplits:
     val: TensorSplit | None = None
 
 
-class Dataset(Plugin):
+class Dataset(Plugin[P]):
     """A labelled image dataset, loaded whole into tensors.
 
     Subclasses set the class attributes (or instance attributes in ``__init__``) and
@@ -131,7 +140,7 @@ class Dataset(Plugin):
 
 
 # ---------------------------------------------------------------------- architectures
-class Architecture(Plugin):
+class Architecture(Plugin[P]):
     """Builds a classifier that takes *normalised* inputs and returns logits.
 
     robench wraps the result with the dataset's normalisation, so the model it trains
@@ -153,7 +162,7 @@ class LossOutput:
     logits: Tensor
 
 
-class Defense(Plugin):
+class Defense(Plugin[P]):
     """Computes the training loss of a batch, inner maximisation included.
 
     A defense never touches the optimizer, the data loader or the learning rate; it is
@@ -167,6 +176,24 @@ class Defense(Plugin):
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> LossOutput:
         raise NotImplementedError
+
+
+class AdversarialDefense(Defense[P]):
+    """Adversarial training, cut at its one real seam: the inner maximisation
+    (:meth:`adversary`, eval-mode BN and frozen weights) and the outer loss on its
+    result (:meth:`objective`, in train mode), so that each can be checked, timed or
+    replaced on its own. PGD-AT, TRADES, MART and UAD-AT are written this way."""
+
+    def adversary(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> Tensor:
+        """Adversarial inputs for the batch, inside ``threat`` and the [0, 1] box."""
+        raise NotImplementedError
+
+    def objective(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> LossOutput:
+        """The loss to minimise given the clean batch and its adversaries."""
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> LossOutput:
+        return self.objective(model, x, self.adversary(model, x, y, threat), y)
 
 
 # ---------------------------------------------------------------------------- attacks
@@ -190,7 +217,7 @@ class AttackOutcome:
     adversaries: Tensor | None = None
 
 
-class Attack(Plugin):
+class Attack(Plugin[P]):
     """Maps (model, x, y) to adversarial inputs inside ``threat`` and the [0, 1] box.
 
     Seeded: the same ``generator`` state (or the attack's own ``seed`` parameter) gives
@@ -255,6 +282,7 @@ class Attack(Plugin):
 
 
 __all__ = [
+    "AdversarialDefense",
     "Architecture",
     "Attack",
     "AttackOutcome",

@@ -16,7 +16,7 @@ import re
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Literal, TypeVar, overload
 
 from robench import api_version
 from robench.api.contracts import Architecture, Attack, Dataset, Defense, Plugin
@@ -27,14 +27,18 @@ from robench.api.params import build_params, suggest
 HOME_DISTRIBUTION = "robench"
 
 
+#: the contract a registry's plugins subclass
+T = TypeVar("T", bound=Plugin[Any])
+
+
 @dataclass(frozen=True)
-class PluginKind:
+class PluginKind(Generic[T]):
     name: str
     group: str
-    base: type[Plugin]
+    base: type[T]
 
 
-KINDS: dict[str, PluginKind] = {
+KINDS: dict[str, PluginKind[Any]] = {
     k.name: k
     for k in (
         PluginKind("defense", "robench.defenses", Defense),
@@ -97,7 +101,7 @@ class PluginStatus:
     """The outcome of loading one entry: the class, or the error as one line."""
 
     entry: PluginEntry
-    plugin: type[Plugin] | None
+    plugin: type[Plugin[Any]] | None
     error: str | None
     shadowed_by: PluginEntry | None = None
 
@@ -114,15 +118,15 @@ def _priority(entry: PluginEntry) -> tuple[int, str, str]:
     return (0 if home else 1, entry.dist_name.lower(), entry.target)
 
 
-class Registry:
+class Registry(Generic[T]):
     """All plugins of one kind."""
 
-    def __init__(self, kind: PluginKind, entry_points: Iterable[md.EntryPoint] | None = None):
+    def __init__(self, kind: PluginKind[T], entry_points: Iterable[md.EntryPoint] | None = None):
         self.kind = kind
         self._entry_points = entry_points
         self._entries: list[PluginEntry] | None = None
         self._winners: dict[str, PluginEntry] = {}
-        self._loaded: dict[str, type[Plugin]] = {}
+        self._loaded: dict[str, type[T]] = {}
         self.conflicts: list[str] = []
 
     # -------------------------------------------------------------- discovery
@@ -184,7 +188,7 @@ class Registry:
         )
 
     # ---------------------------------------------------------------- loading
-    def _load_entry(self, entry: PluginEntry) -> type[Plugin]:
+    def _load_entry(self, entry: PluginEntry) -> type[T]:
         where = f"{self.kind.name} plugin '{entry.name}' from {entry.distribution}"
         try:
             obj = entry.entry_point.load()
@@ -204,14 +208,14 @@ class Registry:
             )
         return obj
 
-    def load(self, name: str) -> type[Plugin]:
+    def load(self, name: str) -> type[T]:
         """The plugin class for ``name``; imports its module on first use."""
         entry = self.entry(name)
         if entry.key not in self._loaded:
             self._loaded[entry.key] = self._load_entry(entry)
         return self._loaded[entry.key]
 
-    def _implied(self, name: str, cls: type[Plugin], entry: PluginEntry) -> dict[str, Any]:
+    def _implied(self, name: str, cls: type[T], entry: PluginEntry) -> dict[str, Any]:
         """The parameter a ``FAMILY/VARIANT`` or ``NAME-N`` spelling sets, if any."""
         if normalize_name(name) in self._winners:
             return {}
@@ -240,7 +244,7 @@ class Registry:
             return f"{entry.name}/{variant}"
         return f"{entry.name}-{split_count(name)[1]}"
 
-    def create(self, name: str, params: Mapping[str, Any] | None = None, where: str = "") -> Plugin:
+    def create(self, name: str, params: Mapping[str, Any] | None = None, where: str = "") -> T:
         """Load ``name``, build its Params from ``params`` and instantiate it.
 
         ``FAMILY/VARIANT`` names set the family plugin's ``variant_param``; ``NAME-N``
@@ -281,10 +285,10 @@ class Registry:
         return out
 
 
-_REGISTRIES: dict[str, Registry] = {}
+_REGISTRIES: dict[str, Registry[Any]] = {}
 
 
-def plugin_origin(plugin: Plugin | type[Plugin]) -> str:
+def plugin_origin(plugin: Plugin[Any] | type[Plugin[Any]]) -> str:
     """``defense plugin 'trades' from robench 0.1.0``: who to blame for a plugin object.
 
     A broken plugin often shows only when the engine uses it (a loss of the wrong type,
@@ -302,7 +306,17 @@ def plugin_origin(plugin: Plugin | type[Plugin]) -> str:
     return f"{kind} plugin {cls.__module__}:{cls.__qualname__}"
 
 
-def get_registry(kind: str) -> Registry:
+@overload
+def get_registry(kind: Literal["defense"]) -> Registry[Defense[Any]]: ...
+@overload
+def get_registry(kind: Literal["architecture"]) -> Registry[Architecture[Any]]: ...
+@overload
+def get_registry(kind: Literal["dataset"]) -> Registry[Dataset[Any]]: ...
+@overload
+def get_registry(kind: Literal["attack"]) -> Registry[Attack[Any]]: ...
+@overload
+def get_registry(kind: str) -> Registry[Any]: ...
+def get_registry(kind: str) -> Registry[Any]:
     """The process-wide registry of one kind ('defense', 'architecture', 'dataset', 'attack')."""
     if kind not in KINDS:
         raise UnknownPluginError(

@@ -56,6 +56,10 @@ class PreActResNet(CheckpointCompat):
 
     #: stage outputs, for defenses that work on features (robench.api.features)
     feature_layers: ClassVar[tuple[str, ...]] = ("layer1", "layer2", "layer3", "layer4")
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
 
     def __init__(
         self,

@@ -67,7 +67,7 @@ class CheckpointCompat(nn.Module):
     #: network does not have; they are dropped on load.
     ignored_checkpoint_keys: ClassVar[tuple[str, ...]] = ()
 
-    def _load_from_state_dict(  # type: ignore[override]
+    def _load_from_state_dict(
         self,
         state_dict: MutableMapping[str, Any],
         prefix: str,
@@ -150,6 +150,11 @@ class BasicBlock(nn.Module):
 class CifarResNet(CheckpointCompat):
     """ResNet with BasicBlocks for small images: 3x3 stem, four stages 64..512 wide,
     global average pooling (any input size), linear head."""
+
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
 
     #: stage outputs, for defenses that work on features (robench.api.features)
     feature_layers: ClassVar[tuple[str, ...]] = ("layer1", "layer2", "layer3", "layer4")

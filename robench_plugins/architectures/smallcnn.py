@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 from torch import nn
 
@@ -15,11 +16,11 @@ class SmallCNNParams:
     hidden: int = param(256, ge=1, help="units of the hidden fully connected layer")
 
 
-class SmallCNN(Architecture):
+class SmallCNN(Architecture[SmallCNNParams]):
     Params = SmallCNNParams
 
     def build(self, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
-        p: SmallCNNParams = self.params  # type: ignore[assignment]
+        p = self.params
         c, w = input_shape[0], p.width
         net = nn.Sequential(
             nn.Conv2d(c, w, 3, padding=1), nn.ReLU(inplace=True),
@@ -31,5 +32,5 @@ class SmallCNN(Architecture):
             nn.Linear(16 * w, p.hidden), nn.ReLU(inplace=True),
             nn.Linear(p.hidden, num_classes),
         )
-        net.feature_layers = ("1", "3", "6")  # the three conv blocks' outputs (robench.api.features)
+        cast(Any, net).feature_layers = ("1", "3", "6")  # the three conv blocks' outputs (robench.api.features)
         return net

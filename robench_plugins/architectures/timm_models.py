@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import timm
 import timm.models
@@ -94,17 +94,17 @@ class TimmParams:
     )
 
 
-class TimmModel(Architecture):
+class TimmModel(Architecture[TimmParams]):
     """``timm``: the model family of timm; pick one with ``timm/<name>``."""
 
     Params = TimmParams
     variant_param: ClassVar[str | None] = "model"
 
     def build(self, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
-        p: TimmParams = self.params  # type: ignore[assignment]
+        p = self.params
         name = resolve_model_name(p.model)
         c, h, w = input_shape
-        kwargs = {"pretrained": False, "num_classes": num_classes, "in_chans": c}
+        kwargs: dict[str, Any] = {"pretrained": False, "num_classes": num_classes, "in_chans": c}
         img_size = h if h == w else (h, w)
         try:
             try:

@@ -78,9 +78,12 @@ class TradesSmallCNN(CheckpointCompat):
         for m in self.feature_extractor:
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight)
-                nn.init.zeros_(m.bias)
-        nn.init.zeros_(self.classifier.fc3.weight)
-        nn.init.zeros_(self.classifier.fc3.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        head = self.classifier.get_submodule("fc3")
+        assert isinstance(head, nn.Linear) and head.bias is not None
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(torch.flatten(self.feature_extractor(x), 1))

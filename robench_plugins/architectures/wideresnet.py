@@ -212,7 +212,7 @@ class WideResNetParams:
     )
 
 
-class WideResNetArchitecture(Architecture):
+class WideResNetArchitecture(Architecture[WideResNetParams]):
     """Shared implementation of the ``wrn-*`` plugins; subclasses fix the size."""
 
     Params = WideResNetParams
@@ -220,7 +220,7 @@ class WideResNetArchitecture(Architecture):
     widen_factor: ClassVar[int]
 
     def build(self, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
-        p: WideResNetParams = self.params  # type: ignore[assignment]
+        p = self.params
         return WideResNet(
             self.depth, self.widen_factor, num_classes=num_classes, in_chans=input_shape[0],
             dropout=p.dropout,

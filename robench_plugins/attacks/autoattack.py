@@ -29,7 +29,7 @@ import logging
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -77,31 +77,30 @@ def _reset_dynamic_check() -> None:
         checks.funcs[key] = 0
 
 
-class AutoAttackSuite(Attack):
-    Params = AutoAttackParams
+class _RunnerParams(Protocol):
+    """What every AutoAttack plugin's Params have."""
+
+    @property
+    def seed(self) -> int: ...
+    @property
+    def batch_size(self) -> int: ...
+
+
+R = TypeVar("R", bound=_RunnerParams)
+
+
+class _AutoAttackRunner(Attack[R]):
+    """Runs pyautoattack's ``run_standard_evaluation`` with resumable state; the
+    plugins below choose the version and the attacks."""
+
     whole_set = True
 
-    def __init__(self, params: object | None = None) -> None:
-        super().__init__(params)
-        version, attacks = self._version_and_attacks()
-        unknown = [a for a in attacks if a not in AA_ATTACKS]
-        if unknown:
-            raise ConfigError(f"attack.attacks: unknown {unknown}; choose from {', '.join(AA_ATTACKS)}")
-        if (version == "custom") != bool(attacks):
-            raise ConfigError("attack.attacks: give a list exactly when attack.version is custom")
-
     def _version_and_attacks(self) -> tuple[str, tuple[str, ...]]:
-        return self.params.version, tuple(self.params.attacks)
+        raise NotImplementedError
 
     def _only(self) -> list[str] | None:
         """Attacks of the version's configuration to keep (None: all of them)."""
         return None
-
-    def label(self) -> str:
-        version, attacks = self._version_and_attacks()
-        if version == "standard":
-            return "AutoAttack"
-        return f"AutoAttack-{version}" if version != "custom" else "+".join(a.upper() for a in attacks)
 
     def _runner(self, model: nn.Module, threat: ThreatModel, device: torch.device) -> object:
         from pyautoattack import AutoAttack
@@ -236,7 +235,29 @@ def _save_state(
     atomic_write_text(path, json.dumps({"stages": stages, "done": done, "robust": bits, "warnings": warnings}))
 
 
-class APGDCE(AutoAttackSuite):
+class AutoAttackSuite(_AutoAttackRunner[AutoAttackParams]):
+    Params = AutoAttackParams
+
+    def __init__(self, params: AutoAttackParams | None = None) -> None:
+        super().__init__(params)
+        version, attacks = self._version_and_attacks()
+        unknown = [a for a in attacks if a not in AA_ATTACKS]
+        if unknown:
+            raise ConfigError(f"attack.attacks: unknown {unknown}; choose from {', '.join(AA_ATTACKS)}")
+        if (version == "custom") != bool(attacks):
+            raise ConfigError("attack.attacks: give a list exactly when attack.version is custom")
+
+    def _version_and_attacks(self) -> tuple[str, tuple[str, ...]]:
+        return self.params.version, tuple(self.params.attacks)
+
+    def label(self) -> str:
+        version, attacks = self._version_and_attacks()
+        if version == "standard":
+            return "AutoAttack"
+        return f"AutoAttack-{version}" if version != "custom" else "+".join(a.upper() for a in attacks)
+
+
+class APGDCE(_AutoAttackRunner[SingleAttackParams]):
     """APGD on cross-entropy alone, configured as in AutoAttack's standard version
     (100 iterations, 1 restart), so its number is the first column of AutoAttack's."""
 

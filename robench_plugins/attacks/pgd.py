@@ -25,14 +25,14 @@ class PGDParams:
     restarts: int = param(1, ge=1, help="independent starts; the first success counts")
 
 
-class PGD(Attack):
+class PGD(Attack[PGDParams]):
     Params = PGDParams
     count_param = "steps"  # pgd-20, pgd-100
 
     name: str = "PGD"
 
     def label(self) -> str:
-        p: PGDParams = self.params  # type: ignore[assignment]
+        p = self.params
         return f"{self.name}-{p.steps}" + (f"x{p.restarts}" if p.restarts > 1 else "")
 
     def inner_loss(self, y: Tensor) -> Callable[[Tensor], Tensor]:
@@ -47,7 +47,7 @@ class PGD(Attack):
         threat: ThreatModel,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        p: PGDParams = self.params  # type: ignore[assignment]
+        p = self.params
         step = p.step_size or default_step_size(threat.value, p.steps)
         with attack_mode(model):
             best = x.detach().clone()

@@ -13,13 +13,13 @@ with one line naming the folder and the file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from robench.api import DataSplits, Dataset, TensorSplit
+from robench.api import Dataset, DataSplits, TensorSplit
 from robench.api.data import random_crop_flip, uint8_nchw
 from robench.api.errors import DataNotFoundError
 from robench.api.threat import ThreatModel
@@ -33,7 +33,8 @@ from robench_plugins.datasets._common import (
     split_off_val,
 )
 
-def _cifar_class(base: type, verify_checksums: bool) -> type:
+
+def _cifar_class(base: Any, verify_checksums: bool) -> type:
     """A subclass of torchvision's CIFAR10/CIFAR100 whose integrity check names the problem.
 
     torchvision's ``_check_integrity`` returns a bare False ("Dataset not found or
@@ -43,7 +44,7 @@ def _cifar_class(base: type, verify_checksums: bool) -> type:
     still read by torchvision's ``__init__`` and ``_load_meta``.
     """
 
-    class Checked(base):  # type: ignore[misc, valid-type]
+    class Checked(base):
         title: ClassVar[str] = base.__name__.replace("CIFAR", "CIFAR-")
         if not verify_checksums:
             meta = {**base.meta, "md5": None}  # check_integrity(path, None) = exists
@@ -58,7 +59,7 @@ def _cifar_class(base: type, verify_checksums: bool) -> type:
     return Checked
 
 
-class _CIFAR(Dataset):
+class _CIFAR(Dataset[TorchvisionParams]):
     Params = TorchvisionParams
     input_shape = (3, 32, 32)
     # Linf 8/255, the budget of RobustBench's CIFAR leaderboards and most papers
@@ -90,7 +91,7 @@ class _CIFAR(Dataset):
         return checked_split(x, y, self.input_shape, self._title, folder)
 
     def load(self, root: Path, seed: int) -> DataSplits:
-        p: TorchvisionParams = self.params  # type: ignore[assignment]
+        p = self.params
         train = self._read(root, True, p.verify_checksums)
         # the train read already checked (and, if asked, verified) every file
         test = self._read(root, False, False)

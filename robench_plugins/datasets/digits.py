@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robench.api import DataSplits, Dataset, TensorSplit
+from robench.api import Dataset, DataSplits, TensorSplit
 from robench.api.errors import ConfigError
 from robench.api.params import param
 from robench.api.threat import ThreatModel
@@ -25,7 +25,7 @@ class DigitsParams:
     val_size: int = param(180, ge=0, help="images held out from training for checkpoint selection")
 
 
-class Digits(Dataset):
+class Digits(Dataset[DigitsParams]):
     Params = DigitsParams
     num_classes = 10
     input_shape = (1, 8, 8)
@@ -44,7 +44,7 @@ class Digits(Dataset):
         bunch = load_digits()
         x = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]
         y = bunch.target.astype(np.int64)
-        p: DigitsParams = self.params  # type: ignore[assignment]
+        p = self.params
         x_rest, x_test, y_rest, y_test = train_test_split(
             x, y, test_size=p.test_fraction, random_state=seed, stratify=y
         )

@@ -23,6 +23,7 @@ downloads, differ from the official ones although the data is the same.
 from __future__ import annotations
 
 import errno
+import functools
 import gzip
 import hashlib
 import json
@@ -39,7 +40,7 @@ from typing import BinaryIO, ClassVar
 import torch
 from torch import Tensor
 
-from robench.api import DataSplits, Dataset, TensorSplit
+from robench.api import Dataset, DataSplits, TensorSplit
 from robench.api.data import data_cache, random_crop_flip
 from robench.api.errors import DataNotFoundError
 from robench.api.params import param
@@ -48,7 +49,7 @@ from robench_plugins.datasets._common import PARSE_ERRORS, checked_split, labels
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 STAMP = ".robench-sources.json"
-_READ_ERRORS = (*PARSE_ERRORS, zlib.error)
+_READ_ERRORS: tuple[type[BaseException], ...] = (*PARSE_ERRORS, zlib.error)
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class _Source:
         return self.folder / (name + self.suffix)
 
 
-class IdxDataset(Dataset):
+class IdxDataset(Dataset[IdxParams]):
     """Shared by MNIST and Fashion-MNIST: layouts, decompression, checksums, splits."""
 
     Params = IdxParams
@@ -92,9 +93,9 @@ class IdxDataset(Dataset):
     train_mean: ClassVar[tuple[float, ...]]
     train_std: ClassVar[tuple[float, ...]]
 
-    def __init__(self, params: object | None = None) -> None:
+    def __init__(self, params: IdxParams | None = None) -> None:
         super().__init__(params)
-        normalize = self.params.normalize  # type: ignore[attr-defined]
+        normalize = self.params.normalize
         self.mean = self.train_mean if normalize else (0.0,)
         self.std = self.train_std if normalize else (1.0,)
 
@@ -163,7 +164,7 @@ class IdxDataset(Dataset):
         return checked_split(x, y, self.input_shape, self.title, origin.parent)
 
     def load(self, root: Path, seed: int) -> DataSplits:
-        p: IdxParams = self.params  # type: ignore[assignment]
+        p = self.params
         source = self._source(Path(root))
         with ExitStack() as stack:
             try:
@@ -188,7 +189,7 @@ class IdxDataset(Dataset):
 
     def augment(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """With ``random_crop`` > 0: a random 28x28 crop of the zero-padded image; never flipped."""
-        pad = self.params.random_crop  # type: ignore[attr-defined]
+        pad = self.params.random_crop
         return random_crop_flip(x, padding=pad, flip=False, generator=generator) if pad else x
 
 
@@ -196,7 +197,7 @@ def _raw_only(base: type) -> type:
     """torchvision's class that reads the raw idx files only: its legacy ``processed/*.pt``
     files, which it would otherwise prefer, are ignored (robench verifies the raw files)."""
 
-    class RawOnly(base):  # type: ignore[misc, valid-type]
+    class RawOnly(base):
         def _check_legacy_exist(self) -> bool:
             return False
 
@@ -243,14 +244,14 @@ def _materialise(source: _Source, target: Path) -> None:
     if done == {name: [sources[name], _stamp(target / name)] for name in FILES}:
         return  # neither the sources nor the decompressed copies changed since
     for name in FILES:
-        _write_atomic(target, name, lambda out, name=name: _decompress(source, name, out))
+        _write_atomic(target, name, functools.partial(_decompress, source, name))
     stamp = {name: [sources[name], _stamp(target / name)] for name in FILES}
     _write_atomic(target, STAMP, lambda out: out.write(json.dumps(stamp).encode()))
 
 
 def _decompress(source: _Source, name: str, out: BinaryIO) -> None:
     opener = gzip.open if source.suffix == ".gz" else open
-    with opener(source.path(name), "rb") as src:  # type: ignore[operator]
+    with opener(source.path(name), "rb") as src:
         while block := src.read(1 << 20):
             out.write(block)
 

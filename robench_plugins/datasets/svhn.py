@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from robench.api import DataSplits, Dataset, TensorSplit
+from robench.api import Dataset, DataSplits, TensorSplit
 from robench.api.data import random_crop_flip, uint8_nchw
 from robench.api.errors import DataNotFoundError
 from robench.api.threat import ThreatModel
@@ -40,7 +40,7 @@ def _svhn_class(verify_checksums: bool) -> type:
     ``__init__`` (scipy.io.loadmat, the 10 -> 0 label map) still reads the data."""
     from torchvision.datasets import SVHN as Base
 
-    class Checked(Base):  # type: ignore[misc, valid-type]
+    class Checked(Base):
         def _check_integrity(self) -> bool:
             check_files(TITLE, Path(self.root), [(self.filename, self.file_md5)], verify_checksums)
             return True
@@ -49,7 +49,7 @@ def _svhn_class(verify_checksums: bool) -> type:
     return Checked
 
 
-class SVHN(Dataset):
+class SVHN(Dataset[TorchvisionParams]):
     """SVHN cropped digits: 73,257 train / 26,032 test colour images, 32x32, 10 classes."""
 
     Params = TorchvisionParams
@@ -77,7 +77,7 @@ class SVHN(Dataset):
         return checked_split(x, y, self.input_shape, TITLE, folder)
 
     def load(self, root: Path, seed: int) -> DataSplits:
-        p: TorchvisionParams = self.params  # type: ignore[assignment]
+        p = self.params
         folder = Path(root) / FOLDER
         # both files present before reading the first (a 180 MB .mat) at all
         check_files(TITLE, folder, [("train_32x32.mat", None), ("test_32x32.mat", None)], False)

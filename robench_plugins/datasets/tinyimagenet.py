@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from robench.api import DataSplits, Dataset, TensorSplit
+from robench.api import Dataset, DataSplits, TensorSplit
 from robench.api.data import random_crop_flip, uint8_nchw
 from robench.api.errors import DataNotFoundError, UserError
 from robench.api.io import atomic_write_bytes
@@ -201,12 +201,12 @@ def _write_cache(path: Path, signature: dict[str, Any], train: TensorSplit, test
         buf,
     )
     try:
-        atomic_write_bytes(path, buf.getbuffer())  # type: ignore[arg-type]  # any bytes-like
+        atomic_write_bytes(path, buf.getbuffer())
     except UserError as exc:  # a read-only data folder: run on, decode again next time
         warnings.warn(f"{TITLE} cache not written: {exc}", stacklevel=3)
 
 
-class TinyImageNet(Dataset):
+class TinyImageNet(Dataset[TinyImageNetParams]):
     """Tiny-ImageNet: 100,000 train / 10,000 test (the labelled val/ set) images, 64x64, 200 classes."""
 
     Params = TinyImageNetParams
@@ -219,7 +219,7 @@ class TinyImageNet(Dataset):
     threat_model = ThreatModel("Linf", "8/255")
 
     def load(self, root: Path, seed: int) -> DataSplits:
-        p: TinyImageNetParams = self.params  # type: ignore[assignment]
+        p = self.params
         folder = Path(root) / FOLDER
         listing = _list_files(folder)
         signature = listing.signature()

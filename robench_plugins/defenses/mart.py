@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robench.api import Defense, LossOutput
+from robench.api import AdversarialDefense, LossOutput
 from robench.api.params import param
 from robench.api.perturb import attack_mode, cross_entropy_loss, pgd
 from robench.api.threat import ThreatModel
@@ -33,12 +33,12 @@ class MARTParams(InnerMaxParams):
     beta: float = param(6.0, ge=0, help="weight of the misclassification-aware KL term")
 
 
-class MART(Defense):
+class MART(AdversarialDefense[MARTParams]):
     Params = MARTParams
 
     def adversary(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> Tensor:
         """Maximise CE by PGD from a Gaussian start (eval-mode BN, frozen weights)."""
-        p: MARTParams = self.params  # type: ignore[assignment]
+        p = self.params
         with attack_mode(model):
             step = p.step_size or official_step_size(threat.value)
             start = gaussian_start(x, p.start_std)
@@ -46,7 +46,7 @@ class MART(Defense):
 
     def objective(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> LossOutput:
         """Boosted CE on x' plus beta * KL(p(x) || p(x')) weighted by 1 - p_y(x)."""
-        p: MARTParams = self.params  # type: ignore[assignment]
+        p = self.params
         # fp32 under autocast: in bf16, 1.0001 - p rounds to 1 - p, which is 0 for a confident p
         logits, logits_adv = model(x).float(), model(x_adv).float()
         adv_probs = F.softmax(logits_adv, 1)
@@ -58,6 +58,3 @@ class MART(Defense):
         weight = WEIGHT_ONE - nat_probs.gather(1, y[:, None]).squeeze(1)
         kl = F.kl_div(torch.log(adv_probs + LOG_EPS), nat_probs, reduction="none").sum(1)
         return LossOutput(boosted + p.beta * (kl * weight).sum() / len(x), logits_adv)
-
-    def loss(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> LossOutput:
-        return self.objective(model, x, self.adversary(model, x, y, threat), y)

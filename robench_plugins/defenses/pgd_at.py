@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robench.api import Defense, LossOutput
+from robench.api import AdversarialDefense, LossOutput
 from robench.api.params import param
 from robench.api.perturb import attack_mode, cross_entropy_loss, default_step_size, pgd, random_start
 from robench.api.threat import ThreatModel
@@ -24,22 +24,22 @@ class PGDATParams:
     random_start: bool = param(True, help="start from a uniform draw in the eps-ball")
 
 
-class PGDAT(Defense):
+def pgd_adversary(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, p: PGDATParams) -> Tensor:
+    """PGD on the cross-entropy from a random start, eval-mode BN and frozen weights
+    (the inner maximisation of PGD-AT, which UAD-AT shares)."""
+    step = p.step_size or default_step_size(threat.value, p.steps)
+    with attack_mode(model):
+        start = random_start(x, threat) if p.random_start else x
+        return pgd(model, x, threat, cross_entropy_loss(y), steps=p.steps, step_size=step, start=start)
+
+
+class PGDAT(AdversarialDefense[PGDATParams]):
     Params = PGDATParams
 
     def adversary(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> Tensor:
-        """The inner maximisation, separate from the outer loss so that each can be
-        checked, timed or swapped on its own (eval-mode BN, frozen weights)."""
-        p: PGDATParams = self.params  # type: ignore[assignment]
-        step = p.step_size or default_step_size(threat.value, p.steps)
-        with attack_mode(model):
-            start = random_start(x, threat) if p.random_start else x
-            return pgd(model, x, threat, cross_entropy_loss(y), steps=p.steps, step_size=step, start=start)
+        return pgd_adversary(model, x, y, threat, self.params)
 
     def objective(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> LossOutput:
         """The outer loss given the adversaries, with the model in train mode as called."""
         logits = model(x_adv)
         return LossOutput(F.cross_entropy(logits, y), logits)
-
-    def loss(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> LossOutput:
-        return self.objective(model, x, self.adversary(model, x, y, threat), y)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robench.api import Defense, LossOutput
+from robench.api import AdversarialDefense, LossOutput
 from robench.api.params import param
 from robench.api.perturb import attack_mode, pgd
 from robench.api.threat import ThreatModel
@@ -54,12 +54,12 @@ class TRADESParams(InnerMaxParams):
     cache_clean: bool = param(True, help="compute the clean softmax once per batch, not per step")
 
 
-class TRADES(Defense):
+class TRADES(AdversarialDefense[TRADESParams]):
     Params = TRADESParams
 
     def adversary(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> Tensor:
         """Maximise the summed KL(p(x) || p(x')) by PGD (eval-mode BN, frozen weights)."""
-        p: TRADESParams = self.params  # type: ignore[assignment]
+        p = self.params
         with attack_mode(model):
             clean: Tensor | None = None
             if p.cache_clean:
@@ -80,10 +80,7 @@ class TRADES(Defense):
 
     def objective(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> LossOutput:
         """CE(f(x), y) + beta * mean KL(p(x) || p(x')), differentiated through both."""
-        p: TRADESParams = self.params  # type: ignore[assignment]
+        p = self.params
         logits, logits_adv = model(x).float(), model(x_adv).float()  # softmax and log in fp32 under autocast
         kl = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction="sum")
         return LossOutput(F.cross_entropy(logits, y) + p.beta * kl / len(x), logits_adv)
-
-    def loss(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> LossOutput:
-        return self.objective(model, x, self.adversary(model, x, y, threat), y)

@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robench.api import LossOutput
+from robench.api import AdversarialDefense, LossOutput
 from robench.api.features import FeatureHooks, batch_spread, channel_stats, feature_modules, renormalize
 from robench.api.model import eager_forwards
 from robench.api.params import param
 from robench.api.perturb import attack_loss_scale
 from robench.api.threat import ThreatModel
-from robench_plugins.defenses.pgd_at import PGDAT, PGDATParams
+from robench_plugins.defenses.pgd_at import PGDATParams, pgd_adversary
 
 
 @dataclass(frozen=True)
@@ -88,24 +88,27 @@ def gradient_misalignment(g_clean: Tensor, g_adv: Tensor) -> Tensor:
     return (1 - cos).mean()
 
 
-class UADAT(PGDAT):
+class UADAT(AdversarialDefense[UADATParams]):
     Params = UADATParams
     _layers: tuple[nn.Module, list[tuple[str, nn.Module]]] | None = None
 
     def feature_layers(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         """The model's feature layers, looked up once per model rather than every batch."""
         if self._layers is None or self._layers[0] is not model:
-            self._layers = (model, feature_modules(model, self.params.layers))  # type: ignore[attr-defined]
+            self._layers = (model, feature_modules(model, self.params.layers))
         return self._layers[1]
 
-    def loss(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> LossOutput:
-        x_adv = self.adversary(model, x, y, threat)  # compiled when the engine compiles
+    def adversary(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> Tensor:
+        """PGD-AT's adversaries (compiled when the engine compiles)."""
+        return pgd_adversary(model, x, y, threat, self.params)
+
+    def objective(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> LossOutput:
         # eager: torch.compile has no double backward and ignores hooks added after compiling
         with eager_forwards():
-            return self.outer_loss(model, x, x_adv, y)
+            return self._outer_loss(model, x, x_adv, y)
 
-    def outer_loss(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> LossOutput:
-        p: UADATParams = self.params  # type: ignore[assignment]
+    def _outer_loss(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> LossOutput:
+        p = self.params
         layers = self.feature_layers(model) if (p.sampling or p.refine) else []
         x_in = x.detach().requires_grad_(p.align)
         with FeatureHooks(layers if p.refine else [], record=True) as clean_hooks:

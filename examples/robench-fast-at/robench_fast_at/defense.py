@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robench.api import Defense, LossOutput
+from robench.api import AdversarialDefense, LossOutput
 from robench.api.params import param
 from robench.api.perturb import attack_mode, cross_entropy_loss, pgd, random_start
 from robench.api.threat import ThreatModel
@@ -33,9 +33,9 @@ class FastAtParams:
     random_start: bool = param(True, help="start from a uniform draw in the eps-ball (false: plain FGSM-AT)")
 
 
-class FastAt(Defense):
+class FastAt(AdversarialDefense[FastAtParams]):
     Params = FastAtParams
-    api_version = "1.0"
+    api_version = "1.2"
 
     def adversary(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> Tensor:
         """The inner maximisation: one FGSM step, inside ``threat`` and the [0, 1] box.
@@ -43,7 +43,7 @@ class FastAt(Defense):
         ``threat`` is the one robench passes for this step (smaller than the run's during
         ``train.eps_warmup_epochs``), so the step scales with it.
         """
-        p: FastAtParams = self.params  # type: ignore[assignment]
+        p = self.params
         with attack_mode(model):  # eval-mode BN, frozen weights; restored on exit
             start = random_start(x, threat) if p.random_start else x
             # one step of robench's PGD loop = FGSM; it projects onto the ball and the box
@@ -54,6 +54,3 @@ class FastAt(Defense):
         """The outer loss given the adversaries; the model is in train mode, as robench called it."""
         logits = model(x_adv)
         return LossOutput(F.cross_entropy(logits, y), logits)
-
-    def loss(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> LossOutput:
-        return self.objective(model, x, self.adversary(model, x, y, threat), y)

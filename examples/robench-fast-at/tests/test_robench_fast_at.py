@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from robench.api.errors import ConfigError
-from robench.core.registry import clear_cache, get_registry
 from robench.api.threat import ThreatModel
+from robench.core.registry import clear_cache, get_registry
 
 
 def make(params=None):
