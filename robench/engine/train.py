@@ -27,23 +27,28 @@ import torch
 from torch import Tensor, nn
 
 from robench.api.contracts import Defense, LossOutput, TensorSplit
-from robench.engine.checkpoint import Checkpoint, load_weights, save_checkpoint
-from robench.api.errors import CheckpointError
+from robench.api.errors import CheckpointError, PluginLoadError, RobenchError
+from robench.api.io import atomic_write_text
+from robench.api.perturb import attack_mode, cross_entropy_loss, default_step_size, pgd, random_start
+from robench.api.threat import ThreatModel
 from robench.core.config import EngineConfig, TrainConfig
+from robench.core.progress import NullReporter, Reporter, Task
+from robench.core.registry import plugin_origin
 from robench.engine.batches import iterate_batches, num_batches
+from robench.engine.checkpoint import Checkpoint, load_weights, save_checkpoint
 from robench.engine.compiled import compile_step_model, eager_if, graphs_released, no_silent_fallback
 from robench.engine.distributed import (
-    SINGLE, World, all_gather_object, all_reduce_sum, average_buffers, convert_sync_bn, wrap,
+    SINGLE,
+    World,
+    all_gather_object,
+    all_reduce_sum,
+    average_buffers,
+    convert_sync_bn,
+    wrap,
 )
 from robench.engine.precision import Precision
 from robench.engine.schedule import learning_rate, warmed_threat
 from robench.engine.signals import StopRequest
-from robench.api.errors import PluginLoadError, RobenchError
-from robench.api.io import atomic_write_text
-from robench.api.perturb import attack_mode, cross_entropy_loss, default_step_size, pgd, random_start
-from robench.core.progress import NullReporter, Reporter
-from robench.core.registry import plugin_origin
-from robench.api.threat import ThreatModel
 
 LAST, BEST, LOG = "last.pt", "best.pt", "log.jsonl"
 #: the last.pt before the current one: what a resume falls back to if last.pt is damaged
@@ -237,9 +242,85 @@ NAN_CHECK_EVERY = 100
 STOP_CHECK_EVERY_DDP = 10
 
 
+@dataclass
+class _Progress:
+    """What training has produced so far; ``last.pt`` saves it and a resume restores it."""
+
+    history: list[EpochStats] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_score: float = -math.inf
+    elapsed: float = 0.0
+    #: the epoch in progress, when a run stopped mid-epoch is resumed
+    current: _Epoch | None = None
+
+
+@dataclass
+class _RunState:
+    """One training call's parts, built once by :func:`_start` and passed to each epoch."""
+
+    model: nn.Module
+    #: the model the defense sees: under DDP and/or compiled (in this order); ``model`` keeps the weights
+    step_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    precision: Precision
+    gens: _Generators
+    engine: EngineConfig
+    world: World
+    device: torch.device
+    steps: int
+    #: this rank's part of a full batch, the one shape compiled graphs take
+    full_shard: int
+    files: dict[str, Path]
+    saver: _Saver | None
+    progress: _Progress
+
+
+def _start(
+    model: nn.Module, split: TensorSplit, cfg: TrainConfig, engine: EngineConfig, world: World,
+    device: torch.device, generator: torch.Generator, seed: int, run_dir: Path | None,
+    meta: Mapping[str, Any] | None, resume: Checkpoint | None,
+) -> _RunState:
+    """Prepare the model, optimizer, precision and generators, restoring ``resume`` if given."""
+    if engine.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if engine.sync_bn:
+        model = convert_sync_bn(model, world, device)
+    optimizer = make_optimizer(model, cfg, device)
+    precision = Precision(cfg.precision, device)
+    gens = _Generators.for_device(generator, device, seed)
+    step_model = wrap(model, world, device)
+    if engine.compile:
+        step_model = compile_step_model(step_model)
+    full = world.shard(min(cfg.batch_size, len(split)))
+    progress = _Progress()
+    if resume is not None:
+        progress = _resumed(model, optimizer, precision, gens, resume, world, device)
+    files = {"last": run_dir / LAST, "best": run_dir / BEST, "log": run_dir / LOG} if run_dir else {}
+    saver = _Saver(files, model, optimizer, gens, precision, meta or {}, world.size) if run_dir and world.is_main else None
+    return _RunState(model, step_model, optimizer, precision, gens, engine, world, device,
+                     num_batches(len(split), cfg.batch_size), full.stop - full.start, files, saver, progress)
+
+
+def _resumed(
+    model: nn.Module, optimizer: torch.optim.Optimizer, precision: Precision, gens: _Generators,
+    resume: Checkpoint, world: World, device: torch.device,
+) -> _Progress:
+    """Load a checkpoint's weights, optimizer, generators and scaler; return its progress."""
+    state = resume.train_state or {}
+    load_weights(model, resume.state_dict, resume.path or "the checkpoint to resume")
+    load_optimizer_state(optimizer, state.get("optimizer"), resume.path)
+    _restore_rng(_rank_part(state, "rng", world), gens)
+    progress = _Progress([EpochStats(**h) for h in state["history"]], state["best_epoch"], state["best_score"],
+                         float(state.get("elapsed_s", 0.0)))
+    precision.load_state_dict(state.get("grad_scaler") or {})
+    if state.get("partial"):
+        progress.current = _Epoch.restore(_rank_part(state, "partial", world), device)
+    return progress
+
+
 def train(
     model: nn.Module,
-    defense: Defense,
+    defense: Defense[Any],
     split: TensorSplit,
     threat: ThreatModel,
     cfg: TrainConfig,
@@ -272,104 +353,104 @@ def train(
     """
     reporter = reporter or NullReporter()
     engine = engine or EngineConfig()
-    if engine.channels_last:
-        model.to(memory_format=torch.channels_last)
-    if engine.sync_bn:
-        model = convert_sync_bn(model, world, device)
-    optimizer = make_optimizer(model, cfg, device)
-    precision = Precision(cfg.precision, device)
-    gens = _Generators.for_device(generator, device, seed)
-    # the model the defense sees: under DDP and/or compiled (in this order); ``model`` keeps the weights
-    step_model = wrap(model, world, device)
-    if engine.compile:
-        step_model = compile_step_model(step_model)
-    steps = num_batches(len(split), cfg.batch_size)
-    full = world.shard(min(cfg.batch_size, len(split)))
-    full_shard = full.stop - full.start
-    history: list[EpochStats] = []
-    best_epoch, best_score, elapsed = None, -math.inf, 0.0
-    current: _Epoch | None = None
-    if resume is not None:
-        state = resume.train_state or {}
-        load_weights(model, resume.state_dict, resume.path or "the checkpoint to resume")
-        load_optimizer_state(optimizer, state.get("optimizer"), resume.path)
-        _restore_rng(_rank_part(state, "rng", world), gens)
-        history = [EpochStats(**h) for h in state["history"]]
-        best_epoch, best_score = state["best_epoch"], state["best_score"]
-        elapsed = float(state.get("elapsed_s", 0.0))
-        precision.load_state_dict(state.get("grad_scaler") or {})
-        if state.get("partial"):
-            current = _Epoch.restore(_rank_part(state, "partial", world), device)
-    files = {"last": run_dir / LAST, "best": run_dir / BEST, "log": run_dir / LOG} if run_dir else {}
-    saver = _Saver(files, model, optimizer, gens, precision, meta or {}, world.size) if run_dir and world.is_main else None
-    task = reporter.task("train", cfg.epochs * steps)
-    task.advance(len(history) * steps + (current.steps_done if current else 0))
+    run = _start(model, split, cfg, engine, world, device, generator, seed, run_dir, meta, resume)
+    done = run.progress
+    task = reporter.task("train", cfg.epochs * run.steps)
+    task.advance(len(done.history) * run.steps + (done.current.steps_done if done.current else 0))
     with StopRequest() as stop, graphs_released(engine.compile), no_silent_fallback(engine.compile):
-        for epoch in range(len(history) + 1, cfg.epochs + 1):
-            step_model.train()  # and the model it wraps
-            if world.active and current is None:  # attack noise differs per rank, repeatably
-                torch.manual_seed((seed * 1_000_003 + epoch) * 1009 + world.rank)
-            if current is None:
-                current = _Epoch.fresh(epoch, torch.randperm(len(split), generator=generator), device)
-            ep, start = current, time.perf_counter()
-            first_lr = learning_rate(cfg, (epoch - 1) * steps, steps)
-            batches = iterate_batches(split, cfg.batch_size, device=device,
-                                      augment=None if augment is None else lambda x: augment(x, gens.augment),
-                                      indices=ep.order[ep.steps_done * cfg.batch_size:])
-            for i, (x, y) in enumerate(batches, start=ep.steps_done):
-                step = (epoch - 1) * steps + i
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(cfg, step, steps)
-                step_threat = warmed_threat(threat, cfg, step, steps)
-                ep.eps = step_threat.eps
-                if not world.active or len(y) >= world.size:  # else a last batch too small to share
-                    _step(step_model, defense, optimizer, x, y, step_threat, precision, world, engine, ep, i,
-                          full_shard)
-                ep.steps_done = i + 1
-                task.advance(1, epoch=f"{epoch}/{cfg.epochs}")
-                if ep.steps_done % NAN_CHECK_EVERY == 0:
-                    _check_finite(ep, steps, files, world)
-                stop_check = not world.active or ep.steps_done % STOP_CHECK_EVERY_DDP == 0
-                if ep.steps_done < steps and stop_check and stop.agreed(world, device):
-                    ep.seconds += time.perf_counter() - start
-                    # each rank's own attack noise and metrics so far
-                    ranks = all_gather_object({"rng": _rng_state(gens), "partial": ep.state()}, world)
-                    if saver is not None:
-                        saver.save_partial(history, best_epoch, best_score, elapsed, ranks)
-                    raise TrainingStopped(
-                        f"stopped by {stop.name} after step {ep.steps_done} of {steps} in epoch {epoch}", stop.signum or 15
-                    )
-            _check_finite(ep, steps, files, world)
-            all_reduce_sum(ep.loss_sum, ep.correct, ep.seen)
-            average_buffers(model, world)
-            n_seen = max(int(ep.seen.item()), 1)
-            loss = ep.loss_sum.item() / n_seen
-            val_clean = val_pgd = None
-            if val_split is not None and len(val_split):
-                val_clean, val_pgd = validation_accuracy(
-                    model, val_split, threat, steps=cfg.val_steps, batch_size=val_batch_size, device=device,
-                    generator=torch.Generator(device).manual_seed(seed * 100_003 + epoch), world=world,
-                )
-            seconds = ep.seconds + time.perf_counter() - start
-            elapsed += seconds
-            stats = EpochStats(epoch, first_lr, loss, 100.0 * ep.correct.item() / n_seen,
-                               val_clean, val_pgd, round(seconds, 3), ep.eps or threat.eps)
-            history.append(stats)
-            current = None
-            score = getattr(stats, defense.selection_metric, None)
-            improved = score is not None and score > best_score
-            if improved:
-                best_epoch, best_score = epoch, score
-            task.advance(0, epoch=f"{epoch}/{cfg.epochs}",
-                         val=f"{val_clean:.1f}/{val_pgd:.1f}" if val_pgd is not None else "-")
-            if saver is not None:
-                saver.save_epoch(history, best_epoch, best_score, elapsed, improved)
+        for epoch in range(len(done.history) + 1, cfg.epochs + 1):
+            start = time.perf_counter()
+            ep = _train_epoch(run, defense, split, threat, cfg, epoch, start, generator, augment, seed, stop, task)
+            _end_epoch(run, defense, ep, start, threat, cfg, val_split, val_batch_size, seed)
+            task.advance(0, epoch=f"{epoch}/{cfg.epochs}", val=_val_label(done.history[-1]))
         if stop.signum is not None:  # arrived after the last step: last.pt holds the finished training
             raise TrainingStopped(f"stopped by {stop.name} after training, before evaluation", stop.signum)
     task.done()
     if engine.channels_last:  # evaluation and users get the usual layout back
-        model.to(memory_format=torch.contiguous_format)
-    return TrainResult(history, best_epoch, files)
+        run.model.to(memory_format=torch.contiguous_format)
+    return TrainResult(done.history, done.best_epoch, run.files)
+
+
+def _val_label(stats: EpochStats) -> str:
+    return f"{stats.val_clean:.1f}/{stats.val_pgd:.1f}" if stats.val_pgd is not None else "-"
+
+
+def _train_epoch(
+    run: _RunState, defense: Defense[Any], split: TensorSplit, threat: ThreatModel, cfg: TrainConfig, epoch: int,
+    start: float, generator: torch.Generator, augment: Callable[[Tensor, torch.Generator], Tensor] | None, seed: int,
+    stop: StopRequest, task: Task,
+) -> _Epoch:
+    """The steps of one epoch (from where a stopped one left off); metrics stay on the device."""
+    world, steps = run.world, run.steps
+    run.step_model.train()  # and the model it wraps
+    if world.active and run.progress.current is None:  # attack noise differs per rank, repeatably
+        torch.manual_seed((seed * 1_000_003 + epoch) * 1009 + world.rank)
+    if run.progress.current is None:
+        run.progress.current = _Epoch.fresh(epoch, torch.randperm(len(split), generator=generator), run.device)
+    ep, gens = run.progress.current, run.gens
+    batches = iterate_batches(split, cfg.batch_size, device=run.device,
+                              augment=None if augment is None else lambda x: augment(x, gens.augment),
+                              indices=ep.order[ep.steps_done * cfg.batch_size:])
+    for i, (x, y) in enumerate(batches, start=ep.steps_done):
+        step = (epoch - 1) * steps + i
+        for group in run.optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, step, steps)
+        step_threat = warmed_threat(threat, cfg, step, steps)
+        ep.eps = step_threat.eps
+        if not world.active or len(y) >= world.size:  # else a last batch too small to share
+            _step(run.step_model, defense, run.optimizer, x, y, step_threat, run.precision, world, run.engine, ep, i,
+                  run.full_shard)
+        ep.steps_done = i + 1
+        task.advance(1, epoch=f"{epoch}/{cfg.epochs}")
+        if ep.steps_done % NAN_CHECK_EVERY == 0:
+            _check_finite(ep, steps, run.files, world)
+        stop_check = not world.active or ep.steps_done % STOP_CHECK_EVERY_DDP == 0
+        if ep.steps_done < steps and stop_check and stop.agreed(world, run.device):
+            ep.seconds += time.perf_counter() - start
+            _stop_mid_epoch(run, ep, stop)
+    _check_finite(ep, steps, run.files, world)
+    return ep
+
+
+def _stop_mid_epoch(run: _RunState, ep: _Epoch, stop: StopRequest) -> None:
+    """Save a mid-epoch ``last.pt`` with each rank's attack noise and metrics so far, then stop."""
+    ranks = all_gather_object({"rng": _rng_state(run.gens), "partial": ep.state()}, run.world)
+    done = run.progress
+    if run.saver is not None:
+        run.saver.save_partial(done.history, done.best_epoch, done.best_score, done.elapsed, ranks)
+    raise TrainingStopped(
+        f"stopped by {stop.name} after step {ep.steps_done} of {run.steps} in epoch {ep.epoch}", stop.signum or 15
+    )
+
+
+def _end_epoch(
+    run: _RunState, defense: Defense[Any], ep: _Epoch, start: float, threat: ThreatModel, cfg: TrainConfig,
+    val_split: TensorSplit | None, val_batch_size: int, seed: int,
+) -> None:
+    """Reduce the epoch's metrics, validate, pick the best epoch and save (rank 0)."""
+    all_reduce_sum(ep.loss_sum, ep.correct, ep.seen)
+    average_buffers(run.model, run.world)
+    n_seen = max(int(ep.seen.item()), 1)
+    val_clean = val_pgd = None
+    if val_split is not None and len(val_split):
+        val_clean, val_pgd = validation_accuracy(
+            run.model, val_split, threat, steps=cfg.val_steps, batch_size=val_batch_size, device=run.device,
+            generator=torch.Generator(run.device).manual_seed(seed * 100_003 + ep.epoch), world=run.world,
+        )
+    done = run.progress
+    seconds = ep.seconds + time.perf_counter() - start
+    done.elapsed += seconds
+    first_lr = learning_rate(cfg, (ep.epoch - 1) * run.steps, run.steps)
+    stats = EpochStats(ep.epoch, first_lr, ep.loss_sum.item() / n_seen, 100.0 * ep.correct.item() / n_seen,
+                       val_clean, val_pgd, round(seconds, 3), ep.eps or threat.eps)
+    done.history.append(stats)
+    done.current = None
+    score = getattr(stats, defense.selection_metric, None)
+    improved = score is not None and score > done.best_score
+    if improved and score is not None:
+        done.best_epoch, done.best_score = ep.epoch, score
+    if run.saver is not None:
+        run.saver.save_epoch(done.history, done.best_epoch, done.best_score, done.elapsed, improved)
 
 
 def _step(
