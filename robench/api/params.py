@@ -91,7 +91,7 @@ def describe_params(cls: type) -> list[tuple[str, str, str, str]]:
     rows = []
     for f in dataclasses.fields(cls):
         default = f.default_factory() if f.default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING \
-            else f.default  # type: ignore[misc]
+            else f.default
         bounds = [f"{op} {f.metadata[k]}" for k, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
                   if f.metadata.get(k) is not None]
         rows.append((f.name, _type_name(hints.get(f.name, f.type)) + (f" {', '.join(bounds)}" if bounds else ""),
@@ -100,38 +100,25 @@ def describe_params(cls: type) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def _mismatch(value: Any, tp: Any, where: str) -> typing.NoReturn:
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {shown(value)}")
+
+
 def coerce(value: Any, tp: Any, where: str) -> Any:
     """Convert ``value`` to type ``tp`` or raise ConfigError naming ``where``."""
     origin = typing.get_origin(tp)
-
-    def fail() -> typing.NoReturn:
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {shown(value)}")
-
     if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in args:
-                return None
-            fail()
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return coerce(value, arg, where)
-            except ConfigError:
-                continue
-        fail()
+        return _coerce_union(value, tp, where)
     if origin is Literal:
-        choices = typing.get_args(tp)
-        for choice in choices:
+        for choice in typing.get_args(tp):
             if value == choice or (
                 isinstance(value, str) and isinstance(choice, str) and value.lower() == choice.lower()
             ):
                 return choice
-        fail()
+        _mismatch(value, tp, where)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            fail()
+            _mismatch(value, tp, where)
         args = typing.get_args(tp)
         item_tp = args[0] if args else Any
         items = [coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
@@ -141,42 +128,65 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        fail()
+        _mismatch(value, tp, where)
     if tp is int:
-        if isinstance(value, bool):
-            fail()
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                fail()
-        fail()
+        return _coerce_int(value, where)
     if tp is float:
-        if isinstance(value, bool):
-            fail()
-        try:  # OverflowError: an int or a fraction beyond float's range (1e400, 10**400)
-            if isinstance(value, (int, float)):
-                out = float(value)
-            elif isinstance(value, str):
-                check_exponent(value, where)
-                try:
-                    out = float(parse_fraction(value))
-                except ConfigError:
-                    fail()
-            else:
-                fail()
-        except OverflowError:
-            out = math.inf
-        if not math.isfinite(out):
-            raise ConfigError(f"{where}: expected a finite number, got {shown(value)}")
-        return out
+        return _coerce_float(value, where)
     if tp is str:
         if isinstance(value, bool) or value is None or isinstance(value, (dict, list)):
-            fail()
+            _mismatch(value, tp, where)
         return str(value)
     raise ConfigError(f"{where}: unsupported parameter type {tp!r}")  # a plugin bug, not user input
+
+
+def _coerce_union(value: Any, tp: Any, where: str) -> Any:
+    """``X | None`` and other unions: null where allowed, else the first member that fits."""
+    args = typing.get_args(tp)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        if type(None) in args:
+            return None
+        _mismatch(value, tp, where)
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return coerce(value, arg, where)
+        except ConfigError:
+            continue
+    _mismatch(value, tp, where)
+
+
+def _coerce_int(value: Any, where: str) -> int:
+    """An int or its decimal string; never a bool (YAML's ``yes`` is not 1)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    _mismatch(value, int, where)
+
+
+def _coerce_float(value: Any, where: str) -> float:
+    """A finite number, from a number or a string (``8/255`` and ``1e-3`` included)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        _mismatch(value, float, where)
+    try:  # OverflowError: an int or a fraction beyond float's range (1e400, 10**400)
+        if isinstance(value, str):
+            check_exponent(value, where)
+            try:
+                out = float(parse_fraction(value))
+            except ConfigError:
+                _mismatch(value, float, where)
+        else:
+            out = float(value)
+    except OverflowError:
+        out = math.inf
+    if not math.isfinite(out):
+        raise ConfigError(f"{where}: expected a finite number, got {shown(value)}")
+    return out
 
 
 def _check_bounds(value: Any, meta: Mapping[str, Any], where: str) -> None:

@@ -5,7 +5,6 @@ Registered on the main app by :mod:`robench.cli.main`, which owns exit codes and
 from __future__ import annotations
 
 import platform
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -17,25 +16,31 @@ DEFAULT_DEFENSES = ["standard", "pgd-at", "trades", "mart", "uadat"]
 
 
 def bench(
-    defense: Optional[list[str]] = typer.Option(None, "--defense", metavar="NAME", help="Defense to time (repeatable; default: all five built-ins)."),
+    defense: list[str] | None = typer.Option(None, "--defense", metavar="NAME",
+        help="Defense to time (repeatable; default: all five built-ins)."),
     arch: str = typer.Option("preact-resnet-18", "--arch", metavar="NAME", help="Architecture, e.g. wrn-34-10 on a GPU."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per step."),
     size: int = typer.Option(32, "--size", min=4, help="Image side (3 channels)."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
     repeats: int = typer.Option(3, "--repeats", min=1, help="Timed steps per variant (medians)."),
     warmup: int = typer.Option(1, "--warmup", min=0, help="Untimed steps first."),
-    peak_tflops: Optional[float] = typer.Option(None, "--peak-tflops", min=0.0, help="The device's peak TFLOP/s at this precision, to print the achieved fraction."),
-    precision: str = typer.Option("fp32", "--precision", metavar="P", help="robench's side: fp32, bf16 or fp16 (the reference stays fp32)."),
+    peak_tflops: float | None = typer.Option(None, "--peak-tflops", min=0.0,
+        help="The device's peak TFLOP/s at this precision, to print the achieved fraction."),
+    precision: str = typer.Option("fp32", "--precision", metavar="P",
+        help="robench's side: fp32, bf16 or fp16 (the reference stays fp32)."),
     channels_last: bool = typer.Option(False, "--channels-last", help="robench's side in channels-last memory format."),
     compile_model: bool = typer.Option(False, "--compile", help="robench's side under torch.compile (give --warmup >= 2)."),
 ) -> None:
-    """Time one training step of each defense against a plain reference loop (benchmarks/reference_loops.py), in one process on the same model, batch and device: images/s, the ratio robench/reference, and achieved TFLOP/s."""
+    """Time one training step of each defense against a plain reference loop.
+
+    The reference loops (benchmarks/reference_loops.py) run in the same process, model, batch
+    and device; the table gives images/s, the ratio robench/reference and achieved TFLOP/s."""
     import torch
 
-    from robench.workflows.bench import bench as run_bench
-    from robench.engine.precision import PRECISIONS
     from robench.api.errors import UserError
     from robench.core.registry import get_registry
+    from robench.engine.precision import PRECISIONS
+    from robench.workflows.bench import bench as run_bench
     from robench.workflows.run import resolve_device
 
     if precision not in PRECISIONS:

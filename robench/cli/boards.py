@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -25,16 +25,17 @@ _RESULTS_OPT = typer.Option(None, "--results-dir", metavar="DIR", help="Where th
 _DATA = typer.Option(None, "--data", metavar="NAME", help="Only this dataset (repeatable).")
 _ARCH = typer.Option(None, "--arch", metavar="NAME", help="Only this architecture (repeatable).")
 _DEFENSE = typer.Option(None, "--defense", metavar="NAME", help="Only this defense (repeatable).")
-_THREAT = typer.Option(None, "--threat", metavar="THREAT", help='Only this threat model, e.g. linf-8_255 or "Linf 8/255" (repeatable).')
+_THREAT = typer.Option(None, "--threat", metavar="THREAT",
+    help='Only this threat model, e.g. linf-8_255 or "Linf 8/255" (repeatable).')
 
 
 def _selected(
-    results_dir: Optional[Path], data: Optional[list[str]], arch: Optional[list[str]],
-    defense: Optional[list[str]], threat: Optional[list[str]],
+    results_dir: Path | None, data: list[str] | None, arch: list[str] | None,
+    defense: list[str] | None, threat: list[str] | None,
 ) -> tuple[Path, list[RunRecord], list[ReportedRow]]:
     """(results root, filtered records, reported rows for the same datasets and threats)."""
-    from robench.results.leaderboard import Filters, load_reported, load_shown
     from robench.core.paths import results_root
+    from robench.results.leaderboard import Filters, load_reported, load_shown
     from robench.results.reports import REPORTS_FOLDER
 
     root = results_root(results_dir)
@@ -53,7 +54,7 @@ def _selected(
     return root, chosen, shown
 
 
-def _emit(text: str, output: Optional[Path]) -> None:
+def _emit(text: str, output: Path | None) -> None:
     if output is None:
         sys.stdout.write(text)
         return
@@ -64,48 +65,39 @@ def _emit(text: str, output: Optional[Path]) -> None:
 
 
 def leaderboard(
-    data: Optional[list[str]] = _DATA,
-    arch: Optional[list[str]] = _ARCH,
-    defense: Optional[list[str]] = _DEFENSE,
-    threat: Optional[list[str]] = _THREAT,
-    by: str = typer.Option("experiment", "--by", metavar="experiment|seed", help="One row per experiment (mean ± std over seeds) or per run."),
-    fmt: str = typer.Option("markdown", "--format", "-f", metavar="FORMAT", help="markdown, csv, latex, html, or robustbench (with --run)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="Write here instead of stdout."),
-    run: Optional[str] = typer.Option(None, "--run", metavar="RUN", help="The run to export with --format robustbench (id or unique prefix)."),
-    name: Optional[str] = typer.Option(None, "--name", help="RobustBench: the entry's name (paper title)."),
+    data: list[str] | None = _DATA,
+    arch: list[str] | None = _ARCH,
+    defense: list[str] | None = _DEFENSE,
+    threat: list[str] | None = _THREAT,
+    by: str = typer.Option("experiment", "--by", metavar="experiment|seed",
+        help="One row per experiment (mean ± std over seeds) or per run."),
+    fmt: str = typer.Option("markdown", "--format", "-f", metavar="FORMAT",
+        help="markdown, csv, latex, html, or robustbench (with --run)."),
+    output: Path | None = typer.Option(None, "--output", "-o", metavar="FILE", help="Write here instead of stdout."),
+    run: str | None = typer.Option(None, "--run", metavar="RUN",
+        help="The run to export with --format robustbench (id or unique prefix)."),
+    name: str | None = typer.Option(None, "--name", help="RobustBench: the entry's name (paper title)."),
     link: str = typer.Option("", "--link", help="RobustBench: link to the paper or code."),
     authors: str = typer.Option("", "--authors", help="RobustBench: authors."),
     venue: str = typer.Option("", "--venue", help="RobustBench: venue."),
     additional_data: bool = typer.Option(False, "--additional-data", help="RobustBench: trained with extra data."),
     refresh: bool = typer.Option(False, "--refresh", help="Rebuild every <dataset>-<threat>.md board in the results folder."),
-    results_dir: Optional[Path] = _RESULTS_OPT,
+    results_dir: Path | None = _RESULTS_OPT,
 ) -> None:
     """Rank recorded runs: markdown (default), CSV, LaTeX, HTML, or a RobustBench entry.
 
-    Runs group by dataset, threat model, defense, architecture and config; each row is the mean ± std over seeds, ranked by AutoAttack accuracy (the worst case where a suite had no AutoAttack, marked). Published numbers show apart, as "reported".
+    Runs group by dataset, threat model, defense, architecture and config; each row is the
+    mean ± std over seeds, ranked by AutoAttack accuracy (the worst case where a suite had no
+    AutoAttack, marked). Published numbers show apart, as "reported".
     """
-    from robench.results.leaderboard import (
-        FORMATS, board_title, refresh_all, render_csv, render_html, render_latex, render_markdown,
-    )
     from robench.results.leaderboard.robustbench import model_info
 
     if refresh:
         if data or arch or defense or threat or run or fmt != "markdown" or output:
             raise typer.BadParameter("rebuilds every board as committed; it takes no filters or format", param_hint="--refresh")
-        from robench.core.paths import results_root
-
-        paths, skipped = refresh_all(results_root(results_dir))
-        for item in skipped:
-            err.print(Text(f"warning: skipped {item.path}: {item.reason}", style="yellow"))
-        for path in paths:
-            sys.stdout.write(f"{path}\n")
+        _refresh(results_dir)
         return
-    if by not in ("experiment", "seed"):
-        raise typer.BadParameter(f"expected experiment or seed, got {by!r}", param_hint="--by")
-    if fmt not in (*FORMATS, "robustbench"):
-        raise typer.BadParameter(f"expected one of {', '.join(FORMATS)}, robustbench; got {fmt!r}", param_hint="--format")
-    if (fmt == "robustbench") != (run is not None):
-        raise typer.BadParameter("--format robustbench and --run RUN go together", param_hint="--run")
+    _check_format(by, fmt, run)
     root, records, reported = _selected(results_dir, data, arch, defense, threat)
     if fmt == "robustbench":
         record = _find_run(records, str(run), root / "records")
@@ -113,16 +105,44 @@ def leaderboard(
                           additional_data=additional_data, results_root=root)
         _emit(json.dumps(info, indent=2) + "\n", output)
         return
-    title = board_title(records)
-    source = "records"
-    by_seed = by == "seed"
-    text = {
+    _emit(_render(fmt, records, reported, by == "seed"), output)
+
+
+def _refresh(results_dir: Path | None) -> None:
+    """Rebuild every committed board; print the paths written."""
+    from robench.core.paths import results_root
+    from robench.results.leaderboard import refresh_all
+
+    paths, skipped = refresh_all(results_root(results_dir))
+    for item in skipped:
+        err.print(Text(f"warning: skipped {item.path}: {item.reason}", style="yellow"))
+    for path in paths:
+        sys.stdout.write(f"{path}\n")
+
+
+def _check_format(by: str, fmt: str, run: str | None) -> None:
+    from robench.results.leaderboard import FORMATS
+
+    if by not in ("experiment", "seed"):
+        raise typer.BadParameter(f"expected experiment or seed, got {by!r}", param_hint="--by")
+    if fmt not in (*FORMATS, "robustbench"):
+        raise typer.BadParameter(f"expected one of {', '.join(FORMATS)}, robustbench; got {fmt!r}", param_hint="--format")
+    if (fmt == "robustbench") != (run is not None):
+        raise typer.BadParameter("--format robustbench and --run RUN go together", param_hint="--run")
+
+
+def _render(fmt: str, records: list[Any], reported: list[Any], by_seed: bool) -> str:
+    """The board in one of the text formats."""
+    from robench.results.leaderboard import board_title, render_csv, render_html, render_latex, render_markdown
+
+    title, source = board_title(records), "records"
+    renderers = {
         "markdown": lambda: render_markdown(records, title, source, reported, by_seed),
         "csv": lambda: render_csv(records, reported, by_seed),
         "latex": lambda: render_latex(records, title, reported, by_seed),
         "html": lambda: render_html(records, title, source, reported, by_seed),
-    }[fmt]()
-    _emit(text, output)
+    }
+    return renderers[fmt]()
 
 
 plot_app = typer.Typer(help="PNG plots from run records (matplotlib).", no_args_is_help=True)
@@ -139,8 +159,9 @@ def _find_run(records: list[RunRecord], run: str, where: Path) -> RunRecord:
 @plot_app.command("run")
 def plot_run_curves(
     run: str = typer.Argument(..., metavar="RUN", help="Run id (or a unique prefix)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="PNG path (default: <results>/plots/<run id>.png)."),
-    results_dir: Optional[Path] = _RESULTS_OPT,
+    output: Path | None = typer.Option(None, "--output", "-o", metavar="FILE",
+        help="PNG path (default: <results>/plots/<run id>.png)."),
+    results_dir: Path | None = _RESULTS_OPT,
 ) -> None:
     """Training curves of one run: validation clean and PGD accuracy, training accuracy and loss per epoch."""
     from robench.results.plots import plot_run
@@ -153,12 +174,13 @@ def plot_run_curves(
 
 @plot_app.command("board")
 def plot_board(
-    data: Optional[list[str]] = _DATA,
-    arch: Optional[list[str]] = _ARCH,
-    defense: Optional[list[str]] = _DEFENSE,
-    threat: Optional[list[str]] = _THREAT,
-    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="DIR", help="Folder for the PNGs (default: <results>/plots)."),
-    results_dir: Optional[Path] = _RESULTS_OPT,
+    data: list[str] | None = _DATA,
+    arch: list[str] | None = _ARCH,
+    defense: list[str] | None = _DEFENSE,
+    threat: list[str] | None = _THREAT,
+    output: Path | None = typer.Option(None, "--output", "-o", metavar="DIR",
+        help="Folder for the PNGs (default: <results>/plots)."),
+    results_dir: Path | None = _RESULTS_OPT,
 ) -> None:
     """Per leaderboard (dataset and threat): clean vs robust accuracy, and accuracy vs eps where runs recorded an eps sweep."""
     from robench.results.leaderboard.formats import board_title
@@ -177,4 +199,5 @@ def plot_board(
         if any(r.eval.get("eps_sweep") for r in recs):
             sys.stdout.write(f"{plot_eps_sweep(recs, folder / f'{dataset}-{slug}-eps-sweep.png', title)}\n")
         else:
-            err.print(Text(f"note: no {dataset} {slug} run recorded an eps sweep (robench run --eps-sweep); no accuracy-vs-eps plot"))
+            err.print(Text(f"note: no {dataset} {slug} run recorded an eps sweep (robench run --eps-sweep); "
+                           "no accuracy-vs-eps plot"))

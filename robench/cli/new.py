@@ -5,7 +5,6 @@ Registered on the main app by :mod:`robench.cli.main`, which owns exit codes and
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -17,7 +16,7 @@ out = Console(highlight=False)
 def new(
     kind: str = typer.Argument(..., metavar="KIND", help="defense, attack, architecture or dataset."),
     name: str = typer.Argument(..., metavar="NAME", help="Plugin name: lowercase letters, digits and '-', e.g. my-at."),
-    directory: Optional[Path] = typer.Option(
+    directory: Path | None = typer.Option(
         None, "--dir", metavar="DIR", help="Where to write the package (default: ./robench-NAME); must be new or empty.",
     ),
 ) -> None:

@@ -7,9 +7,10 @@ or as Slurm jobs through submitit.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 import yaml
@@ -21,6 +22,7 @@ from rich.text import Text
 from robench.api.errors import RobenchError, UserError
 
 if TYPE_CHECKING:
+    from robench.workflows.sweep.grid import SweepSpec
     from robench.workflows.sweep.slurm import SlurmOptions
 
 out = Console(highlight=False)
@@ -69,34 +71,36 @@ def _accuracy(result: Any) -> str:
 
 
 def sweep(
-    sweep_file: Optional[Path] = typer.Argument(None, metavar="[SWEEP_FILE]", help="YAML sweep file (configs/sweeps/)."),
-    defense: Optional[list[str]] = typer.Option(None, "--defense", metavar="NAME", help="Defense axis; repeat."),
-    arch: Optional[list[str]] = typer.Option(None, "--arch", metavar="NAME", help="Architecture axis; repeat."),
-    data: Optional[list[str]] = typer.Option(None, "--data", metavar="NAME", help="Dataset axis; repeat."),
-    seeds: Optional[str] = typer.Option(None, "--seeds", metavar="LIST", help="Seed axis, e.g. 0,1,2."),
+    sweep_file: Path | None = typer.Argument(None, metavar="[SWEEP_FILE]", help="YAML sweep file (configs/sweeps/)."),
+    defense: list[str] | None = typer.Option(None, "--defense", metavar="NAME", help="Defense axis; repeat."),
+    arch: list[str] | None = typer.Option(None, "--arch", metavar="NAME", help="Architecture axis; repeat."),
+    data: list[str] | None = typer.Option(None, "--data", metavar="NAME", help="Dataset axis; repeat."),
+    seeds: str | None = typer.Option(None, "--seeds", metavar="LIST", help="Seed axis, e.g. 0,1,2."),
     grid: list[str] = typer.Option(
         [], "--grid", metavar="KEY=V1,V2", help="Any config key as an axis, e.g. defense.beta=1,6; repeat."
     ),
-    config: Optional[Path] = typer.Option(
+    config: Path | None = typer.Option(
         None, "--config", "-c", metavar="FILE", help="Base run config (replaces the sweep file's).", show_default=False
     ),
-    attack: Optional[list[str]] = typer.Option(None, "--attack", metavar="NAME", help="Evaluation suite for every run; repeat."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", metavar="N", min=1, help="Training epochs of every run."),
+    attack: list[str] | None = typer.Option(None, "--attack", metavar="NAME", help="Evaluation suite for every run; repeat."),
+    epochs: int | None = typer.Option(None, "--epochs", metavar="N", min=1, help="Training epochs of every run."),
     overrides: list[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="A value for every run; repeat."),
-    name: Optional[str] = typer.Option(None, "--name", metavar="NAME", help="Sweep name (folder under <runs>/sweeps)."),
-    device: Optional[str] = typer.Option(None, "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", metavar="DIR", help="Where dataset files live."),
-    results_dir: Optional[Path] = typer.Option(None, "--results-dir", metavar="DIR", help="Where records and leaderboards go."),
-    runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", metavar="DIR", help="Runs root; points go to <DIR>/sweeps/<name>/."),
+    name: str | None = typer.Option(None, "--name", metavar="NAME", help="Sweep name (folder under <runs>/sweeps)."),
+    device: str | None = typer.Option(None, "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
+    data_root: Path | None = typer.Option(None, "--data-root", metavar="DIR", help="Where dataset files live."),
+    results_dir: Path | None = typer.Option(None, "--results-dir", metavar="DIR", help="Where records and leaderboards go."),
+    runs_dir: Path | None = typer.Option(None, "--runs-dir", metavar="DIR", help="Runs root; points go to <DIR>/sweeps/<name>/."),
     runner: str = typer.Option("local", "--runner", metavar="RUNNER", help="local, slurm (submitit) or submitit-local."),
     jobs: int = typer.Option(1, "--jobs", "-j", metavar="N", min=1, help="Local runner: runs at the same time."),
-    nproc: Optional[int] = typer.Option(None, "--nproc", metavar="N", min=1, help="Processes (GPUs) per run, via torchrun."),
-    partition: Optional[str] = typer.Option(None, "--partition", metavar="NAME", help="Slurm partition."),
-    time_min: int = typer.Option(24 * 60, "--time-min", metavar="MIN", min=1, help="Slurm time limit per job; requeued runs resume."),
-    cpus_per_task: Optional[int] = typer.Option(None, "--cpus-per-task", metavar="N", min=1, help="Slurm CPUs per job."),
-    slurm_arg: list[str] = typer.Option([], "--slurm-arg", metavar="KEY=VALUE", help="Another sbatch option, e.g. account=abc; repeat."),
+    nproc: int | None = typer.Option(None, "--nproc", metavar="N", min=1, help="Processes (GPUs) per run, via torchrun."),
+    partition: str | None = typer.Option(None, "--partition", metavar="NAME", help="Slurm partition."),
+    time_min: int = typer.Option(24 * 60, "--time-min", metavar="MIN", min=1,
+        help="Slurm time limit per job; requeued runs resume."),
+    cpus_per_task: int | None = typer.Option(None, "--cpus-per-task", metavar="N", min=1, help="Slurm CPUs per job."),
+    slurm_arg: list[str] = typer.Option([], "--slurm-arg", metavar="KEY=VALUE",
+        help="Another sbatch option, e.g. account=abc; repeat."),
     wait: bool = typer.Option(False, "--wait", help="Slurm: wait for the jobs and report them (submitit-local always waits)."),
-    budget: Optional[float] = typer.Option(
+    budget: float | None = typer.Option(
         None, "--budget", metavar="MINUTES", min=0.01,
         help="Local runner: start no run that its records here say cannot finish in the time left; stop (resumably) at the end.",
     ),
@@ -108,7 +112,6 @@ def sweep(
     Runs whose record exists are skipped, interrupted ones resume: rerun the same
     command to finish a sweep. The leaderboards are refreshed at the end.
     """
-    from robench.workflows.sweep.grid import CONFIG_AXIS, SweepSpec, config_files, layer_items, load_sweep, override
     from robench.workflows.sweep.slurm import SlurmOptions  # submitit itself is imported only to submit
 
     if runner not in RUNNERS:
@@ -117,8 +120,26 @@ def sweep(
         raise UserError("--jobs is for the local runner; Slurm runs every job it can")
     if runner != "local" and budget is not None:
         raise UserError("--budget is for the local runner; Slurm jobs have --time-min")
+    axes: list[tuple[str, Sequence[Any] | None]] = [("defense", defense), ("arch", arch), ("data", data)]
+    spec = _spec(sweep_file, name, config, axes, seeds, grid, attack, epochs, overrides)
+    slurm = SlurmOptions(cluster="local" if runner == "submitit-local" else "slurm", gpus=nproc or 0,
+                         cpus_per_task=cpus_per_task, timeout_min=time_min, partition=partition,
+                         extra=_slurm_extra(slurm_arg))
+    _pin_default_folders()
+    _run_sweep(spec, runner, jobs, nproc, dry_run, quiet, {
+        "device": device, "data_root": _absolute(data_root), "results_dir": _absolute(results_dir),
+    }, _absolute(runs_dir), slurm, wait, budget)
+
+
+def _spec(
+    sweep_file: Path | None, name: str | None, config: Path | None, named_axes: list[tuple[str, Sequence[Any] | None]],
+    seeds: str | None, grid: list[str], attack: list[str] | None, epochs: int | None, overrides: list[str],
+) -> SweepSpec:
+    """The sweep file (or an empty sweep) with the command line's axes and values laid over it."""
+    from robench.workflows.sweep.grid import CONFIG_AXIS, Axis, SweepSpec, config_files, layer_items, load_sweep, override
+
     spec = load_sweep(sweep_file) if sweep_file is not None else SweepSpec(name or "sweep", None, ())
-    axes = [(k, tuple(v)) for k, v in (("defense", defense), ("arch", arch), ("data", data)) if v]
+    axes: list[Axis] = [(k, tuple(v)) for k, v in named_axes if v]
     if seeds is not None:
         axes.append(("seed", _seeds(seeds)))
     for item in grid:
@@ -131,13 +152,7 @@ def sweep(
         spec = replace(spec, config=config.resolve())
     if name is not None:
         spec = replace(spec, name=name)
-    slurm = SlurmOptions(cluster="local" if runner == "submitit-local" else "slurm", gpus=nproc or 0,
-                         cpus_per_task=cpus_per_task, timeout_min=time_min, partition=partition,
-                         extra=_slurm_extra(slurm_arg))
-    _pin_default_folders()
-    _run_sweep(spec, runner, jobs, nproc, dry_run, quiet, {
-        "device": device, "data_root": _absolute(data_root), "results_dir": _absolute(results_dir),
-    }, _absolute(runs_dir), slurm, wait, budget)
+    return spec
 
 
 def _pin_default_folders() -> None:
@@ -149,14 +164,14 @@ def _pin_default_folders() -> None:
     os.environ.setdefault("ROBENCH_RUNS", str(runs_root()))
 
 
-def _absolute(path: Optional[Path]) -> Optional[str]:
+def _absolute(path: Path | None) -> str | None:
     """Jobs may start in another folder: paths go to them absolute."""
     return str(path.expanduser().resolve()) if path is not None else None
 
 
-def _run_sweep(spec: Any, runner: str, jobs: int, nproc: Optional[int], dry_run: bool, quiet: bool,
-               flags: dict[str, Any], runs_dir: Optional[str], slurm: SlurmOptions, wait_for_jobs: bool,
-               budget_min: Optional[float] = None) -> None:
+def _run_sweep(spec: Any, runner: str, jobs: int, nproc: int | None, dry_run: bool, quiet: bool,
+               flags: dict[str, Any], runs_dir: str | None, slurm: SlurmOptions, wait_for_jobs: bool,
+               budget_min: float | None = None) -> None:
     from robench.results.leaderboard import refresh_leaderboard
     from robench.workflows.sweep.plan import plan_sweep
     from robench.workflows.sweep.point import unfinished_run
@@ -214,7 +229,7 @@ def _report(point: Any, result: Any) -> None:
                   soft_wrap=True)
 
 
-def _local(todo: list[Any], jobs: int, nproc: Optional[int], quiet: bool, budget_min: Optional[float]) -> list[Any]:
+def _local(todo: list[Any], jobs: int, nproc: int | None, quiet: bool, budget_min: float | None) -> list[Any]:
     from robench.workflows.sweep.budget import Budget
     from robench.workflows.sweep.local import LocalRunner
 

@@ -29,8 +29,8 @@ import yaml
 
 from robench.api.errors import ConfigError, one_line
 from robench.api.params import build_params, check_exponent, param, shown, suggest
-from robench.core.registry import HOME_DISTRIBUTION, normalize_name
 from robench.api.threat import parse_fraction
+from robench.core.registry import HOME_DISTRIBUTION, normalize_name
 
 PRESET_GROUP = "robench.presets"
 PLUGIN_SECTIONS: dict[str, str] = {  # config section -> plugin kind
@@ -92,7 +92,9 @@ class EngineConfig:
     compile: bool = param(False, help="torch.compile the training forward passes; UAD-AT's double backward stays eager")
     sync_bn: bool = param(False, help="multi-GPU: BatchNorm over the global batch (SyncBatchNorm, CUDA only)")
     deterministic: bool | None = param(
-        None, help="deterministic kernels, no cuDNN autotuning; null (default): true on a CPU (bit-exact repeats), false on a GPU (fast)"
+        None,
+        help="deterministic kernels, no cuDNN autotuning; "
+             "null (default): true on a CPU (bit-exact repeats), false on a GPU (fast)",
     )
 
 
@@ -315,7 +317,9 @@ def resolve_over(
     if not dataset_preset:
         return raw
     name = (raw.get("data") or {}).get("name") if isinstance(raw.get("data"), Mapping) else None
-    preset = load_preset(normalize_name(name)) if isinstance(name, str) and name.strip() else {}
+    if not (isinstance(name, str) and name.strip()):
+        return raw
+    preset = load_preset(normalize_name(name))
     if preset and normalize_name(name) != "default":
         raw = merge(dict(base), preset, f"preset '{normalize_name(name)}'")
         for layer, origin in layers:
@@ -344,6 +348,22 @@ def _check_budget(eps: str, where: str) -> str:
     return eps
 
 
+def _suite_choices(items: Any) -> list[PluginChoice]:
+    """The attack suite: names or ``{name: ..., param: value}`` mappings, at least one."""
+    suite = []
+    for i, item in enumerate(items if isinstance(items, list) else _as_suite(items, "config")):
+        value = {"name": item} if isinstance(item, str) else dict(item) if isinstance(item, Mapping) else {}
+        name = value.pop("name", None)
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(
+                f"{SUITE_SECTION}[{i}]: give an attack name or {{name: ..., param: value}}, got {shown(item)}"
+            )
+        suite.append(PluginChoice(name.strip(), value))
+    if not suite:
+        raise ConfigError(f"{SUITE_SECTION}: choose at least one attack (robench list attack)")
+    return suite
+
+
 def validate(raw: Mapping[str, Any]) -> RunConfig:
     """Check every key and value except plugin hyperparameters (checked by the plugin's Params).
 
@@ -369,18 +389,7 @@ def validate(raw: Mapping[str, Any]) -> RunConfig:
             if not isinstance(normalize, bool):
                 raise ConfigError(f"data.{NORMALIZE_KEY}: expected true or false, got {shown(normalize)}")
         choices[section] = PluginChoice(name.strip(), value)
-    suite = []
-    items = raw.get(SUITE_SECTION) or []
-    for i, item in enumerate(items if isinstance(items, list) else _as_suite(items, "config")):
-        value = {"name": item} if isinstance(item, str) else dict(item) if isinstance(item, Mapping) else {}
-        name = value.pop("name", None)
-        if not isinstance(name, str) or not name.strip():
-            raise ConfigError(
-                f"{SUITE_SECTION}[{i}]: give an attack name or {{name: ..., param: value}}, got {shown(item)}"
-            )
-        suite.append(PluginChoice(name.strip(), value))
-    if not suite:
-        raise ConfigError(f"{SUITE_SECTION}: choose at least one attack (robench list attack)")
+    suite = _suite_choices(raw.get(SUITE_SECTION) or [])
     threat = build_params(ThreatConfig, raw.get("threat") or {}, "threat")
     if threat.eps is not None:
         threat = dataclasses.replace(threat, eps=_check_budget(threat.eps, "threat.eps"))

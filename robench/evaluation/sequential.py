@@ -20,13 +20,12 @@ import torch
 from torch import Tensor, nn
 
 from robench.api.contracts import Attack, AttackOutcome, TensorSplit
+from robench.api.errors import PluginLoadError
+from robench.api.io import atomic_write_text, file_safe
+from robench.api.threat import ThreatModel
+from robench.core.progress import NullReporter, Reporter
 from robench.engine.batches import iterate_batches
 from robench.evaluation.contract import blame, check_adversaries, check_flags, check_in_threat, entry_method, overrides
-from robench.api.errors import PluginLoadError
-from robench.api.io import atomic_write_text
-from robench.core.progress import NullReporter, Reporter
-from robench.api.io import file_safe
-from robench.api.threat import ThreatModel
 
 WORST_CASE = "worst case"
 _STATE_FILE = "suite.json"
@@ -154,7 +153,9 @@ class _SuiteState:
             entry = self.done[position]
             bits = entry.get("robust", "")
             if isinstance(bits, str) and len(bits) == self.n and set(bits) <= {"0", "1"}:
-                return torch.tensor([b == "1" for b in bits], dtype=torch.bool), list(entry.get("flags", []))
+                flags = entry.get("flags", [])
+                kept = [str(f) for f in flags] if isinstance(flags, list) else []
+                return torch.tensor([b == "1" for b in bits], dtype=torch.bool), kept
         del self.done[position:]  # the suite changed from here on: redo the rest
         return None
 
@@ -207,29 +208,10 @@ def evaluate(
         if saved is not None:
             robust, messages = saved
         else:
-            todo = idx[robust]
-            gen = attack_generator(seed, position, device)
-            still = torch.zeros(len(todo), dtype=torch.bool)
-            messages: list[str] = []
-            task = reporter.task(f"eval {label}", max(len(todo), 1))
-            if attack.whole_set and len(todo):
-                x = split.images(todo.to(split.x.device)).to(device)
-                y = split.y[todo.to(split.y.device)].to(device)
-                outcome = attack_still_correct(
-                    attack, model, x, y, threat, gen, state_path=state.attack_state(position, label),
-                    batch_size=batch_size,
-                )
-                still[:], messages = outcome.still_correct, outcome.flags
-                task.advance(len(todo))
-            else:
-                pos = 0
-                for x, y in iterate_batches(split, batch_size, device=device, indices=todo):
-                    outcome = attack_still_correct(attack, model, x, y, threat, gen)
-                    still[pos : pos + len(y)] = outcome.still_correct
-                    messages += [m for m in outcome.flags if m not in messages]
-                    pos += len(y)
-                    task.advance(len(y))
-            task.done()
+            still, messages = _attack_survivors(
+                attack, model, split, idx[robust], threat, attack_generator(seed, position, device),
+                batch_size=batch_size, device=device, reporter=reporter, state_path=state.attack_state(position, label),
+            )
             updated = robust.clone()
             updated[robust] = still
             robust = updated
@@ -241,3 +223,30 @@ def evaluate(
         shutil.rmtree(state_dir, ignore_errors=True)
     model.train(was_training)
     return EvalResult(accuracy, n, flags, robust, idx)
+
+
+def _attack_survivors(
+    attack: Attack, model: nn.Module, split: TensorSplit, todo: Tensor, threat: ThreatModel,
+    gen: torch.Generator, *, batch_size: int, device: torch.device, reporter: Reporter, state_path: Path | None,
+) -> tuple[Tensor, list[str]]:
+    """Which of the points ``todo`` survive ``attack``, and the warnings it raised: batch by
+    batch, or all at once for attacks that batch internally (``whole_set``)."""
+    still = torch.zeros(len(todo), dtype=torch.bool)
+    messages: list[str] = []
+    task = reporter.task(f"eval {attack.label()}", max(len(todo), 1))
+    if attack.whole_set and len(todo):
+        x = split.images(todo.to(split.x.device)).to(device)
+        y = split.y[todo.to(split.y.device)].to(device)
+        outcome = attack_still_correct(attack, model, x, y, threat, gen, state_path=state_path, batch_size=batch_size)
+        still[:], messages = outcome.still_correct, outcome.flags
+        task.advance(len(todo))
+    else:
+        pos = 0
+        for x, y in iterate_batches(split, batch_size, device=device, indices=todo):
+            outcome = attack_still_correct(attack, model, x, y, threat, gen)
+            still[pos : pos + len(y)] = outcome.still_correct
+            messages += [m for m in outcome.flags if m not in messages]
+            pos += len(y)
+            task.advance(len(y))
+    task.done()
+    return still, messages

@@ -15,37 +15,52 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 import robench
-from robench.api.contracts import Architecture, DataSplits, Dataset, Defense, Plugin, TensorSplit
-from robench.engine.checkpoint import Checkpoint, load_checkpoint, load_weights
-from robench.core.config import NORMALIZE_KEY, PLUGIN_SECTIONS, SUITE_SECTION, PluginChoice, RunConfig, config_hash, validate
+from robench.api.contracts import Architecture, Dataset, DataSplits, Defense, Plugin, TensorSplit
+from robench.api.errors import ConfigError, DataNotFoundError, PluginLoadError, UserError
+from robench.api.io import atomic_write_text, ensure_writable
+from robench.api.model import NormalizedClassifier, count_parameters
+from robench.api.params import params_to_dict
+from robench.api.threat import ThreatModel
+from robench.core.config import (
+    NORMALIZE_KEY,
+    PLUGIN_SECTIONS,
+    SUITE_SECTION,
+    PluginChoice,
+    RunConfig,
+    config_hash,
+    validate,
+)
+from robench.core.flops import count_macs
+from robench.core.paths import DataPlace, data_places, results_root, runs_root, source_checkout
+from robench.core.progress import NullReporter, Reporter
+from robench.core.registry import get_registry, plugin_origin
+from robench.core.seeding import make_generator, seed_everything
 from robench.engine.backend import Backend, exact_fp32
 from robench.engine.backend import configure as configure_backend
-from robench.engine.distributed import SINGLE, World, broadcast_object, close_process_group, init_process_group, world_from_env
+from robench.engine.checkpoint import Checkpoint, load_checkpoint, load_weights
+from robench.engine.distributed import (
+    SINGLE,
+    World,
+    broadcast_object,
+    close_process_group,
+    init_process_group,
+    world_from_env,
+)
 from robench.engine.precision import evaluation_model
-from robench.evaluation.probe import probe_suite
 from robench.engine.schedule import check_schedule
 from robench.engine.train import LAST as LAST_CHECKPOINT
 from robench.engine.train import PREVIOUS as PREVIOUS_CHECKPOINT
 from robench.engine.train import EpochStats, TrainResult, train
-from robench.api.errors import ConfigError, DataNotFoundError, PluginLoadError, UserError
-from robench.api.io import atomic_write_text, ensure_writable
-from robench.results.leaderboard import refresh_leaderboard
-from robench.core.flops import count_macs
-from robench.api.model import NormalizedClassifier, count_parameters
-from robench.api.params import params_to_dict
-from robench.core.paths import DataPlace, data_places, results_root, runs_root, source_checkout
-from robench.core.progress import NullReporter, Reporter
+from robench.evaluation.probe import probe_suite
 from robench.evaluation.protocol import SuiteEntry, check_sweep, create_suite, run_protocol
+from robench.results.leaderboard import refresh_leaderboard
 from robench.results.records import RunRecord, SkippedRecord, new_run_id, record_dir, write_record
-from robench.core.registry import get_registry, plugin_origin
-from robench.core.seeding import make_generator, seed_everything
-from robench.api.threat import ThreatModel
 
 #: validation accuracies a defense may pick its best checkpoint by
 SELECTION_METRICS = ("val_pgd", "val_clean")
@@ -57,9 +72,10 @@ DATA_SPLIT_SEED = 0
 @dataclass
 class RunPlan:
     config: RunConfig
-    dataset: Dataset
-    arch: Architecture
-    defense: Defense
+    dataset: Dataset[Any]
+    arch: Architecture[Any]
+    #: None when only evaluating (``robench eval``)
+    defense: Defense[Any] | None
     suite: list[SuiteEntry]
     names: dict[str, str]
     threat: ThreatModel
@@ -73,6 +89,13 @@ class RunPlan:
     run_dir: Path = Path()
     #: the torchrun processes sharing the training (one by default)
     world: World = SINGLE
+
+    @property
+    def trainer(self) -> Defense[Any]:
+        """The defense of a plan that trains (``robench run``), which always names one."""
+        if self.defense is None:
+            raise ValueError("this plan has no defense: it was made for evaluation only")
+        return self.defense
 
 
 @dataclass
@@ -141,40 +164,43 @@ def _data_section(name: str, dataset: Plugin, normalize: bool) -> dict[str, Any]
     return section
 
 
-def plan_run(config: RunConfig, sections: tuple[str, ...] = tuple(PLUGIN_SECTIONS)) -> RunPlan:
-    """Resolve plugins and the threat model; every bad input fails here, before work starts.
-
-    ``sections`` limits which plugins are built (``robench eval`` needs no defense).
-    """
-    plugins: dict[str, Plugin] = {}
+def _create_plugins(config: RunConfig, sections: tuple[str, ...]) -> tuple[dict[str, Plugin[Any]], dict[str, str]]:
+    """Each section's plugin and its registered name; a defense's selection metric checked."""
+    plugins: dict[str, Plugin[Any]] = {}
     names: dict[str, str] = {}
     for section in sections:
         choice = getattr(config, section)
         choice = _with_normalize(choice, config.normalize) if section == "data" else choice
         plugins[section], names[section] = _create(section, choice)
-    suite = create_suite(config.attacks)
     defense = plugins.get("defense")
     if defense is not None and getattr(defense, "selection_metric", None) not in SELECTION_METRICS:
         raise PluginLoadError(
             f"defense '{names['defense']}' has selection_metric {getattr(defense, 'selection_metric', None)!r}; "
             f"expected one of {', '.join(SELECTION_METRICS)}"
         )
-    dataset = plugins["data"]
-    assert isinstance(dataset, Dataset)
+    return plugins, names
+
+
+def _threat(config: RunConfig, dataset: Dataset[Any], name: str) -> ThreatModel:
+    """The configured threat model, completed by the dataset's published one."""
     default = getattr(dataset, "threat_model", None)
-    if not isinstance(default, ThreatModel) and (config.threat.norm is None or config.threat.eps is None):
-        raise PluginLoadError(f"dataset '{names['data']}' declares no default threat model; set threat.eps and threat.norm")
+    norm, eps = config.threat.norm, config.threat.eps
+    if not isinstance(default, ThreatModel):
+        if norm is None or eps is None:
+            raise PluginLoadError(f"dataset '{name}' declares no default threat model; set threat.eps and threat.norm")
+    else:
+        norm, eps = norm or default.norm, eps or default.eps
     try:
-        threat = ThreatModel(
-            norm=config.threat.norm or default.norm,  # type: ignore[union-attr]
-            eps=config.threat.eps or default.eps,  # type: ignore[union-attr]
-        )
+        threat = ThreatModel(norm=norm, eps=eps)
     except ConfigError as exc:
         raise ConfigError(f"threat: {exc}") from None
     if threat.value == 0:
         raise ConfigError("threat: eps must be > 0 (eps 0 is clean accuracy, which every run reports)")
-    check_sweep(config.eval, threat)
-    check_schedule(config.train)
+    return threat
+
+
+def _machine(config: RunConfig) -> tuple[World, torch.device]:
+    """The processes and the device, checked against what the config asks of them."""
     world = world_from_env()
     device = resolve_device(config.device)
     if config.engine.sync_bn and device.type != "cuda":
@@ -182,11 +208,28 @@ def plan_run(config: RunConfig, sections: tuple[str, ...] = tuple(PLUGIN_SECTION
     if world.active and config.train.batch_size < world.size:
         raise ConfigError(f"train.batch_size {config.train.batch_size} is the global batch; it must be at least "
                           f"the number of processes ({world.size})")
+    return world, device
+
+
+def plan_run(config: RunConfig, sections: tuple[str, ...] = tuple(PLUGIN_SECTIONS)) -> RunPlan:
+    """Resolve plugins and the threat model; every bad input fails here, before work starts.
+
+    ``sections`` limits which plugins are built (``robench eval`` needs no defense).
+    """
+    plugins, names = _create_plugins(config, sections)
+    suite = create_suite(config.attacks)
+    dataset, arch, defense = plugins["data"], plugins["arch"], plugins.get("defense")
+    assert isinstance(dataset, Dataset) and isinstance(arch, Architecture)
+    assert defense is None or isinstance(defense, Defense)
+    threat = _threat(config, dataset, names["data"])
+    check_sweep(config.eval, threat)
+    check_schedule(config.train)
+    world, device = _machine(config)
     resolved: dict[str, Any] = {
         "seed": config.seed,
         "device": config.device,
         **{s: {"name": names[s], **params_to_dict(plugins[s].params)} for s in sections},
-        "data": _data_section(names["data"], plugins["data"], config.normalize),
+        "data": _data_section(names["data"], dataset, config.normalize),
         SUITE_SECTION: [{"name": e.name, **e.params} for e in suite],
         "threat": {"norm": threat.norm, "eps": threat.eps},
         "train": params_to_dict(config.train),
@@ -200,20 +243,9 @@ def plan_run(config: RunConfig, sections: tuple[str, ...] = tuple(PLUGIN_SECTION
     runs = ensure_writable(runs_root(config.runs_dir))
     run_id = new_run_id(names.get("defense", "eval"), names["arch"], config.seed)
     return RunPlan(
-        config=config,
-        dataset=dataset,
-        arch=plugins["arch"],  # type: ignore[arg-type]
-        defense=plugins.get("defense"),  # type: ignore[arg-type]
-        suite=suite,
-        names=names,
-        threat=threat,
-        device=device,
-        results_root=ensure_writable(results_root(config.results_dir)),
-        runs_root=runs,
-        resolved=resolved,
-        run_id=run_id,
-        run_dir=runs / run_id,
-        world=world,
+        config=config, dataset=dataset, arch=arch, defense=defense, suite=suite, names=names, threat=threat,
+        device=device, results_root=ensure_writable(results_root(config.results_dir)), runs_root=runs,
+        resolved=resolved, run_id=run_id, run_dir=runs / run_id, world=world,
     )
 
 
@@ -307,7 +339,9 @@ def find_data(dataset: Dataset, name: str, explicit: str | Path | None) -> tuple
         try:
             found = dataset.has_files(place.path)
         except Exception as exc:  # a plugin's own bug must not look like missing data
-            raise PluginLoadError(f"{plugin_origin(dataset)}: has_files({place.path}) raised {type(exc).__name__}: {exc}") from exc
+            raise PluginLoadError(
+                f"{plugin_origin(dataset)}: has_files({place.path}) raised {type(exc).__name__}: {exc}"
+            ) from exc
         if found:
             return place, places
     return None, places
@@ -348,7 +382,7 @@ def load_data(
 def build_model(plan: RunPlan) -> NormalizedClassifier:
     """The architecture's network behind the dataset's normalisation (``data.normalize``),
     or behind an identity one (mean 0, std 1: the same layout, so checkpoints look alike)."""
-    net = plan.arch.build(plan.dataset.num_classes, tuple(plan.dataset.input_shape))
+    net = plan.arch.build(plan.dataset.num_classes, cast(tuple[int, int, int], tuple(plan.dataset.input_shape)))
     if not isinstance(net, nn.Module):
         raise PluginLoadError(f"{plugin_origin(plan.arch)}: build() returned {type(net).__name__}, not a torch nn.Module")
     channels = int(plan.dataset.input_shape[0])
@@ -461,11 +495,12 @@ def _train(plan: RunPlan, reporter: Reporter, resume: Checkpoint | None) -> _Tra
     model = build_model(plan)  # before the data: a bad architecture fails in seconds
     splits, data_dir = load_data(plan.dataset, names["data"], cfg.data_root, download=cfg.download)
     if plan.device.type != "cpu":  # the whole uint8 split lives on the GPU; batches are drawn there
-        splits = DataSplits(*(s.to(plan.device) if s is not None else None for s in (splits.train, splits.test, splits.val)))
+        val = None if splits.val is None else splits.val.to(plan.device)
+        splits = DataSplits(splits.train.to(plan.device), splits.test.to(plan.device), val)
     with exact_fp32():  # a broken attack fails now, not after the training
         probe_suite(model, splits.test, [entry.attack for entry in plan.suite], plan.threat, plan.device)
     trained = train(
-        model, plan.defense, splits.train, plan.threat, cfg.train,
+        model, plan.trainer, splits.train, plan.threat, cfg.train,
         device=plan.device, generator=make_generator(cfg.seed), augment=plan.dataset.augment,
         reporter=reporter, val_split=splits.val, val_batch_size=cfg.eval.batch_size, seed=cfg.seed,
         run_dir=run_dir, meta={"config": plan.resolved, "run_id": run_id}, resume=resume,
@@ -498,7 +533,7 @@ def _evaluate_checkpoints(
         else:  # the model holds the last epoch's weights
             checkpoints[name] = _evaluate_checkpoint(plan, model, test, run_dir, "last", history[-1], reporter)
     if "best" in checkpoints:
-        checkpoints["best"]["selected_by"] = plan.defense.selection_metric
+        checkpoints["best"]["selected_by"] = plan.trainer.selection_metric
     return checkpoints
 
 
@@ -528,7 +563,7 @@ def _evaluate_and_record(plan: RunPlan, reporter: Reporter, resume: Checkpoint |
             "macs": count_macs(model, tuple(plan.dataset.input_shape)),
         },
         defense={"name": names["defense"], "params": _params(plan, "defense"),
-                 "changed": changed_params(plan.defense)},
+                 "changed": changed_params(plan.trainer)},
         threat={"norm": plan.threat.norm, "eps": plan.threat.eps, "eps_value": plan.threat.value},
         seed=cfg.seed,
         train=plan.resolved["train"],

@@ -1,0 +1,108 @@
+"""``robench eval``: evaluate a saved model with the full protocol."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.text import Text
+
+from robench.cli.common import (
+    ATTACK_OPT,
+    CONFIG_OPT,
+    DATA_ROOT_OPT,
+    DEVICE_OPT,
+    EPS_OPT,
+    N_EVAL_OPT,
+    NORM_OPT,
+    QUIET_OPT,
+    RUNS_DIR_OPT,
+    SET_OPT,
+    SWEEP_OPT,
+    eval_flags,
+    out,
+    print_evaluation,
+    progress,
+)
+
+
+def eval_checkpoint(
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", metavar="PATH", help="A best.pt or last.pt written by robench run.", show_default=False
+    ),
+    weights: Path | None = typer.Option(
+        None, "--weights", metavar="FILE", show_default=False,
+        help="Instead: a plain state dict of the network (official checkpoints), with --arch and --data.",
+    ),
+    arch: str | None = typer.Option(None, "--arch", metavar="NAME", help="With --weights: the architecture."),
+    data: str | None = typer.Option(None, "--data", metavar="NAME", help="With --weights: the dataset."),
+    config: Path | None = CONFIG_OPT,
+    attack: list[str] | None = ATTACK_OPT,
+    eps: str | None = EPS_OPT,
+    norm: str | None = NORM_OPT,
+    n_eval: int | None = N_EVAL_OPT,
+    eps_sweep: bool = SWEEP_OPT,
+    seed: int | None = typer.Option(None, "--seed", metavar="N", help="Attack seed; default: the run's."),
+    device: str | None = DEVICE_OPT,
+    data_root: Path | None = DATA_ROOT_OPT,
+    runs_dir: Path | None = RUNS_DIR_OPT,
+    results_dir: Path | None = typer.Option(
+        None, "--results-dir", metavar="DIR",
+        help="Results folder whose records and boards the report joins (default: see README).",
+    ),
+    out_file: Path | None = typer.Option(
+        None, "--out", metavar="FILE", help="Report path instead (boards do not read it)."
+    ),
+    overrides: list[str] = SET_OPT,
+    quiet: bool = QUIET_OPT,
+) -> None:
+    """Evaluate a saved model: clean, FGSM, PGD-20, CW-20, AutoAttack, plus robench's checks.
+
+    A robench checkpoint brings its model, data and threat model; weights robench did not
+    save (--weights, e.g. the official TRADES WRN-34-10) need --arch and --data, and
+    --set data.normalize=false where they were trained on raw [0, 1] inputs. Rerun the
+    same command after an interruption to resume (AutoAttack included).
+    """
+    from robench.workflows.evaluate import execute_eval, plan_eval
+
+    flags = eval_flags(attack, eps, norm, n_eval, eps_sweep, seed, device, data_root, runs_dir)
+    if results_dir is not None:
+        flags["results_dir"] = str(results_dir)
+    source = _eval_source(checkpoint, weights, arch, data, flags)
+    plan = plan_eval(source, config_file=config, flags=flags, overrides=overrides, out=out_file)
+    run_plan = plan.run
+    what = plan.source.run_id or f"weights {plan.source.path.name}"
+    out.print(Text(
+        f"robench eval: {what} ({run_plan.names['arch']} on {run_plan.names['data']}), "
+        f"{run_plan.threat}, {len(run_plan.suite)} attack(s), {run_plan.device}"
+    ), soft_wrap=True)
+    with progress(quiet) as reporter:
+        report, path, _, board = execute_eval(plan, reporter)
+    print_evaluation(f"{report.dataset}, {run_plan.threat}", report.accuracy, report.eval)
+    out.print(f"test images: {report.eval['n']}   wall time: {report.wall_time_s:.1f} s")
+    out.print(Text(f"report: {path}"), soft_wrap=True)
+    if board is not None:
+        out.print(Text(f"leaderboard: {board}"), soft_wrap=True)
+
+
+def _eval_source(
+    checkpoint: Path | None, weights: Path | None, arch: str | None, data: str | None,
+    flags: dict[str, Any],
+) -> Any:
+    """The checkpoint, or the weights with the architecture and dataset put into ``flags``."""
+    from robench.workflows.evaluate import EvalSource
+
+    if (checkpoint is None) == (weights is None):
+        raise typer.BadParameter("give --checkpoint PATH (written by robench run) or --weights FILE "
+                                 "(a plain state dict, with --arch and --data)", param_hint="--checkpoint")
+    if checkpoint is not None:
+        if arch is not None or data is not None:
+            raise typer.BadParameter("a checkpoint names its own architecture and dataset; "
+                                     "--arch and --data go with --weights", param_hint="--arch/--data")
+        return EvalSource.checkpoint(checkpoint)
+    if arch is None or data is None:
+        raise typer.BadParameter("--weights needs --arch and --data (the network and dataset it was trained for)",
+                                 param_hint="--weights")
+    assert weights is not None  # exactly one of the two, checked first
+    flags["arch"], flags["data"] = {"name": arch}, {"name": data}
+    return EvalSource.weights(weights)

@@ -1,0 +1,170 @@
+"""``robench run``: train, evaluate, record."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.text import Text
+
+from robench.cli.common import (
+    ARCH_OPT,
+    ATTACK_OPT,
+    CONFIG_OPT,
+    DATA_OPT,
+    DATA_ROOT_OPT,
+    DEVICE_OPT,
+    EPOCHS_OPT,
+    EPS_OPT,
+    N_EVAL_OPT,
+    NORM_OPT,
+    QUIET_OPT,
+    RUNS_DIR_OPT,
+    SEED_OPT,
+    SET_OPT,
+    SWEEP_OPT,
+    err,
+    eval_flags,
+    out,
+    plugin_flags,
+    print_evaluation,
+    print_other_checkpoint,
+    progress,
+)
+from robench.cli.torchrun import NPROC_OPT, launch_torchrun
+
+if TYPE_CHECKING:
+    from robench.engine.checkpoint import Checkpoint
+    from robench.workflows.run import RunOutcome, RunPlan
+
+
+def run(
+    config: Path | None = CONFIG_OPT,
+    defense: str | None = typer.Option(None, "--defense", metavar="NAME", help="Defense plugin, e.g. pgd-at."),
+    arch: str | None = ARCH_OPT,
+    data: str | None = DATA_OPT,
+    attack: list[str] | None = ATTACK_OPT,
+    eps: str | None = EPS_OPT,
+    norm: str | None = NORM_OPT,
+    epochs: int | None = EPOCHS_OPT,
+    n_eval: int | None = N_EVAL_OPT,
+    eps_sweep: bool = SWEEP_OPT,
+    seed: int | None = SEED_OPT,
+    device: str | None = DEVICE_OPT,
+    data_root: Path | None = DATA_ROOT_OPT,
+    results_dir: Path | None = typer.Option(
+        None, "--results-dir", metavar="DIR", help="Where records and leaderboards go (default: see README)."
+    ),
+    runs_dir: Path | None = RUNS_DIR_OPT,
+    overrides: list[str] = SET_OPT,
+    download: bool = typer.Option(False, "--download", help="Download the dataset if it is missing."),
+    resume: str | None = typer.Option(
+        None, "--resume", metavar="RUN",
+        help="Continue an interrupted run (its id, folder or last.pt) with its own config.",
+    ),
+    precision: str | None = typer.Option(
+        None, "--precision", metavar="P", help="fp32, bf16 or fp16 (with loss scaling) for training; evaluation stays fp32.",
+    ),
+    channels_last: bool = typer.Option(False, "--channels-last", help="Channels-last memory format (GPU tensor cores)."),
+    compile_model: bool = typer.Option(
+        False, "--compile", help="torch.compile the training forward passes (UAD-AT's double backward stays eager).",
+    ),
+    nproc: int | None = NPROC_OPT,
+    quiet: bool = QUIET_OPT,
+) -> None:
+    """Train a model with a defense, evaluate it, record the run and refresh the leaderboard.
+
+    With no options: PGD-AT on the embedded digits dataset with a small CNN (CPU, under a minute).
+    """
+    flags = _run_flags(plugin_flags(eval_flags(attack, eps, norm, n_eval, eps_sweep, seed, device, data_root, runs_dir),
+                                    epochs, defense=defense, arch=arch, data=data),
+                       download=download, results_dir=results_dir, precision=precision,
+                       channels_last=channels_last, compile_model=compile_model)
+    if resume is not None:
+        plan, checkpoint = _plan_resume(resume, flags, config, overrides, nproc)
+    else:
+        from robench.core.config import resolve, validate
+        from robench.workflows.run import plan_run
+
+        plan, checkpoint = plan_run(validate(resolve(config, flags, overrides))), None
+    launch_torchrun(nproc, str(plan.device), plan.config.train.batch_size)  # every input is checked before processes start
+    if checkpoint is None:
+        procs = f", {plan.world.size} processes" if plan.world.active else ""
+        out.print(
+            f"[bold]robench run[/]: {plan.names['defense']} on {plan.names['data']} with "
+            f"{plan.names['arch']}, {plan.threat}, seed {plan.config.seed}, {plan.device}{procs}"
+        )
+    out.print(Text(f"run folder:  {plan.run_dir}"), soft_wrap=True)
+    outcome = _execute(plan, checkpoint, quiet)
+    if outcome is not None:  # None: a torchrun rank other than 0, rank 0 reports
+        _print_outcome(plan, outcome)
+
+
+def _run_flags(
+    flags: dict[str, Any], *, download: bool, results_dir: Path | None, precision: str | None,
+    channels_last: bool, compile_model: bool,
+) -> dict[str, Any]:
+    """Add run's own options to the command-line layer."""
+    if download:
+        flags["download"] = True
+    if results_dir is not None:
+        flags["results_dir"] = str(results_dir)
+    if precision is not None:
+        flags.setdefault("train", {})["precision"] = precision
+    engine = {k: True for k, on in (("channels_last", channels_last), ("compile", compile_model)) if on}
+    if engine:
+        flags["engine"] = engine
+    return flags
+
+
+def _plan_resume(
+    resume: str, flags: dict[str, Any], config: Path | None, overrides: list[str], nproc: int | None,
+) -> tuple[RunPlan, Checkpoint]:
+    """The plan of an interrupted run; only where and how it runs may change."""
+    from robench.workflows.run import RESUME_SETTINGS, plan_resume, resume_point
+
+    changed = sorted(k for k in flags if k not in RESUME_SETTINGS)
+    if config is not None or overrides or changed:
+        given = ["--config"] * (config is not None) + ["--set"] * bool(overrides) + changed
+        raise typer.BadParameter(
+            f"continues a run with its own config; it cannot change {', '.join(given)}", param_hint="--resume"
+        )
+    plan, checkpoint = plan_resume(resume, flags)
+    trained_on = (checkpoint.train_state or {}).get("world_size")
+    if trained_on is not None and trained_on != (nproc or plan.world.size):
+        raise typer.BadParameter(f"this run trained on {trained_on} process(es); resume it with --nproc {trained_on}",
+                                 param_hint="--resume")
+    out.print(Text(f"robench run --resume: {plan.run_id}, continuing after {resume_point(checkpoint)} "
+                   f"({plan.config.train.epochs} epochs in all)"), soft_wrap=True)
+    return plan, checkpoint
+
+
+def _execute(plan: RunPlan, checkpoint: Checkpoint | None, quiet: bool) -> RunOutcome | None:
+    """Train, evaluate and record; a stop or Ctrl-C names the command that continues."""
+    from robench.engine.train import TrainingStopped
+    from robench.workflows.run import execute
+
+    try:
+        with progress(quiet) as reporter:
+            return execute(plan, reporter, resume=checkpoint)
+    except TrainingStopped as stopped:
+        if plan.world.is_main:
+            err.print(Text(f"{stopped}; continue with: robench run --resume {plan.run_id}"), soft_wrap=True)
+        raise typer.Exit(stopped.exit_code) from None
+    except KeyboardInterrupt:
+        if (plan.run_dir / "last.pt").is_file():
+            err.print(Text(f"interrupted; continue with: robench run --resume {plan.run_id}"), soft_wrap=True)
+        raise
+
+
+def _print_outcome(plan: RunPlan, outcome: RunOutcome) -> None:
+    rec = outcome.record
+    print_evaluation(f"{rec.dataset}, {plan.threat}, {rec.selected} checkpoint (epoch "
+                     f"{rec.checkpoints[rec.selected]['epoch']})", rec.accuracy, rec.eval)
+    print_other_checkpoint(rec)
+    out.print(f"test images: {rec.eval['n']}   wall time: {rec.wall_time_s:.1f} s")
+    out.print(Text(f"record:      {outcome.record_path}"), soft_wrap=True)
+    out.print(Text(f"checkpoints: {outcome.run_dir} (best.pt, last.pt, log.jsonl)"), soft_wrap=True)
+    out.print(Text(f"leaderboard: {outcome.leaderboard_path}"), soft_wrap=True)
+    for skipped in outcome.skipped:
+        err.print(Text(f"warning: skipped invalid record {skipped.path}: {skipped.reason}"))
