@@ -59,12 +59,12 @@ from torch import Tensor, nn
 
 from robench.api import TensorSplit
 from robench.core.config import resolve, resolve_over, validate
-from robench.evaluation.sequential import evaluate, percent, subset_indices
-from robench.engine.train import train
-from robench.core.registry import get_registry
 from robench.core.paths import data_root
-from robench.workflows.run import RunPlan, build_model, load_data, plan_run
+from robench.core.registry import get_registry
 from robench.core.seeding import make_generator, seed_everything
+from robench.engine.train import train
+from robench.evaluation.sequential import evaluate, percent, subset_indices
+from robench.workflows.run import RunPlan, build_model, load_data, plan_run
 
 VARIANTS = ("robench", "direct", "direct-frozen")
 AA_LOGGER = "auto-attack"
@@ -100,7 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Time robench's AutoAttack path against pyautoattack called directly.",
         epilog="See the module docstring (benchmarks/autoattack_overhead.py) for details.",
     )
-    p.add_argument("--checkpoint", type=Path, help="a robench checkpoint (best.pt or last.pt); default: train the default digits model here")
+    p.add_argument("--checkpoint", type=Path,
+        help="a robench checkpoint (best.pt or last.pt); default: train the default digits model here")
     p.add_argument("--n-eval", type=int, default=None, metavar="N",
                    help="evaluate robench's fixed subset of N test points (default: all)")
     p.add_argument("--repeats", type=int, default=1,
@@ -251,8 +252,9 @@ def load_average() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import pyautoattack  # imported before any timing: no variant pays for it
     from importlib.metadata import version as dist_version
+
+    import pyautoattack  # imported before any timing: no variant pays for it
 
     logger = logging.getLogger(AA_LOGGER)
     if args.verbose:

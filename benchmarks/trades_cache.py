@@ -22,8 +22,8 @@ import time
 import torch
 
 from robench.api.model import NormalizedClassifier
-from robench.core.registry import get_registry
 from robench.api.threat import ThreatModel
+from robench.core.registry import get_registry
 
 
 def parse_args() -> argparse.Namespace:

@@ -28,14 +28,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from robench.core.config import parse_set, resolve, validate
-from robench.engine.train import make_optimizer, train
 from robench.api.model import NormalizedClassifier
+from robench.api.threat import ThreatModel
+from robench.core.config import parse_set, resolve, validate
 from robench.core.paths import data_root
 from robench.core.registry import get_registry
-from robench.workflows.run import build_model, load_data, plan_run
 from robench.core.seeding import make_generator, seed_everything
-from robench.api.threat import ThreatModel
+from robench.engine.train import make_optimizer, train
+from robench.workflows.run import build_model, load_data, plan_run
 
 DEFENSES = ("pgd-at", "uadat")
 

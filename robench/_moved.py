@@ -86,7 +86,7 @@ class MovedFinder(importlib.abc.MetaPathFinder):
         if new is None:
             return None
         warnings.warn(
-            f"{fullname} moved to {new}; the old name will be removed in robench 0.3",
+            f"{fullname} moved to {new}; import it from there; the old name will be removed in a later release",
             DeprecationWarning, stacklevel=2,
         )
         module = importlib.import_module(new)

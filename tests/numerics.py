@@ -8,13 +8,13 @@ import copy
 import torch
 from torch import nn
 
+from robench.api.model import NormalizedClassifier
+from robench.api.threat import ThreatModel
 from robench.core.config import TrainConfig
+from robench.core.registry import get_registry
 from robench.engine.backend import exact_fp32
 from robench.engine.precision import Precision
 from robench.engine.train import make_optimizer, train_step
-from robench.api.model import NormalizedClassifier
-from robench.core.registry import get_registry
-from robench.api.threat import ThreatModel
 
 THREAT = ThreatModel("Linf", "3/16")
 

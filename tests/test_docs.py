@@ -6,6 +6,7 @@ import re
 import subprocess
 
 from conftest import REPO
+
 from robench.results.leaderboard import render_markdown
 from robench.results.records import load_records
 

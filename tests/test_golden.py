@@ -26,7 +26,6 @@ from typing import Any
 
 import pytest
 import torch
-
 from conftest import REPO, run_cli
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "digits-runs.json"

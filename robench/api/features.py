@@ -105,7 +105,7 @@ class FeatureHooks:
         self.stats: dict[str, tuple[Tensor, Tensor]] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
-    def _hook(self, name: str):
+    def _hook(self, name: str) -> Callable[[nn.Module, object, Tensor], Tensor | None]:
         def hook(module: nn.Module, inputs: object, output: Tensor) -> Tensor | None:
             replaced = self.transform(name, output) if self.transform is not None else None
             if self.record:  # as constants: recorded statistics describe, they are not trained through

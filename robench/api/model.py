@@ -14,6 +14,9 @@ from torch import Tensor, nn
 
 
 class Normalize(nn.Module):
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
@@ -32,7 +35,8 @@ class NormalizedClassifier(nn.Module):
         self.net = net
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(self.normalize(x))
+        logits: Tensor = self.net(self.normalize(x))
+        return logits
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -42,7 +42,8 @@ def default_step_size(eps: float, steps: int) -> float:
 
 
 def _flat_norm(t: Tensor) -> Tensor:
-    return t.flatten(1).norm(p=2, dim=1).clamp_min(1e-12).view(-1, *([1] * (t.dim() - 1)))
+    norms: Tensor = t.flatten(1).norm(p=2, dim=1)
+    return norms.clamp_min(1e-12).view(-1, *([1] * (t.dim() - 1)))
 
 
 def project(x_adv: Tensor, x: Tensor, threat: ThreatModel) -> Tensor:

@@ -177,7 +177,7 @@ def _check_fields(payload: dict[str, Any], path: Path) -> None:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
         raise CheckpointError(f"{path}: damaged checkpoint: 'state_dict' is not a mapping of names to tensors")
-    expected = {"config": dict, "run_id": (str, int), "epoch": int}
+    expected: dict[str, type | tuple[type, ...]] = {"config": dict, "run_id": (str, int), "epoch": int}
     for key, kind in expected.items():
         value = payload.get(key)
         if not isinstance(value, kind) or isinstance(value, bool):

@@ -18,12 +18,13 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections.abc import Iterator
+from typing import cast
 
 import torch
 from torch import nn
 
-from robench.engine.backend import sync_inductor_determinism
 from robench.api.errors import RobenchError
+from robench.engine.backend import sync_inductor_determinism
 
 
 class RecompileLimit(RobenchError):
@@ -33,7 +34,7 @@ class RecompileLimit(RobenchError):
 def compile_step_model(model: nn.Module) -> nn.Module:
     """``model`` (already under DDP when several processes train) compiled for one batch shape."""
     sync_inductor_determinism()
-    return torch.compile(model, dynamic=False)
+    return cast(nn.Module, torch.compile(model, dynamic=False))  # an OptimizedModule
 
 
 @contextlib.contextmanager

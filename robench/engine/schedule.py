@@ -14,9 +14,9 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
-from robench.core.config import TrainConfig
 from robench.api.errors import ConfigError
 from robench.api.threat import ThreatModel
+from robench.core.config import TrainConfig
 
 
 def check_schedule(cfg: TrainConfig) -> None:

@@ -23,11 +23,11 @@ import torch
 from torch import Tensor, nn
 
 from robench.api.contracts import TensorSplit
+from robench.api.perturb import attack_mode, cross_entropy_loss, default_step_size, margin_loss, pgd, random_start
+from robench.api.threat import ThreatModel
+from robench.core.progress import NullReporter, Reporter
 from robench.engine.batches import iterate_batches
 from robench.evaluation.sequential import percent, predict_correct
-from robench.api.perturb import attack_mode, cross_entropy_loss, default_step_size, margin_loss, pgd, random_start
-from robench.core.progress import NullReporter, Reporter
-from robench.api.threat import ThreatModel
 
 SWEEP_STEPS = 20
 #: eps multiples of the default ``--eps-sweep`` (exact fractions of the threat eps)

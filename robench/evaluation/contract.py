@@ -14,8 +14,8 @@ from torch import Tensor
 
 from robench.api.contracts import Attack
 from robench.api.errors import PluginLoadError
-from robench.core.registry import plugin_origin
 from robench.api.threat import ThreatModel
+from robench.core.registry import plugin_origin
 
 #: how far (absolute, per pixel for the box, on the norm for the ball) an adversary may
 #: lie outside the threat model: float32 rounding of ``x + delta`` is about 1e-7, and

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from robench.api.contracts import Attack, TensorSplit
-from robench.evaluation.sequential import attack_generator, attack_still_correct
-from robench.evaluation.contract import blame, entry_method
 from robench.api.errors import PluginLoadError, RobenchError, one_line
 from robench.api.threat import ThreatModel
+from robench.evaluation.contract import blame, entry_method
+from robench.evaluation.sequential import attack_generator, attack_still_correct
 
 #: points per probe: enough to exercise batching, few enough to take seconds on a CPU
 PROBE_POINTS = 4

@@ -17,14 +17,14 @@ import torch
 from torch import nn
 
 from robench.api.contracts import Attack, TensorSplit
-from robench.core.config import SUITE_KIND, SUITE_SECTION, EvalConfig, PluginChoice
-from robench.evaluation.checks import CheckResult, SweepPoint, eps_sweep, sanity_checks, sweep_label
-from robench.evaluation.sequential import EvalResult, evaluate
 from robench.api.errors import ConfigError
 from robench.api.params import params_to_dict
+from robench.api.threat import ThreatModel
+from robench.core.config import SUITE_KIND, SUITE_SECTION, EvalConfig, PluginChoice
 from robench.core.progress import NullReporter, Reporter
 from robench.core.registry import get_registry
-from robench.api.threat import ThreatModel
+from robench.evaluation.checks import CheckResult, SweepPoint, eps_sweep, sanity_checks, sweep_label
+from robench.evaluation.sequential import EvalResult, evaluate
 
 PROTOCOL = "sequential: each attack runs on the points still robust; the last column is the worst case"
 

@@ -13,9 +13,10 @@ import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
@@ -46,7 +47,7 @@ def robust_metric(records: Sequence[RunRecord]) -> tuple[str, str]:
 def _experiments(records: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
     """Seeds grouped as the leaderboard groups them (dataset, threat, defense, arch,
     config), each under the shortest label that tells the groups apart."""
-    groups: dict[tuple[str, ...], list[RunRecord]] = {}
+    groups: dict[tuple[Any, ...], list[RunRecord]] = {}
     for rec in records:
         key = (defense_label(rec), rec.arch["name"], rec.dataset,
                threat_label(rec), rec.config_hash)
@@ -169,19 +170,19 @@ def plot_eps_sweep(
     return _save(_sweep_figure(records, title, source), Path(path))
 
 
-def _label_points(fig: Figure, ax: Axes, points: Sequence[tuple[float, float, str, str]]) -> None:
+def _label_points(fig: Figure, ax: Axes, points: Sequence[tuple[float, float, str, Any]]) -> None:
     """Name each point beside it, stepping a label down (with a leader line) until it
     covers no marker and no label placed before: an ablation's experiments cluster within
     a point or two. The layout is fixed first and then frozen, so the checked boxes stay true."""
     fig.canvas.draw()
     fig.set_layout_engine("none")
-    renderer = fig.canvas.get_renderer()
+    renderer = cast(FigureCanvasAgg, fig.canvas).get_renderer()
     taken = [Bbox.from_extents(*(ax.transData.transform((x, y)) - 5), *(ax.transData.transform((x, y)) + 5))
              for x, y, _, _ in points]
     for x, y, label, color in sorted(points, key=lambda p: -p[1]):
         left = ax.transLimits.transform((x, y))[0] > 0.6  # text toward the middle, not out of the axes
         # the colour ties a label to its point; the leader line starts at the label's near end
-        style = {"ha": "right" if left else "left", "fontsize": "small", "color": color}
+        style: dict[str, Any] = {"ha": "right" if left else "left", "fontsize": "small", "color": color}
         leader = {"arrowstyle": "-", "color": color, "lw": 0.5, "relpos": (float(left), 0.5)}
         for step in range(4 * len(points) + 1):
             text = ax.annotate(label, (x, y), xytext=(-7 if left else 7, 5 - 12 * step), textcoords="offset points",

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 from robench.api.io import atomic_write_text, file_safe

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from robench.core.config import config_hash, resolve, validate
 from robench.api.errors import ConfigError
+from robench.core.config import config_hash, resolve, validate
 from robench.core.paths import results_root
-from robench.results.records import record_dir, recorded_runs
 from robench.core.registry import get_registry
+from robench.results.records import record_dir, recorded_runs
 from robench.workflows.run import RunPlan, plan_run
 
 

@@ -26,16 +26,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from robench.api.errors import UserError
+from robench.api.model import NormalizedClassifier
+from robench.api.threat import ThreatModel
 from robench.core.config import TrainConfig
+from robench.core.flops import count_macs
+from robench.core.paths import source_checkout
+from robench.core.registry import get_registry
 from robench.engine.compiled import compile_step_model, no_silent_fallback
 from robench.engine.precision import Precision
 from robench.engine.train import make_optimizer, train_step
-from robench.api.errors import UserError
-from robench.core.flops import count_macs
-from robench.api.model import NormalizedClassifier
-from robench.core.paths import source_checkout
-from robench.core.registry import get_registry
-from robench.api.threat import ThreatModel
 
 #: forward-pass equivalents per training image (published compute counts; TRADES with
 #: robench's cached clean target; UAD-AT estimated: PGD-AT + a clean pass + a second
@@ -163,8 +163,8 @@ def bench(
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             with no_silent_fallback(compile_model):
-                took = _timed(lambda: train_step(s.stepped.train(), defense, opt, s.x_robench, s.y, threat, prec),
-                              device, ROBENCH_SWITCHES)
+                took = _timed(lambda: train_step(s.stepped.train(), defense, opt, s.x_robench, s.y, threat, prec),  # noqa: B023
+                              device, ROBENCH_SWITCHES)  # (the lambdas run at once, inside the loop)
             if i >= warmup:
                 times["robench"].append(took)
             if device.type == "cuda":  # the whole process's, both models' weights included
@@ -172,7 +172,7 @@ def bench(
             if ref is not None:
                 s.reference.load_state_dict(s.start)
                 opt = make_optimizer(s.reference.train(), TrainConfig())
-                took = _timed(lambda: ref(s.reference, opt, s.x, s.y, eps=threat.value), device, REFERENCE_SWITCHES)
+                took = _timed(lambda: ref(s.reference, opt, s.x, s.y, eps=threat.value), device, REFERENCE_SWITCHES)  # noqa: B023
                 if i >= warmup:
                     times["reference"].append(took)
         rows.append(_row(name, times, batch_size, s.forward_flops, peak_tflops, peak))

@@ -21,18 +21,18 @@ from typing import Any
 from torch import Tensor
 
 import robench
-from robench.engine.checkpoint import file_digest, load_checkpoint, load_state_dict_file, load_weights
-from robench.core.config import SUITE_SECTION, load_preset, resolve_over, validate
-from robench.engine.backend import configure as configure_backend
-from robench.engine.backend import exact_fp32
-from robench.evaluation.probe import probe_suite
 from robench.api.errors import UserError
 from robench.api.io import atomic_write_text
+from robench.core.config import SUITE_SECTION, load_preset, resolve_over, validate
 from robench.core.progress import NullReporter, Reporter
+from robench.core.registry import get_registry
+from robench.engine.backend import configure as configure_backend
+from robench.engine.backend import exact_fp32
+from robench.engine.checkpoint import file_digest, load_checkpoint, load_state_dict_file, load_weights
+from robench.evaluation.probe import probe_suite
 from robench.evaluation.protocol import ProtocolResult, run_protocol
 from robench.results.leaderboard import refresh_leaderboard
 from robench.results.records import record_dir
-from robench.core.registry import get_registry
 from robench.results.reports import EvalReport, new_report_id, report_dir
 from robench.workflows.run import RunPlan, build_model, device_label, git_commit, load_data, plan_run
 

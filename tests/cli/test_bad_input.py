@@ -37,10 +37,12 @@ from typing import Any, Literal, Union
 
 import pytest
 import yaml
+from conftest import REPO, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO, run_cli
+from robench.api.errors import UserError, WriteError
+from robench.api.io import atomic_write_bytes
 from robench.core.config import (
     PLUGIN_SECTIONS,
     SUITE_KIND,
@@ -53,8 +55,6 @@ from robench.core.config import (
     resolve,
     validate,
 )
-from robench.api.errors import UserError, WriteError
-from robench.api.io import atomic_write_bytes
 from robench.core.registry import get_registry
 from robench.workflows.run import plan_run
 

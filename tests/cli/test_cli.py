@@ -8,9 +8,9 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from conftest import REPO, run_cli
 
 import robench
-from conftest import REPO, run_cli
 
 
 def _single_record(results: Path) -> dict:

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO
-from robench.core.config import config_hash, load_preset, parse_set, resolve, validate
+
 from robench.api.errors import ConfigError
+from robench.core.config import config_hash, load_preset, parse_set, resolve, validate
 from robench.workflows.run import plan_run
 
 

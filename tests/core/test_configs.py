@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
+
 from robench.core.config import resolve, validate
 from robench.workflows.run import plan_run
 

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
+
 from robench.core.paths import data_root, results_root, runs_root, source_checkout
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 from torch import nn
 
-from conftest import run_cli
 from robench.engine.backend import Backend, configure, exact_fp32
 from robench.engine.train import load_optimizer_state
 

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_cli
-from robench.engine.checkpoint import FORMAT, VERSION, Checkpoint, load_checkpoint, load_weights
+
 from robench.api.errors import CheckpointError, UserError
 from robench.api.model import NormalizedClassifier
 from robench.core.registry import get_registry
+from robench.engine.checkpoint import FORMAT, VERSION, Checkpoint, load_checkpoint, load_weights
 
 
 class Exploit:

@@ -6,12 +6,12 @@ import torch
 from torch import nn
 
 from robench.api import TensorSplit
+from robench.api.model import NormalizedClassifier
+from robench.api.threat import ThreatModel
 from robench.core.config import EngineConfig, TrainConfig
+from robench.core.registry import get_registry
 from robench.engine.compiled import RecompileLimit, compile_step_model, no_silent_fallback
 from robench.engine.train import train
-from robench.api.model import NormalizedClassifier
-from robench.core.registry import get_registry
-from robench.api.threat import ThreatModel
 
 CPU = torch.device("cpu")
 

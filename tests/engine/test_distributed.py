@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, run_cli
+
 from robench.engine.distributed import World
 
 #: one optimisation step per epoch: the global batch is the whole digits train split

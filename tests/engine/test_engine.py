@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from robench.engine.checkpoint import load_checkpoint
 from robench.core.config import resolve, validate
-from robench.evaluation.sequential import evaluate, subset_indices
 from robench.core.registry import get_registry
+from robench.engine.checkpoint import load_checkpoint
+from robench.evaluation.sequential import evaluate, subset_indices
 from robench.workflows.run import build_model, execute, plan_run
 
 FAST = ["train.epochs=2", "attacks=[pgd-3]", "eval.n_eval=120"]

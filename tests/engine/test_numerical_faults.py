@@ -5,7 +5,6 @@ import math
 from pathlib import Path
 
 import torch
-
 from conftest import run_cli
 
 

@@ -7,18 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 from torch import nn
 
-from conftest import run_cli
-from robench.engine.checkpoint import load_checkpoint
-from robench.core.config import TrainConfig, config_hash, resolve, validate
-from robench.engine.precision import FP16_ATTACK_SCALE, AutocastClassifier, Precision, evaluation_model
-from robench.engine.train import make_optimizer, train, train_step
 from robench.api.model import NormalizedClassifier
 from robench.api.perturb import attack_mode, cross_entropy_loss, pgd, scaled_attack_losses
-from robench.core.registry import get_registry
-from robench.workflows.run import plan_run
 from robench.api.threat import ThreatModel
+from robench.core.config import TrainConfig, config_hash, resolve, validate
+from robench.core.registry import get_registry
+from robench.engine.checkpoint import load_checkpoint
+from robench.engine.precision import FP16_ATTACK_SCALE, AutocastClassifier, Precision, evaluation_model
+from robench.engine.train import make_optimizer, train, train_step
+from robench.workflows.run import plan_run
 
 CPU = torch.device("cpu")
 THREAT = ThreatModel("Linf", "8/255")

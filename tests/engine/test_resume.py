@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, run_cli
 
 ARGS = ["--epochs", "6", "--set", "defense.steps=3", "--attack", "pgd-5", "--n-eval", "100",

@@ -5,10 +5,10 @@ import math
 
 import pytest
 
-from robench.core.config import TrainConfig
-from robench.engine.schedule import check_schedule, learning_rate, warmed_threat
 from robench.api.errors import ConfigError
 from robench.api.threat import ThreatModel
+from robench.core.config import TrainConfig
+from robench.engine.schedule import check_schedule, learning_rate, warmed_threat
 
 
 def _epoch_rates(cfg: TrainConfig, steps: int) -> list[float]:

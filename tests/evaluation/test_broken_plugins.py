@@ -20,7 +20,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
 from test_third_party_plugins import BUILTINS, broken_lines, table_rows
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from robench.api import Attack, AttackOutcome
+from robench.api.errors import PluginLoadError
+from robench.api.threat import ThreatModel
+from robench.core.registry import get_registry
 from robench.evaluation.contract import TOLERANCE
 from robench.evaluation.sequential import evaluate
-from robench.api.errors import PluginLoadError
-from robench.core.registry import get_registry
-from robench.api.threat import ThreatModel
 
 
 class Offset(Attack):

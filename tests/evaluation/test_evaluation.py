@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_cli
 
 
@@ -177,8 +176,8 @@ def _official_trades_file(folder: Path) -> tuple[Path, torch.nn.Module]:
 def test_official_weights_trained_on_raw_inputs_evaluate_as_published(tmp_path: Path) -> None:
     """With data.normalize=false the evaluated model is exactly the official network on
     [0, 1] inputs; with the default, the dataset's normalisation sits in front."""
-    from robench.evaluation.sequential import percent, subset_indices
     from robench.core.registry import get_registry
+    from robench.evaluation.sequential import percent, subset_indices
 
     path, net = _official_trades_file(tmp_path)
     digits = get_registry("dataset").create("digits")

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from robench.api import Attack
-from robench.evaluation.probe import PROBE_POINTS, probe_suite
 from robench.api.errors import PluginLoadError
-from robench.core.registry import get_registry
 from robench.api.threat import ThreatModel
+from robench.core.registry import get_registry
+from robench.evaluation.probe import PROBE_POINTS, probe_suite
 
 BUILTIN_SUITE = ("fgsm", "pgd-10", "cw-10", "apgd-ce", "apgd-t", "autoattack")
 

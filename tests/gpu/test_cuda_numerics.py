@@ -13,16 +13,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-
 from conftest import run_cli
 from numerics import assert_bf16_agrees
+from torch import nn
+
+from robench.api.model import NormalizedClassifier
+from robench.api.threat import ThreatModel
 from robench.core.config import TrainConfig
+from robench.core.registry import get_registry
 from robench.engine.backend import exact_fp32
 from robench.engine.train import load_optimizer_state, make_optimizer, train_step
-from robench.api.model import NormalizedClassifier
-from robench.core.registry import get_registry
-from robench.api.threat import ThreatModel
 
 DEVICE = torch.device(os.environ.get("ROBENCH_GPU_TEST_DEVICE", "cuda"))
 pytestmark = [

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from robench.api import TensorSplit
+from robench.api.model import NormalizedClassifier
+from robench.api.threat import ThreatModel
 from robench.core.config import EngineConfig, TrainConfig
+from robench.core.registry import get_registry
 from robench.engine.batches import iterate_batches
 from robench.engine.distributed import SINGLE
 from robench.engine.precision import Precision
 from robench.engine.train import _Epoch, _step, make_optimizer
-from robench.api.model import NormalizedClassifier
-from robench.core.registry import get_registry
-from robench.api.threat import ThreatModel
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

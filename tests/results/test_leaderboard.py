@@ -12,12 +12,21 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import REPO, run_cli
+
 from robench.core.config import resolve, validate
 from robench.results.leaderboard import (
-    UNRELIABLE, Filters, experiment_table, load_reported, refresh_all, refresh_leaderboard, render_csv,
-    render_html, render_latex, render_markdown, run_table,
+    UNRELIABLE,
+    Filters,
+    experiment_table,
+    load_reported,
+    refresh_all,
+    refresh_leaderboard,
+    render_csv,
+    render_html,
+    render_latex,
+    render_markdown,
+    run_table,
 )
 from robench.results.leaderboard.evaluations import with_reports
 from robench.results.leaderboard.robustbench import model_info

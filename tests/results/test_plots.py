@@ -14,11 +14,17 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from robench.evaluation.sequential import WORST_CASE
 from robench.api.errors import UserError
+from robench.evaluation.sequential import WORST_CASE
 from robench.results.leaderboard import defense_label
 from robench.results.plots import (
-    DPI, _clean_robust_figure, _run_figure, _sweep_figure, plot_clean_vs_robust, plot_eps_sweep, plot_run,
+    DPI,
+    _clean_robust_figure,
+    _run_figure,
+    _sweep_figure,
+    plot_clean_vs_robust,
+    plot_eps_sweep,
+    plot_run,
     robust_metric,
 )
 from robench.results.records import RunRecord, load_records

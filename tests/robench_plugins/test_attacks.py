@@ -7,9 +7,9 @@ import logging
 import pytest
 import torch
 
-from robench.evaluation.sequential import evaluate
-from robench.core.registry import get_registry
 from robench.api.threat import ThreatModel
+from robench.core.registry import get_registry
+from robench.evaluation.sequential import evaluate
 
 ALL = ("fgsm", "pgd", "cw", "apgd-ce", "apgd-t", "autoattack")
 SMALL = {"pgd": {"steps": 10}, "cw": {"steps": 10}}

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 from robench.api import LossOutput
 from robench.api.model import NormalizedClassifier
-from robench.core.registry import get_registry
 from robench.api.threat import ThreatModel
+from robench.core.registry import get_registry
 
 
 def _digits():
@@ -22,7 +22,7 @@ def test_digits_splits_are_real_disjoint_and_fixed() -> None:
         x = split.images()
         assert x.shape[1:] == (1, 8, 8) and x.min() >= 0 and x.max() <= 1
         assert set(split.y.tolist()) == set(range(10))  # stratified: every class present
-    rows = lambda s: {tuple(r.flatten().tolist()) + (int(l),) for r, l in zip(s.x, s.y)}  # noqa: E731
+    rows = lambda s: {tuple(r.flatten().tolist()) + (int(label),) for r, label in zip(s.x, s.y)}  # noqa: E731
     assert not rows(splits.test) & rows(splits.train)
     again = ds.load(None, seed=0)
     assert torch.equal(again.test.x, splits.test.x)

@@ -11,24 +11,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from dataset_files import (
+    PER_BATCH,
+    TINY_WNIDS,
+    write_cifar10,
+    write_cifar100,
+    write_jpeg,
+    write_py2_pickle,
+    write_svhn,
+    write_tiny,
+)
 from PIL import Image
 
 from robench.api import TensorSplit
 from robench.api.data import hold_out
 from robench.api.errors import ConfigError, DataNotFoundError
-from robench.core.registry import get_registry
 from robench.api.threat import ThreatModel
-
-from dataset_files import (
-    PER_BATCH,
-    TINY_WNIDS,
-    write_jpeg,
-    write_py2_pickle,
-    write_cifar10,
-    write_cifar100,
-    write_svhn,
-    write_tiny,
-)
+from robench.core.registry import get_registry
 
 
 def _create(name: str, **params):

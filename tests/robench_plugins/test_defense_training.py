@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from robench.core.config import TrainConfig, resolve, validate
-from robench.evaluation.sequential import evaluate
-from robench.engine.train import train
 from robench.core.registry import get_registry
+from robench.engine.train import train
+from robench.evaluation.sequential import evaluate
 from robench.workflows.run import build_model, plan_run
 
 EPOCHS = 8

@@ -11,8 +11,8 @@ from torch import nn
 from robench.api.errors import ConfigError
 from robench.api.features import FeatureHooks, batch_spread, channel_stats, feature_modules, renormalize
 from robench.api.model import NormalizedClassifier
-from robench.core.registry import get_registry
 from robench.api.threat import ThreatModel
+from robench.core.registry import get_registry
 from robench_plugins.defenses.uadat import gradient_misalignment, reference, resample
 
 THREAT = ThreatModel("Linf", "8/255")

@@ -5,10 +5,10 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
-from robench.workflows.ablate import check_switches, variants
+
 from robench.api.errors import ConfigError
+from robench.workflows.ablate import check_switches, variants
 
 
 def test_variants_are_full_each_off_and_all_off() -> None:

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import torch
-
 from conftest import run_cli
+
 from robench.workflows.bench import bench, reference_loops
 
 

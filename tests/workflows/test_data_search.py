@@ -4,10 +4,11 @@ names every place looked at and every way to get it."""
 from __future__ import annotations
 
 from pathlib import Path
-import pytest
 
+import pytest
 from conftest import run_cli
 from dataset_files import write_idx
+
 from robench.api.errors import DataNotFoundError
 from robench.core.paths import DataPlace, data_places
 from robench.workflows.run import find_data, load_data

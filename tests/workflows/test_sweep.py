@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, run_cli
-from robench.core.config import parse_set
+
 from robench.api.errors import ConfigError
+from robench.core.config import parse_set
 from robench.results.records import load_records
 from robench.workflows.sweep.grid import SweepSpec, expand, load_sweep, override, set_item
 from robench.workflows.sweep.local import slot_env

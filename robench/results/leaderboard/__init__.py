@@ -13,17 +13,29 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from robench.api.io import atomic_write_text, exclusive_lock
+from robench.api.threat import ThreatModel
+from robench.results.leaderboard.evaluations import with_reports
 from robench.results.leaderboard.formats import (
-    FORMATS, board_title, render_csv, render_html, render_latex, render_markdown,
+    FORMATS,
+    board_title,
+    render_csv,
+    render_html,
+    render_latex,
+    render_markdown,
 )
 from robench.results.leaderboard.reference import ReportedRow, load_reported
 from robench.results.leaderboard.table import (
-    AUTOATTACK, UNRELIABLE, Filters, defense_label, experiment_table, ranking_rule, run_table, threat_title,
+    AUTOATTACK,
+    UNRELIABLE,
+    Filters,
+    defense_label,
+    experiment_table,
+    ranking_rule,
+    run_table,
+    threat_title,
 )
-from robench.results.leaderboard.evaluations import with_reports
 from robench.results.records import RunRecord, SkippedRecord, load_records, record_dir
 from robench.results.reports import load_reports, report_dir
-from robench.api.threat import ThreatModel
 
 __all__ = [
     "AUTOATTACK", "FORMATS", "UNRELIABLE", "Filters", "ReportedRow", "board_title", "defense_label",

@@ -12,10 +12,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from robench.api.threat import parse_fraction
 from robench.results.leaderboard.table import AUTOATTACK
 from robench.results.records import RunRecord
 from robench.results.reports import EvalReport
-from robench.api.threat import parse_fraction
 
 
 def _same_threat(record: RunRecord, report: EvalReport) -> bool:

@@ -15,7 +15,14 @@ import pandas as pd
 from robench.evaluation.sequential import WORST_CASE
 from robench.results.leaderboard.reference import ReportedRow
 from robench.results.leaderboard.table import (
-    AUTOATTACK, CLEAN, UNRELIABLE, experiment_table, flags, metrics, run_table, threat_title,
+    AUTOATTACK,
+    CLEAN,
+    UNRELIABLE,
+    experiment_table,
+    flags,
+    metrics,
+    run_table,
+    threat_title,
 )
 from robench.results.records import RunRecord
 
@@ -29,7 +36,7 @@ def _name(metric: str) -> str:
     return {CLEAN: "Clean", WORST_CASE: "Worst case"}.get(metric, metric) + " (%)"
 
 
-def _number(mean: float, std: float | None = None) -> str:
+def _number(mean: float | None, std: float | None = None) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
     if std is None or (isinstance(std, float) and math.isnan(std)):

@@ -25,8 +25,8 @@ from typing import Any
 import yaml
 
 from robench.api.errors import ConfigError
-from robench.results.records import SkippedRecord
 from robench.api.threat import ThreatModel
+from robench.results.records import SkippedRecord
 
 REFERENCE_DIR = "reference"
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from robench.api.errors import UserError
-from robench.results.leaderboard.evaluations import reported_epoch
 from robench.evaluation.sequential import WORST_CASE
+from robench.results.leaderboard.evaluations import reported_epoch
 from robench.results.leaderboard.table import AUTOATTACK, CLEAN, flags
 from robench.results.records import RunRecord
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from robench.api.threat import ThreatModel
 from robench.evaluation.sequential import WORST_CASE
 from robench.results.leaderboard.reference import ReportedRow
 from robench.results.records import RunRecord
-from robench.api.threat import ThreatModel
 
 #: the accuracy key of AutoAttack's standard version in a record
 AUTOATTACK = "AutoAttack"

@@ -29,9 +29,9 @@ from typing import Any
 
 import yaml
 
-from robench.core.config import PLUGIN_SECTIONS, TOP_LEVEL_KEYS, VALUE_SECTIONS, load_yaml
 from robench.api.errors import ConfigError
 from robench.api.params import shown, suggest
+from robench.core.config import PLUGIN_SECTIONS, TOP_LEVEL_KEYS, VALUE_SECTIONS, load_yaml
 
 SWEEP_KEYS = ("name", "config", "grid", "set")
 #: the grid key whose values are run config files rather than config values

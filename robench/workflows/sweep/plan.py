@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from robench.core.config import PLUGIN_SECTIONS, config_hash, resolve, validate
 from robench.api.errors import ConfigError
-from robench.core.paths import runs_root
 from robench.api.io import file_safe
+from robench.api.threat import ThreatModel
+from robench.core.config import PLUGIN_SECTIONS, config_hash, resolve, validate
+from robench.core.paths import runs_root
 from robench.results.records import record_dir, recorded_runs
 from robench.workflows.run import device_label, plan_run
 from robench.workflows.sweep.grid import SweepSpec, expand
-from robench.api.threat import ThreatModel
 
 #: what ``robench run`` calls the command-line settings a sweep passes to every run
 _FLAG_OPTIONS = {"device": "--device", "data_root": "--data-root", "results_dir": "--results-dir"}
@@ -120,13 +120,13 @@ def plan_sweep(
             known[folder] = recorded_runs(folder)
             plan.boards.append(Board(run.results_root, names["data"], run.threat))
         layers = (["--config", str(config)] if config else []) + [x for i in items for x in ("--set", i)]
-        point = SweepPoint(
+        planned = SweepPoint(
             key=key, label=_label(names, ident[1], items[len(spec.fixed):]), layers=tuple(layers),
             common=(*common, "--runs-dir", str(base / key), "--quiet"), folder=base / key,
             record_dir=folder, config_hash=ident[0], seed=ident[1],
             machine=_machine(run.device, nproc), kind=(names.get("defense", ""), names["arch"], names["data"]),
         )
-        plan.points.append(point)
+        plan.points.append(planned)
         if ident in known[folder]:
             plan.recorded.add(key)
     return plan
