@@ -227,7 +227,9 @@ def part_sweep(part: Part, minutes: float) -> None:
     """The Fashion-MNIST sweep under a budget: no run starts that the budget cannot finish."""
     results = part.out / "results"
     if part.smoke:
-        args = ["sweep", "configs/sweeps/digits.yaml", "--set", "train.epochs=1", "--set", "attacks=[fgsm]",
+        # two short runs of the digits sweep: the smoke test checks the budget's plumbing
+        args = ["sweep", "configs/sweeps/digits.yaml", "--defense", "pgd-at", "--defense", "standard", "--seeds", "0",
+                "--set", "train.epochs=1", "--set", "attacks=[fgsm]",
                 "--set", "eval.eps_sweep=false", "--set", "eval.n_eval=50",
                 "--set", "eval.checks=false", "--set", "eval.checkpoints=selected"]
     else:
