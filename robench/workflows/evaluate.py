@@ -23,7 +23,7 @@ from torch import Tensor
 import robench
 from robench.api.errors import UserError
 from robench.api.io import atomic_write_text
-from robench.core.config import SUITE_SECTION, load_preset, resolve_over, validate
+from robench.core.config import NORMALIZE_KEY, SUITE_SECTION, load_preset, resolve_over, validate
 from robench.core.progress import NullReporter, Reporter
 from robench.core.registry import get_registry
 from robench.engine.backend import configure as configure_backend
@@ -150,7 +150,8 @@ def _data_label(name: object, classes: int | None) -> str:
 def _num_classes(section: Mapping[str, Any]) -> int | None:
     """The class count of a checkpoint's dataset, if its plugin is still installed."""
     try:
-        params = {k: v for k, v in section.items() if k != "name"}
+        # normalize is robench's key (recorded as false for raw-input runs), not every plugin's
+        params = {k: v for k, v in section.items() if k not in ("name", NORMALIZE_KEY)}
         return int(get_registry("dataset").create(str(section["name"]), params, where="data").num_classes)
     except Exception:  # only for a message: an unknown or changed plugin just leaves it out
         return None

@@ -210,6 +210,16 @@ def test_eval_on_a_dataset_with_more_classes(real_run: Path) -> None:
     assert "on digits (10 classes), asked for smallcnn on cifar100 (100 classes)" in line
 
 
+def test_the_class_count_of_a_raw_input_checkpoint_is_named() -> None:
+    """A run with data.normalize=false records normalize: false in its data section; the
+    message about weights that do not fit still names the dataset's class count."""
+    from robench.workflows.evaluate import _num_classes
+
+    assert _num_classes({"name": "digits", "normalize": False}) == 10
+    assert _num_classes({"name": "fashion-mnist", "normalize": False, "verify_checksums": False}) == 10
+    assert _num_classes({"name": "no-such-dataset"}) is None
+
+
 def test_eval_with_another_architecture(real_run: Path) -> None:
     path = real_run / "last.pt"
     line = refused(eval_cli(path, "--set", "arch.name=preact-resnet-18"), path, "does not fit the model")
