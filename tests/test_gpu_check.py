@@ -88,5 +88,8 @@ def test_compile_and_sweep_parts_at_toy_size(tmp_path: Path) -> None:
     assert report.problems(doc) == []
     rows = doc["parts"]["compile"]["rows"]
     assert len(rows) == 8 and all(r["compile"] for r in rows) and {r["batch_size"] for r in rows} == {4, 8}
-    assert "budget of 2 min" in (out / "sweep.log").read_text()
+    # the budget reaches the sweep (whether it cuts the second run depends on the machine's
+    # speed; tests/workflows/test_sweep.py checks what a budget does)
+    assert "--budget 2 " in (out / "sweep.log").read_text()
+    assert doc["parts"]["sweep"]["returncode"] == 0
     assert doc["parts"]["sweep"]["records"]  # at least the first run finished inside the budget
