@@ -14,6 +14,9 @@ machine's values, or replace them when a change of results is intended (say why 
 commit), with::
 
     python tests/test_golden.py --made-with "commit abc1234"
+
+After an intended change, other machines' values are stale: ``--drop-others`` removes
+them (the runs then skip there until someone adds that machine's values again).
 """
 from __future__ import annotations
 
@@ -135,6 +138,10 @@ def main() -> None:
     """Add (or replace) this machine's values in the golden file, from runs made here."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--made-with", default="", help="the code the values come from, e.g. a commit")
+    parser.add_argument("--drop-others", action="store_true",
+                        help="results changed on purpose: drop the values of other machines, now stale")
+    parser.add_argument("--keep", action="append", default=[], metavar="THREADS",
+                        help="with --drop-others, keep this machine's values at this thread count (repeatable)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         runs = {}
@@ -145,6 +152,10 @@ def main() -> None:
     if golden["args"] != COMMON:
         golden = {"args": COMMON, "machines": []}  # other runs: the old values no longer apply
     others = [e for e in golden["machines"] if e["machine"] != machine()]
+    if args.drop_others:
+        same_build = {k: v for k, v in machine().items() if k != "threads"}
+        others = [e for e in others if e["machine"]["threads"] in args.keep
+                  and {k: v for k, v in e["machine"].items() if k != "threads"} == same_build]
     golden["machines"] = [*others, {"machine": machine(), "made_with": args.made_with, "runs": runs}]
     GOLDEN.parent.mkdir(exist_ok=True)
     GOLDEN.write_text(json.dumps(golden, indent=1) + "\n", encoding="utf-8")

@@ -177,6 +177,12 @@ class Defense(Plugin[P]):
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> LossOutput:
         raise NotImplementedError
 
+    def forward_passes_per_image(self) -> float | None:
+        """Training cost of one image in forward-pass equivalents F (a backward pass
+        counts 2F), so that boards can compare defenses at equal compute: standard
+        training is 3F, PGD-10 AT 23F. None (the default) leaves the board's cost blank."""
+        return None
+
 
 class AdversarialDefense(Defense[P]):
     """Adversarial training, cut at its one real seam: the inner maximisation

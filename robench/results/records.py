@@ -62,6 +62,9 @@ class RunRecord:
     distributed: dict[str, Any] | None = None
     #: the run folder with its checkpoints, as written (None in older records)
     run_dir: str | None = None
+    #: training cost per image and epoch as the defense counts it: forward-pass
+    #: equivalents and FLOPs (None in older records and for defenses that do not count)
+    cost: dict[str, float] | None = None
 
     @property
     def threat_slug(self) -> str:

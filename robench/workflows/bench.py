@@ -37,11 +37,6 @@ from robench.engine.compiled import compile_step_model, no_silent_fallback
 from robench.engine.precision import Precision
 from robench.engine.train import make_optimizer, train_step
 
-#: forward-pass equivalents per training image (published compute counts; TRADES with
-#: robench's cached clean target; UAD-AT estimated: PGD-AT + a clean pass + a second
-#: sampled copy + about two training steps of double backprop)
-FORWARD_PASSES = {"standard": 3, "pgd-at": 23, "trades": 27, "mart": 26, "uadat": 35}
-
 
 @dataclass(frozen=True)
 class BenchRow:
@@ -175,18 +170,18 @@ def bench(
                 took = _timed(lambda: ref(s.reference, opt, s.x, s.y, eps=threat.value), device, REFERENCE_SWITCHES)  # noqa: B023
                 if i >= warmup:
                     times["reference"].append(took)
-        rows.append(_row(name, times, batch_size, s.forward_flops, peak_tflops, peak))
+        passes = defense.forward_passes_per_image()  # the defense's own count, as boards show it
+        rows.append(_row(name, times, batch_size, s.forward_flops * passes if passes else None, peak_tflops, peak))
         if on_row is not None:
             on_row(rows[-1])
     return rows
 
 
-def _row(name: str, times: dict[str, list[float]], batch_size: int, forward_flops: int,
+def _row(name: str, times: dict[str, list[float]], batch_size: int, step_flops_per_image: float | None,
          peak_tflops: float | None, peak_memory_gb: float | None) -> BenchRow:
     ours = statistics.median(times["robench"])
     theirs = statistics.median(times["reference"]) if times["reference"] else None
-    passes = FORWARD_PASSES.get(name)
-    tflops = passes * forward_flops * batch_size / ours / 1e12 if passes else None
+    tflops = step_flops_per_image * batch_size / ours / 1e12 if step_flops_per_image else None
     return BenchRow(
         name, ours, batch_size / ours, theirs, ours / theirs if theirs else None, tflops,
         tflops / peak_tflops if tflops is not None and peak_tflops else None, peak_memory_gb,

@@ -537,6 +537,20 @@ def _evaluate_checkpoints(
     return checkpoints
 
 
+def _arch_section(plan: RunPlan, model: nn.Module) -> dict[str, Any]:
+    return {"name": plan.names["arch"], "params": _params(plan, "arch"), "num_params": count_parameters(model),
+            "macs": count_macs(model, tuple(plan.dataset.input_shape))}
+
+
+def training_cost(defense: Defense[Any], macs: int) -> dict[str, float] | None:
+    """What one training image costs per epoch, as the defense counts it (None if it
+    does not): forward-pass equivalents F and FLOPs (a multiply-add is 2 FLOPs)."""
+    passes = defense.forward_passes_per_image()
+    if passes is None:
+        return None
+    return {"forward_passes_per_image": float(passes), "flops_per_image": 2.0 * macs * float(passes)}
+
+
 def _evaluate_and_record(plan: RunPlan, reporter: Reporter, resume: Checkpoint | None, done: _Trained) -> RunOutcome:
     cfg, names = plan.config, plan.names
     run_id, model, trained = plan.run_id, done.model, done.result
@@ -548,6 +562,7 @@ def _evaluate_and_record(plan: RunPlan, reporter: Reporter, resume: Checkpoint |
         notes.append("no validation split: no best checkpoint; the record reports the last epoch")
     selected = cfg.train.select if cfg.train.select in checkpoints else "last"
     previous = float((resume.train_state or {}).get("elapsed_s", 0.0)) if resume is not None else 0.0
+    arch = _arch_section(plan, model)
     record = RunRecord(
         run_id=run_id,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -556,12 +571,8 @@ def _evaluate_and_record(plan: RunPlan, reporter: Reporter, resume: Checkpoint |
         dataset=names["data"],
         data_dir=None if done.data_dir is None else str(done.data_dir),
         backend=done.backend.to_dict(),
-        arch={
-            "name": names["arch"],
-            "params": _params(plan, "arch"),
-            "num_params": count_parameters(model),
-            "macs": count_macs(model, tuple(plan.dataset.input_shape)),
-        },
+        arch=arch,
+        cost=training_cost(plan.trainer, arch["macs"]),
         defense={"name": names["defense"], "params": _params(plan, "defense"),
                  "changed": changed_params(plan.trainer)},
         threat={"norm": plan.threat.norm, "eps": plan.threat.eps, "eps_value": plan.threat.value},

@@ -19,6 +19,7 @@ from robench.api import AdversarialDefense, LossOutput
 from robench.api.params import param
 from robench.api.perturb import attack_mode, cross_entropy_loss, pgd
 from robench.api.threat import ThreatModel
+from robench_plugins.defenses.pgd_at import attack_passes
 from robench_plugins.defenses.trades import InnerMaxParams, gaussian_start, official_step_size
 
 # The official code's constants: they keep the logs finite and give correctly
@@ -43,6 +44,9 @@ class MART(AdversarialDefense[MARTParams]):
             step = p.step_size or official_step_size(threat.value)
             start = gaussian_start(x, p.start_std)
             return pgd(model, x, threat, cross_entropy_loss(y), steps=p.steps, step_size=step, start=start)
+
+    def forward_passes_per_image(self) -> float:
+        return attack_passes(self.params.steps) + 6.0  # train-mode passes on x and x', with backward
 
     def objective(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> LossOutput:
         """Boosted CE on x' plus beta * KL(p(x) || p(x')) weighted by 1 - p_y(x)."""

@@ -24,6 +24,11 @@ class PGDATParams:
     random_start: bool = param(True, help="start from a uniform draw in the eps-ball")
 
 
+def attack_passes(steps: int) -> float:
+    """An attack step with frozen weights: a forward pass and an input gradient (2F)."""
+    return 2.0 * steps
+
+
 def pgd_adversary(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, p: PGDATParams) -> Tensor:
     """PGD on the cross-entropy from a random start, eval-mode BN and frozen weights
     (the inner maximisation of PGD-AT, which UAD-AT shares)."""
@@ -38,6 +43,9 @@ class PGDAT(AdversarialDefense[PGDATParams]):
 
     def adversary(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> Tensor:
         return pgd_adversary(model, x, y, threat, self.params)
+
+    def forward_passes_per_image(self) -> float:
+        return attack_passes(self.params.steps) + 3.0  # the training step on x'
 
     def objective(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> LossOutput:
         """The outer loss given the adversaries, with the model in train mode as called."""

@@ -24,7 +24,7 @@ from robench.api.model import eager_forwards
 from robench.api.params import param
 from robench.api.perturb import attack_loss_scale
 from robench.api.threat import ThreatModel
-from robench_plugins.defenses.pgd_at import PGDATParams, pgd_adversary
+from robench_plugins.defenses.pgd_at import PGDATParams, attack_passes, pgd_adversary
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,15 @@ class UADAT(AdversarialDefense[UADATParams]):
     def adversary(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> Tensor:
         """PGD-AT's adversaries (compiled when the engine compiles)."""
         return pgd_adversary(model, x, y, threat, self.params)
+
+    def forward_passes_per_image(self) -> float:
+        """An estimate: the attack, a clean forward, M sampled copies trained (3F each);
+        the alignment adds the clean input gradient (2F) and a double backward of about
+        one more backward (2F) per forward pass in the graph."""
+        p = self.params
+        m = p.samples if p.sampling else 1
+        align = 2.0 + 2.0 * (1 + m) if p.align else 0.0
+        return attack_passes(p.steps) + 1.0 + 3.0 * m + align
 
     def objective(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> LossOutput:
         # eager: torch.compile has no double backward and ignores hooks added after compiling

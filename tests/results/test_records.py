@@ -32,6 +32,8 @@ def test_record_round_trips_and_holds_provenance(record: RunRecord, tmp_path: Pa
     n = data["eval"]["n"]
     assert all(round(acc * n / 100) * 100 / n == acc for acc in data["accuracy"].values())  # exact counts
     assert data["arch"]["num_params"] > 0 and data["device"].startswith("cpu")
+    # PGD-AT with 1 attack step: 2F for the step, 3F for training on x'
+    assert data["cost"] == {"forward_passes_per_image": 5.0, "flops_per_image": 2.0 * data["arch"]["macs"] * 5.0}
     assert not list(path.parent.glob(".*.tmp"))  # no temp files left behind
 
 

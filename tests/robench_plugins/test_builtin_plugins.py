@@ -29,6 +29,19 @@ def test_digits_splits_are_real_disjoint_and_fixed() -> None:
     assert ds.threat_model == ThreatModel("Linf", "3/16")
 
 
+def test_digits_tests_every_seed_on_the_same_images_and_normalises_without_them() -> None:
+    ds, zero = _digits()
+    one = ds.load(None, seed=1)
+    assert torch.equal(one.test.x, zero.test.x) and torch.equal(one.test.y, zero.test.y)
+    assert not torch.equal(one.val.x, zero.val.x)  # the seed draws the validation images
+    seen = torch.cat([zero.train.x, zero.val.x])  # every image outside the test split
+    assert abs(ds.mean[0] - float(seen.mean())) < 1e-6 and abs(ds.std[0] - float(seen.std(unbiased=False))) < 1e-6
+    everything = torch.cat([seen, zero.test.x])
+    assert abs(ds.mean[0] - float(everything.mean())) > 1e-5  # the test images are left out
+    other = get_registry("dataset").create("digits", {"split_seed": 1}).load(None, seed=0)
+    assert not torch.equal(other.test.x, zero.test.x)
+
+
 def test_smallcnn_builds_for_small_and_cifar_inputs() -> None:
     arch = get_registry("architecture").create("smallcnn")
     for shape in ((1, 8, 8), (3, 32, 32)):

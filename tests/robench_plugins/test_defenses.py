@@ -130,9 +130,8 @@ def _clean_logit_grad(
     handle = model.register_forward_hook(keep)
     _defense(name, beta=beta).objective(model, x, x_adv, y).loss.backward()
     handle.remove()
-    (z,) = seen
-    assert z.grad is not None
-    return z.grad
+    assert seen and all(z.grad is not None for z in seen)
+    return sum(z.grad for z in seen)  # TRADES' official loss passes x twice (CE, then the KL target)
 
 
 @pytest.mark.parametrize("name, by_hand", [("trades", _trades_by_hand), ("mart", _mart_by_hand)])
@@ -160,6 +159,71 @@ def test_mart_objective_matches_the_official_formula() -> None:
     assert torch.allclose(out.loss, _mart_by_hand(z, z_adv, y, 6.0), atol=1e-6)
     assert torch.allclose(out.logits, z_adv)
     assert abs(out.loss.item() - _mart_by_hand(z, z_adv, y, 0.0).item()) > 1e-3  # the KL term counts
+
+
+def _dropout_model() -> nn.Module:
+    """BatchNorm and dropout, as in trades-smallcnn, in train mode."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Dropout(0.5),
+        nn.Linear(4 * 6 * 6, C),
+    ).train()
+
+
+def _official_trades_step(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, beta: float) -> Tensor:
+    """The official outer loss, line by line: x, then x', then x again for the KL target."""
+    logits = model(x)
+    loss_natural = torch.nn.functional.cross_entropy(logits, y)
+    kl = torch.nn.KLDivLoss(reduction="sum")(torch.log_softmax(model(x_adv), dim=1), torch.softmax(model(x), dim=1))
+    return loss_natural + beta * kl / len(x)
+
+
+def _step(model: nn.Module, loss_of: Callable[[nn.Module], Tensor]) -> tuple[Tensor, list[Tensor], dict[str, Tensor]]:
+    """Loss, weight gradients and BatchNorm running statistics after one backward, from seed 7."""
+    torch.manual_seed(7)
+    loss = loss_of(model)
+    loss.backward()
+    buffers = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    return loss.detach(), [p.grad.clone() for p in model.parameters()], buffers
+
+
+@pytest.mark.parametrize("make", [_model, _dropout_model], ids=["batchnorm", "batchnorm+dropout"])
+def test_trades_recomputed_target_is_the_official_outer_loss(make: Callable[[], nn.Module]) -> None:
+    x, y = _batch()
+    x_adv = _far_adversary(x)
+    official = _step(make(), lambda m: _official_trades_step(m, x, x_adv, y, 6.0))
+    exact = _step(make(), lambda m: _defense("trades").objective(m, x, x_adv, y).loss)
+    assert _defense("trades").params.recompute_target is True  # the default is the official loss
+    assert torch.allclose(exact[0], official[0], atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(exact[1], official[1]))
+    assert all(torch.equal(exact[2][k], official[2][k]) for k in official[2])
+
+
+def test_trades_shared_target_differs_only_where_the_issue_says() -> None:
+    """recompute_target=false: without dropout the same loss and gradients, BatchNorm's
+    running statistics see x once less; with dropout another objective."""
+    x, y = _batch()
+    x_adv = _far_adversary(x)
+    shared = lambda m: _defense("trades", recompute_target=False).objective(m, x, x_adv, y).loss  # noqa: E731
+    official = _step(_model(), lambda m: _official_trades_step(m, x, x_adv, y, 6.0))
+    mine = _step(_model(), shared)
+    assert torch.allclose(mine[0], official[0], atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(mine[1], official[1]))
+    assert not torch.allclose(mine[2]["1.running_mean"], official[2]["1.running_mean"])
+    with_dropout = _step(_dropout_model(), lambda m: _official_trades_step(m, x, x_adv, y, 6.0))
+    assert abs(_step(_dropout_model(), shared)[0].item() - with_dropout[0].item()) > 1e-4
+
+
+@pytest.mark.parametrize("name, params, passes", [
+    ("standard", {}, 3), ("pgd-at", {}, 23), ("pgd-at", {"steps": 16}, 35), ("mart", {}, 26),
+    ("trades", {}, 30), ("trades", {"recompute_target": False}, 27),
+    ("trades", {"recompute_target": True, "cache_clean": False}, 39),
+    ("uadat", {}, 35), ("uadat", {"align": False}, 27), ("uadat", {"sampling": False, "align": False}, 24),
+])
+def test_training_cost_in_forward_pass_equivalents(name: str, params: dict[str, object], passes: float) -> None:
+    """The published counts per training image: standard 3F, PGD-10 AT 23F, MART 26F,
+    TRADES 39F as officially written and 27F with the cached clean target alone."""
+    assert _defense(name, **params).forward_passes_per_image() == passes
 
 
 # ------------------------------------------------------------------ adversaries

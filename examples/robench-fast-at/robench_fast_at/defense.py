@@ -35,7 +35,7 @@ class FastAtParams:
 
 class FastAt(AdversarialDefense[FastAtParams]):
     Params = FastAtParams
-    api_version = "1.2"
+    api_version = "1.3"
 
     def adversary(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> Tensor:
         """The inner maximisation: one FGSM step, inside ``threat`` and the [0, 1] box.
@@ -54,3 +54,7 @@ class FastAt(AdversarialDefense[FastAtParams]):
         """The outer loss given the adversaries; the model is in train mode, as robench called it."""
         logits = model(x_adv)
         return LossOutput(F.cross_entropy(logits, y), logits)
+
+    def forward_passes_per_image(self) -> float:
+        """One attack step (a forward and an input gradient, 2F) and the training step (3F)."""
+        return 5.0

@@ -4,8 +4,10 @@ An experiment is a (dataset, threat model, defense, architecture, config hash) g
 the same settings under different seeds. Each run reports one checkpoint (``best`` by
 validation accuracy or ``last``, per ``train.select``; the record keeps both). Rows
 rank by AutoAttack accuracy; an experiment whose suite had no AutoAttack ranks by its
-worst case instead, and the ``ranked_by`` column says so. Numbers stay numeric here;
-:mod:`robench.results.leaderboard.formats` formats them.
+worst case instead, and the ``ranked_by`` column says so. Each experiment row carries
+the noise of its ranking accuracy (:mod:`robench.results.leaderboard.significance`) and
+its training cost. Numbers stay numeric here; :mod:`robench.results.leaderboard.formats`
+formats them.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import pandas as pd
 from robench.api.threat import ThreatModel
 from robench.evaluation.sequential import WORST_CASE
 from robench.results.leaderboard.reference import ReportedRow
+from robench.results.leaderboard.significance import ALPHA, binomial_se, holm, paired_t_pvalue, t_interval
 from robench.results.records import RunRecord
 
 #: the accuracy key of AutoAttack's standard version in a record
@@ -110,6 +113,19 @@ class Filters:
         return [r for r in records if self.keep(r)]
 
 
+def train_flops(rec: RunRecord) -> float | None:
+    """FLOPs of training per training image, all epochs together (the defense's count)."""
+    per_epoch = (rec.cost or {}).get("flops_per_image")
+    epochs = rec.train.get("epochs")
+    return float(per_epoch) * int(epochs) if per_epoch and isinstance(epochs, int) else None
+
+
+def train_seconds(rec: RunRecord) -> float | None:
+    """Measured training time: the epochs' wall times (validation included), on the record's device."""
+    seconds = [s for h in rec.history if isinstance(s := h.get("seconds"), (int, float))]
+    return float(sum(seconds)) if seconds and len(seconds) == len(rec.history) else None
+
+
 def runs_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
     """One row per run with numeric accuracies (NaN where a run's suite lacked an attack)."""
     keys = metrics(records)
@@ -129,6 +145,9 @@ def runs_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
             "flags": len(flags(rec)),
             "ranked_by": ranked_by,
             "_rank": rec.accuracy.get(rank_key),
+            "n_test": rec.eval.get("n"),
+            "train_flops": train_flops(rec),
+            "train_s": train_seconds(rec),
             **{m: rec.accuracy.get(m) for m in keys},
         })
     return pd.DataFrame(rows)
@@ -148,26 +167,58 @@ def run_table(records: Sequence[RunRecord]) -> pd.DataFrame:
     return _ordered(runs_frame(records)) if records else pd.DataFrame()
 
 
+def _nan_if_none(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
+def _experiment_row(ident: tuple[str, ...], group: pd.DataFrame, keys: Sequence[str]) -> dict[str, object]:
+    """Means and stds over seeds; the ranking accuracy's 95% interval and test-set error;
+    the cost; and the per-seed ranking accuracies (``_by_seed``) for the paired tests."""
+    without_aa = group.loc[group["ranked_by"] != AUTOATTACK, "ranked_by"]
+    by_seed = group.groupby("seed")["_rank"].mean().dropna()
+    interval = t_interval(list(by_seed))
+    n_test = group["n_test"].dropna()
+    row: dict[str, object] = dict(zip(EXPERIMENT, ident))
+    row.update(
+        seeds=group["seed"].nunique(), epochs=group["epochs"].iloc[0],
+        checkpoint=", ".join(sorted(set(group["checkpoint"]))), flags=int(group["flags"].sum()),
+        ranked_by=without_aa.iloc[0] if len(without_aa) else AUTOATTACK,
+        _rank=by_seed.mean() if len(by_seed) else float("nan"),
+        # accuracies lie in [0, 100]; a t-interval of few seeds can reach past them
+        **{"ci low": max(0.0, interval[0]) if interval else float("nan"),
+           "ci high": min(100.0, interval[1]) if interval else float("nan")},
+        **{"test se": binomial_se(by_seed.mean(), int(n_test.min())) if len(by_seed) and len(n_test) else float("nan")},
+        **{"train flops": group["train_flops"].mean(), "train s": group["train_s"].mean()},
+        _by_seed=dict(by_seed),
+    )
+    for m in keys:
+        values = group[m].dropna()
+        row[m] = values.mean() if len(values) else float("nan")
+        row[f"{m} std"] = values.std(ddof=1) if len(values) > 1 else float("nan")
+    return row
+
+
+def compare_with_top(df: pd.DataFrame) -> pd.DataFrame:
+    """``vs top p``: the Holm-adjusted p of a paired t-test of each row's ranking accuracy
+    against the top row's over their shared seeds (NaN below 2 shared seeds and for the
+    top row); ``tied``: not distinguishable from the top at level ALPHA."""
+    top = df["_by_seed"].iloc[0] if len(df) else {}
+    raw = {i: paired_t_pvalue(top, other) for i, other in enumerate(df["_by_seed"]) if i > 0}
+    tested = {i: p for i, p in raw.items() if p is not None}
+    adjusted = dict(zip(tested, holm(list(tested.values()))))
+    df = df.assign(**{"vs top p": [_nan_if_none(adjusted.get(i)) for i in range(len(df))]})
+    tied = [False] + [i in adjusted and adjusted[i] >= ALPHA for i in range(1, len(df))]
+    return df.assign(tied=tied).drop(columns="_by_seed")
+
+
 def experiment_table(records: Sequence[RunRecord]) -> pd.DataFrame:
     """One row per experiment: ``<metric>`` is the mean over seeds and ``<metric> std``
-    the sample standard deviation (NaN for one seed)."""
+    the sample standard deviation (NaN for one seed); ``ci low``/``ci high`` the 95%
+    t-interval of the ranking accuracy over seeds, ``test se`` its binomial standard
+    error on the test set, ``vs top p`` and ``tied`` the comparison with the top row."""
     if not records:
         return pd.DataFrame()
     runs = runs_frame(records)
     keys = metrics(records)
-    rows = []
-    for ident, group in runs.groupby(EXPERIMENT, sort=True):
-        without_aa = group.loc[group["ranked_by"] != AUTOATTACK, "ranked_by"]
-        row = dict(zip(EXPERIMENT, ident))
-        row.update(
-            seeds=group["seed"].nunique(), epochs=group["epochs"].iloc[0],
-            checkpoint=", ".join(sorted(set(group["checkpoint"]))), flags=int(group["flags"].sum()),
-            ranked_by=without_aa.iloc[0] if len(without_aa) else AUTOATTACK,
-            _rank=group[WORST_CASE if len(without_aa) else AUTOATTACK].mean(),
-        )
-        for m in keys:
-            values = group[m].dropna()
-            row[m] = values.mean() if len(values) else float("nan")
-            row[f"{m} std"] = values.std(ddof=1) if len(values) > 1 else float("nan")
-        rows.append(row)
-    return _ordered(pd.DataFrame(rows))
+    rows = [_experiment_row(ident, group, keys) for ident, group in runs.groupby(EXPERIMENT, sort=True)]
+    return compare_with_top(_ordered(pd.DataFrame(rows)))

@@ -1,0 +1,69 @@
+"""How far a board's numbers can be trusted: intervals over seeds, the test set's own
+sampling error, and whether a row is distinguishable from the top-ranked one.
+
+Two sources of noise are kept apart. Seeds vary the training (initialisation, batch
+order, attack starts); their spread gives the t-interval and the paired test below. The
+test set is one finite sample of images; its binomial standard error says how much the
+accuracy of one model would move on another sample of the same size. The paired test
+compares rows on the same test images, so it answers "does this row beat that one on
+this test set over training seeds", not "on any test set".
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from scipy import stats
+
+#: the level of the intervals (95%) and of the tests against the top row
+ALPHA = 0.05
+
+
+def t_interval(values: Sequence[float], alpha: float = ALPHA) -> tuple[float, float] | None:
+    """The (1 - alpha) Student-t interval of the mean over seeds; None below 2 seeds."""
+    n = len(values)
+    if n < 2:
+        return None
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = float(stats.t.ppf(1 - alpha / 2, n - 1)) * sd / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def binomial_se(accuracy_percent: float, n_points: int) -> float:
+    """Standard error, in points, of an accuracy measured on ``n_points`` test images."""
+    p = min(max(accuracy_percent / 100, 0.0), 1.0)
+    return 100 * math.sqrt(p * (1 - p) / n_points)
+
+
+def paired_t_pvalue(top: Mapping[int, float], other: Mapping[int, float]) -> float | None:
+    """Two-sided paired t-test over the seeds both rows have; None below 2 shared seeds.
+
+    Pairing by seed removes what runs of the same seed share (the initial weights of
+    one architecture and the data order come from the seed). Differences that are all equal have no spread:
+    p is 1 when they are all zero and 0 otherwise."""
+    seeds = sorted(set(top) & set(other))
+    if len(seeds) < 2:
+        return None
+    diffs = [top[s] - other[s] for s in seeds]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    if sd == 0:
+        return 1.0 if mean == 0 else 0.0
+    t = mean / (sd / math.sqrt(n))
+    return float(2 * stats.t.sf(abs(t), n - 1))
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone), in the input order: a
+    row is distinguishable from the top when its adjusted p is below ALPHA, with the
+    family-wise error of all comparisons on the board held at ALPHA."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted

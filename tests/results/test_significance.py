@@ -1,0 +1,105 @@
+"""The noise columns of a board: intervals over seeds, the test set's binomial error,
+paired tests against the top row with Holm's correction, and the training cost."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+from scipy import stats
+
+from robench.results.leaderboard import experiment_table, render_markdown, run_table
+from robench.results.leaderboard.significance import binomial_se, holm, paired_t_pvalue, t_interval
+from robench.results.records import RunRecord, load_records
+
+COMMITTED = REPO / "leaderboards" / "records" / "digits" / "linf-3_16"
+
+
+def test_t_interval_is_scipys() -> None:
+    values = [64.2, 66.9, 68.1, 70.3, 65.5]
+    mean, sem = sum(values) / 5, stats.sem(values)
+    low, high = stats.t.interval(0.95, 4, loc=mean, scale=sem)
+    assert t_interval(values) == pytest.approx((low, high))
+    assert t_interval([70.0]) is None
+
+
+def test_binomial_error_of_a_test_set() -> None:
+    """360 test digits at 68% carry about 2.4 points of sampling error; 10,000 images 0.47."""
+    assert binomial_se(68.0, 360) == pytest.approx(100 * math.sqrt(0.68 * 0.32 / 360))
+    assert round(binomial_se(68.0, 360), 2) == 2.46 and round(binomial_se(68.0, 10_000), 2) == 0.47
+    assert binomial_se(100.0, 360) == 0.0
+
+
+def test_paired_test_uses_only_the_shared_seeds() -> None:
+    top = {0: 70.0, 1: 71.5, 2: 69.0, 3: 72.0, 9: 10.0}
+    other = {0: 66.0, 1: 68.0, 2: 67.5, 3: 66.5, 5: 99.0}
+    expected = stats.ttest_rel([70.0, 71.5, 69.0, 72.0], [66.0, 68.0, 67.5, 66.5]).pvalue
+    assert paired_t_pvalue(top, other) == pytest.approx(expected)
+    assert paired_t_pvalue(top, {0: 1.0, 5: 2.0}) is None  # one shared seed: no test
+    assert paired_t_pvalue({0: 5.0, 1: 6.0}, {0: 5.0, 1: 6.0}) == 1.0
+    assert paired_t_pvalue({0: 5.0, 1: 6.0}, {0: 4.0, 1: 5.0}) == 0.0
+
+
+def test_holm_steps_down_and_stays_monotone() -> None:
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.001]) == pytest.approx([0.5, 0.002])
+    assert holm([]) == []
+
+
+def _variants() -> list[RunRecord]:
+    """Three experiments over five seeds, made from one real committed record: a clear
+    top row, one within the seed noise of it, one far below it."""
+    records, skipped = load_records(COMMITTED)
+    assert records and not skipped
+    template = next(r for r in records if "AutoAttack" in r.accuracy)
+    offsets = {"top": [0.0, 1.0, -1.0, 0.5, -0.5], "close": [-0.5, 1.5, -2.5, 0.5, 0.0], "far": [-9.0, -8.0, -10.0, -9.5, -8.5]}
+    made = []
+    for name, deltas in offsets.items():
+        for seed, delta in enumerate(deltas):
+            accuracy = {k: (v + delta if k in ("AutoAttack", "worst case") else v) for k, v in template.accuracy.items()}
+            checkpoints = {k: {**v, "accuracy": accuracy} for k, v in template.checkpoints.items()}
+            made.append(dataclasses.replace(
+                template, run_id=f"{name}-{seed}", seed=seed, accuracy=accuracy, checkpoints=checkpoints,
+                defense={"name": name, "params": {}, "changed": {}}, config_hash=name,
+                cost={"forward_passes_per_image": 23.0, "flops_per_image": 1.2e8},
+            ))
+    return made
+
+
+def test_board_marks_ties_with_the_top_row_and_shows_the_noise() -> None:
+    records = _variants()
+    df = experiment_table(records).set_index("defense")
+    assert list(df.index) == ["top", "close", "far"]
+    assert bool(df.loc["close", "tied"]) and not bool(df.loc["far", "tied"])
+    raw = [paired_t_pvalue(*({r.seed: r.accuracy["AutoAttack"] for r in records if r.defense["name"] == n}
+                             for n in ("top", other))) for other in ("close", "far")]
+    assert [df.loc["close", "vs top p"], df.loc["far", "vs top p"]] == pytest.approx(holm(raw))
+    aa = [r.accuracy["AutoAttack"] for r in records if r.defense["name"] == "far"]
+    assert (df.loc["far", "ci low"], df.loc["far", "ci high"]) == pytest.approx(t_interval(aa))
+    n_test = records[0].eval["n"]
+    assert df.loc["far", "test se"] == pytest.approx(binomial_se(sum(aa) / 5, n_test))
+    assert df.loc["far", "train flops"] == pytest.approx(1.2e8 * records[0].train["epochs"])
+    text = render_markdown(records, "t", "src")
+    top_line, close_line, far_line = (next(line for line in text.splitlines() if f"| {n} " in line)
+                                      for n in ("top", "close", "far"))
+    assert "| top " in top_line and "tied (p=" in close_line and "below (p=" in far_line
+    assert "AutoAttack 95% CI" in text and "Holm-corrected" in text
+    assert f"{1.2e8 * records[0].train['epochs'] / 1e9:.2f} G" in far_line
+
+
+def test_rows_without_a_shared_seed_or_a_cost_show_a_dash() -> None:
+    records = [r for r in _variants() if r.seed == 0 or r.defense["name"] == "top"]
+    records = [dataclasses.replace(r, cost=None) if r.defense["name"] == "far" else r for r in records]
+    df = experiment_table(records).set_index("defense")
+    assert math.isnan(df.loc["far", "vs top p"]) and math.isnan(df.loc["far", "ci low"])
+    far_line = next(line for line in render_markdown(records, "t", "src").splitlines() if "| far " in line)
+    assert [cell.strip() for cell in far_line.split("|")].count("–") == 3  # no interval, no test, no cost
+    assert not run_table(records).empty and "Train FLOP/img" in render_markdown(records, "t", "s", by_seed=True)
+
+
+def test_old_records_without_cost_still_read(tmp_path: Path) -> None:
+    records, _ = load_records(COMMITTED)
+    assert all(r.cost is None for r in records)
+    assert experiment_table(records)["train flops"].isna().all()
