@@ -177,6 +177,11 @@ class Defense(Plugin[P]):
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> LossOutput:
         raise NotImplementedError
 
+    def check_model(self, model: nn.Module, input_shape: tuple[int, int, int]) -> None:
+        """Refuse a model this defense cannot train before training starts, by raising
+        :class:`~robench.api.errors.ConfigError` with one line that says why and what to
+        do, rather than crashing in the first batch. The default accepts every model."""
+
     def forward_passes_per_image(self) -> float | None:
         """Training cost of one image in forward-pass equivalents F (a backward pass
         counts 2F), so that boards can compare defenses at equal compute: standard

@@ -61,6 +61,30 @@ def feature_modules(model: nn.Module, names: Sequence[str] = ()) -> list[tuple[s
     return found
 
 
+def feature_shapes(model: nn.Module, layers: Sequence[tuple[str, nn.Module]],
+                   input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """The output shape of each layer for a batch of two zero images, in eval mode with no
+    gradients: BatchNorm statistics and random state are left as they were."""
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def keep(name: str) -> Callable[[nn.Module, object, Tensor], None]:
+        def hook(_module: nn.Module, _inputs: object, output: Tensor) -> None:  # None: the output stays
+            shapes.setdefault(name, tuple(output.shape))
+        return hook
+
+    handles = [module.register_forward_hook(keep(name)) for name, module in layers]
+    was_training = model.training
+    try:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        with torch.no_grad():
+            model.eval()(torch.zeros(2, *input_shape, device=device))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
 def channel_stats(h: Tensor) -> tuple[Tensor, Tensor]:
     """Per-sample, per-channel mean and standard deviation over the spatial positions of
     (N, C, H, W) features: two (N, C) float32 tensors, differentiable.

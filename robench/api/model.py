@@ -52,3 +52,19 @@ def eager_forwards() -> Iterator[None]:
     """
     with torch.compiler.set_stance("force_eager"):
         yield
+
+
+@contextmanager
+def frozen_batchnorm_statistics(model: nn.Module) -> Iterator[None]:
+    """Train-mode BatchNorm inside still normalises with each batch's own statistics but
+    leaves the running statistics, which evaluation uses, as they were: for forward
+    passes on inputs that evaluation will never see (for instance feature statistics a
+    defense perturbed on purpose)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for norm in norms:
+        norm.track_running_stats = False  # train mode: batch statistics, and no running update
+    try:
+        yield
+    finally:
+        for norm in norms:
+            norm.track_running_stats = True

@@ -493,6 +493,8 @@ def _train(plan: RunPlan, reporter: Reporter, resume: Checkpoint | None) -> _Tra
     seed_everything(cfg.seed)
     backend = configure_backend(plan.device, cfg.engine.deterministic)
     model = build_model(plan)  # before the data: a bad architecture fails in seconds
+    # so does one the defense cannot train
+    plan.trainer.check_model(model, cast(tuple[int, int, int], tuple(plan.dataset.input_shape)))
     splits, data_dir = load_data(plan.dataset, names["data"], cfg.data_root, download=cfg.download)
     if plan.device.type != "cpu":  # the whole uint8 split lives on the GPU; batches are drawn there
         val = None if splits.val is None else splits.val.to(plan.device)

@@ -12,6 +12,7 @@ Each component has a switch (``sampling``, ``refine``, ``align``) for ablations.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -19,8 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robench.api import AdversarialDefense, LossOutput
-from robench.api.features import FeatureHooks, batch_spread, channel_stats, feature_modules, renormalize
-from robench.api.model import eager_forwards
+from robench.api.errors import ConfigError
+from robench.api.features import FeatureHooks, batch_spread, channel_stats, feature_modules, feature_shapes, renormalize
+from robench.api.model import eager_forwards, frozen_batchnorm_statistics
 from robench.api.params import param
 from robench.api.perturb import attack_loss_scale
 from robench.api.threat import ThreatModel
@@ -35,7 +37,9 @@ class UADATParams(PGDATParams):
     samples: int = param(2, ge=1, help="M, sampled adversaries per example")
     sample_prob: float = param(0.5, ge=0, le=1, help="p, chance that a layer resamples in a forward pass")
     layers: tuple[str, ...] = param((), help="feature layers; empty: those the architecture declares")
-    kernel_width: float = param(1.0, gt=0, help="tau of the proximity kernel exp(-d^2 / tau)")
+    kernel_width: float = param(1.0, gt=0, help="tau of the proximity kernel exp(-d^2 / tau), d on standardised statistics")
+    standardize: bool = param(True, help="distances on statistics standardised over the batch (scale-free tau)")
+    sampled_bn_update: bool = param(False, help="passes with resampled features also update BatchNorm's running statistics")
     smoothing: float = param(0.1, ge=0, lt=1, help="label smoothing of the fallback reference")
     sampling: bool = param(True, help="component 2: sample adversaries with statistic uncertainty")
     refine: bool = param(True, help="component 3: refined reference for misclassified clean examples")
@@ -55,14 +59,24 @@ def full_precision(device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, enabled=False)
 
 
-def reference(logits: Tensor, y: Tensor, stats: Tensor | None, *, width: float, smoothing: float) -> Tensor:
+def standardized(stats: Tensor) -> Tensor:
+    """Each statistic's z-score over the batch: distances then mean the same on every
+    architecture and layer, whatever the scale of its features (two random examples are
+    about 2 apart in mean squared distance per dimension)."""
+    return (stats - stats.mean(0)) / (stats.std(0, unbiased=False) + 1e-6)
+
+
+def reference(logits: Tensor, y: Tensor, stats: Tensor | None, *, width: float, smoothing: float,
+              standardize: bool = True) -> Tensor:
     """Alignment targets: p(x_i) where x_i is classified correctly; otherwise a kernel-
     weighted mix of p(x_j) over correct clean x_j of class y_i, by the distance of their
     feature statistics; a label-smoothed one-hot of y_i when the batch has none.
 
     float32 under autocast too: the kernel exp(-d^2 / tau) and its mix."""
     with full_precision(logits.device):
-        return _reference(logits.float(), y, None if stats is None else stats.float(), width, smoothing)
+        if stats is not None:
+            stats = standardized(stats.float()) if standardize else stats.float()
+        return _reference(logits.float(), y, stats, width, smoothing)
 
 
 def _reference(logits: Tensor, y: Tensor, stats: Tensor | None, width: float, smoothing: float) -> Tensor:
@@ -102,6 +116,21 @@ class UADAT(AdversarialDefense[UADATParams]):
         """PGD-AT's adversaries (compiled when the engine compiles)."""
         return pgd_adversary(model, x, y, threat, self.params)
 
+    def check_model(self, model: nn.Module, input_shape: tuple[int, int, int]) -> None:
+        """Sampling and refinement need per-channel statistics over spatial positions:
+        refuse, before training, layers that give tokens (timm ViTs) or a 1x1 map."""
+        p = self.params
+        if not (p.sampling or p.refine):
+            return
+        for name, shape in feature_shapes(model, feature_modules(model, p.layers), input_shape).items():
+            if len(shape) != 4 or shape[2] * shape[3] < 2:
+                raise ConfigError(
+                    f"uadat needs convolutional feature maps (N, C, H, W) with more than one position at its "
+                    f"feature layers; layer {name!r} gives {tuple(shape)}"
+                    f"{' (tokens, as in a vision transformer)' if len(shape) == 3 else ''}: train a convolutional "
+                    "architecture, name such layers with defense.layers=[...], or turn sampling and refine off"
+                )
+
     def forward_passes_per_image(self) -> float:
         """An estimate: the attack, a clean forward, M sampled copies trained (3F each);
         the alignment adds the clean input gradient (2F) and a double backward of about
@@ -123,12 +152,18 @@ class UADAT(AdversarialDefense[UADATParams]):
         with FeatureHooks(layers if p.refine else [], record=True) as clean_hooks:
             logits = model(x_in)
         stats = torch.cat([torch.cat(s, 1) for s in clean_hooks.stats.values()], 1) if p.refine else None
-        target = reference(logits, y, stats, width=p.kernel_width, smoothing=p.smoothing).detach()
+        target = reference(logits, y, stats, width=p.kernel_width, smoothing=p.smoothing,
+                           standardize=p.standardize).detach()
 
         m = p.samples if p.sampling else 1
         xa = x_adv.detach().requires_grad_(p.align)
-        draw = (lambda name, h: resample(h) if torch.rand(()) < p.sample_prob else None) if p.sampling else None
-        with FeatureHooks(layers if p.sampling else [], transform=draw):
+        # which layers resample in this pass, drawn first: a pass that resamples any keeps
+        # BatchNorm's running statistics out of it (evaluation never sees such features)
+        coins = {name: bool(torch.rand(()) < p.sample_prob) for name, _ in layers} if p.sampling else {}
+        draw = (lambda name, h: resample(h) if coins[name] else None) if p.sampling else None
+        frozen = any(coins.values()) and not p.sampled_bn_update
+        with frozen_batchnorm_statistics(model) if frozen else nullcontext(), \
+                FeatureHooks(layers if p.sampling else [], transform=draw):
             logits_adv = model(xa.repeat(m, 1, 1, 1))
         ys = y.repeat(m)
         ce = F.cross_entropy(logits_adv, ys)

@@ -102,15 +102,31 @@ def test_reference_for_misclassified_examples_is_a_distribution_from_close_peers
     logits = torch.tensor([[4.0, 0.0, 0.0], [2.0, 1.0, 0.0], [0.0, 3.0, 0.0], [0.0, 5.0, 0.0]])
     y = torch.tensor([0, 0, 0, 2])
     stats = torch.tensor([[0.0, 0.0], [5.0, 5.0], [0.1, 0.0], [9.0, 9.0]])
-    ref = reference(logits, y, stats, width=1.0, smoothing=0.1)
-    assert torch.allclose(ref.sum(1), torch.ones(4)) and (ref >= 0).all()
     probs = F.softmax(logits, 1)
-    d2 = torch.tensor([0.01, 4.9**2 + 25]) / 2  # squared distances to 0 and 1, per dimension
-    w = torch.softmax(-d2, 0)
-    assert torch.allclose(ref[2], w[0] * probs[0] + w[1] * probs[1], atol=1e-6)
-    assert w[0] > 0.99  # the statistically closer peer dominates
-    assert torch.allclose(ref[3], torch.tensor([0.1 / 3, 0.1 / 3, 0.9 + 0.1 / 3]))
-    assert torch.equal(ref[:2], probs[:2])
+    for standardize in (False, True):
+        ref = reference(logits, y, stats, width=1.0, smoothing=0.1, standardize=standardize)
+        assert torch.allclose(ref.sum(1), torch.ones(4)) and (ref >= 0).all()
+        # each statistic's z-score over the batch (population std), by hand
+        z = [[(stats[i, d] - stats[:, d].mean()) / (stats[:, d].std(unbiased=False) + 1e-6) for d in range(2)]
+             for i in range(4)] if standardize else stats.tolist()
+        d2 = torch.tensor([sum((float(z[2][d]) - float(z[j][d])) ** 2 for d in range(2)) / 2 for j in (0, 1)])
+        w = torch.softmax(-d2, 0)
+        assert torch.allclose(ref[2], w[0] * probs[0] + w[1] * probs[1], atol=1e-6)
+        assert w[0] > 0.75  # the statistically closer peer dominates
+        assert torch.allclose(ref[3], torch.tensor([0.1 / 3, 0.1 / 3, 0.9 + 0.1 / 3]))
+        assert torch.equal(ref[:2], probs[:2])
+
+
+def test_standardised_distances_do_not_depend_on_the_features_scale():
+    """The same batch with statistics 1000 times larger: the same references (tau means
+    the same on every architecture); on raw statistics the kernel would pick one peer only."""
+    logits = torch.tensor([[4.0, 0.0], [3.0, 1.0], [0.0, 2.0]])
+    y = torch.tensor([0, 0, 0])
+    stats = torch.tensor([[0.2, 1.0, 0.5], [0.6, 0.8, 0.1], [0.3, 0.7, 0.4]])
+    small, large = (reference(logits, y, s, width=1.0, smoothing=0.1) for s in (stats, 1000 * stats))
+    assert torch.allclose(small, large, atol=1e-5)
+    raw = reference(logits, y, 1000 * stats, width=1.0, smoothing=0.1, standardize=False)
+    assert not torch.allclose(raw, small, atol=1e-3)
 
 
 # ------------------------------------------------------------------- alignment
@@ -243,3 +259,55 @@ def test_full_method_step_under_bf16_autocast_is_finite():
     out.loss.backward()
     assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+# ------------------------------------------------------- BatchNorm and sampled passes
+def _bn_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+
+
+@pytest.mark.parametrize("sampled_bn_update", [False, True])
+def test_sampled_passes_keep_batchnorm_running_statistics_out(sampled_bn_update: bool):
+    """With every layer resampling (p = 1), only the clean pass moves the running
+    statistics; with sampled_bn_update=true the sampled pass moves them too."""
+    x = torch.rand(6, 3, 8, 8)
+    x_adv, y = (x + 0.03 * torch.randn_like(x)).clamp(0, 1), torch.randint(0, 5, (6,))
+    model = tiny_model()
+    torch.manual_seed(0)
+    uadat(sample_prob=1.0, sampled_bn_update=sampled_bn_update, align=False).objective(model, x, x_adv, y)
+    clean_only = tiny_model()
+    clean_only(x)  # one train-mode pass on x: what the running statistics should hold
+    same = all(torch.equal(a, b) for a, b in zip(_bn_buffers(model).values(), _bn_buffers(clean_only).values()))
+    assert same != sampled_bn_update
+    assert model.training and all(m.track_running_stats for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_unsampled_passes_update_batchnorm_running_statistics():
+    x = torch.rand(6, 3, 8, 8)
+    x_adv, y = (x + 0.03 * torch.randn_like(x)).clamp(0, 1), torch.randint(0, 5, (6,))
+    model, clean_only = tiny_model(), tiny_model()
+    uadat(sample_prob=0.0, align=False).objective(model, x, x_adv, y)
+    clean_only(x)
+    assert not torch.equal(_bn_buffers(model)["net.1.running_mean"], _bn_buffers(clean_only)["net.1.running_mean"])
+
+
+# ------------------------------------------------- models UAD-AT cannot train, refused early
+def test_feature_maps_pass_and_pooled_or_token_features_are_refused() -> None:
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    uadat().check_model(model, (3, 8, 8))  # conv maps: accepted, and nothing changed
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ConfigError, match=r"layer 'net.5' gives \(2, 6, 1, 1\)"):
+        uadat(layers=("5",)).check_model(model, (3, 8, 8))  # the global pool: one position
+    uadat(layers=("5",), sampling=False, refine=False).check_model(model, (3, 8, 8))  # no statistics needed
+
+
+def test_a_vision_transformer_is_refused_before_training(tmp_path) -> None:
+    from conftest import run_cli
+
+    proc = run_cli("run", "--defense", "uadat", "--arch", "timm/vit_small_patch8_224", "--epochs", "1", "-q",
+                   "--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"))
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: uadat needs convolutional feature maps") and "(tokens, as in a vision transformer)" in line
+    assert not list((tmp_path / "runs").glob("*/last.pt"))  # not one epoch trained
