@@ -227,8 +227,8 @@ def part_sweep(part: Part, minutes: float) -> None:
     """The Fashion-MNIST sweep under a budget: no run starts that the budget cannot finish."""
     results = part.out / "results"
     if part.smoke:
-        # two short runs of the digits sweep: the smoke test checks the budget's plumbing
-        args = ["sweep", "configs/sweeps/digits.yaml", "--defense", "pgd-at", "--defense", "standard", "--seeds", "0",
+        # two short digits runs: the smoke test checks the budget's plumbing
+        args = ["sweep", "--defense", "pgd-at", "--defense", "standard", "--seeds", "0",
                 "--set", "train.epochs=1", "--set", "attacks=[fgsm]",
                 "--set", "eval.eps_sweep=false", "--set", "eval.n_eval=50",
                 "--set", "eval.checks=false", "--set", "eval.checkpoints=selected"]

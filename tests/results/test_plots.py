@@ -41,7 +41,8 @@ def _load(folder: Path) -> list[RunRecord]:
 
 @pytest.fixture(scope="module")
 def digits() -> list[RunRecord]:
-    """15 real runs: 5 defenses x 3 seeds, AutoAttack in their suite, with eps sweeps."""
+    """18 real runs: 5 defenses and PGD-AT with 16 steps x 3 seeds, AutoAttack in their
+    suite, with eps sweeps."""
     return _load(BOARDS / "records" / "digits" / "linf-3_16")
 
 
@@ -55,8 +56,13 @@ def _no_sweep(rec: RunRecord) -> RunRecord:
     return dataclasses.replace(rec, eval={**rec.eval, "eps_sweep": None})
 
 
+#: the committed digits board's experiments, as plots label them
+DIGITS = ("pgd-at", "pgd-at (steps=16)", "standard", "trades", "mart", "uadat")
+
+
 def _by_defense(records: list[RunRecord], name: str) -> list[RunRecord]:
-    return sorted((r for r in records if r.defense["name"] == name), key=lambda r: r.seed)
+    """The runs of one experiment: ``pgd-at`` is PGD-AT's defaults, ``pgd-at (steps=16)`` the other."""
+    return sorted((r for r in records if defense_label(r) == name), key=lambda r: r.seed)
 
 
 def _made_up_sweep(rec: RunRecord, accuracies: list[float]) -> RunRecord:
@@ -135,7 +141,7 @@ def test_eps_sweep_is_the_mean_over_seeds_per_experiment(digits: list[RunRecord]
 def test_eps_sweep_of_the_committed_runs_is_their_mean(digits: list[RunRecord]) -> None:
     ax = _sweep_figure(digits, "digits", "records").axes[0]
     lines = {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
-    for name in ("pgd-at", "standard", "trades", "mart", "uadat"):
+    for name in DIGITS:
         runs = _by_defense(digits, name)
         expected = [statistics.fmean(col) for col in zip(*[[p["accuracy"] for p in r.eval["eps_sweep"]["points"]]
                                                            for r in runs])]
@@ -153,8 +159,8 @@ def test_clean_vs_robust_point_is_the_mean_of_its_seeds(digits: list[RunRecord],
     ax = _clean_robust_figure(digits, "digits").axes[0]
     assert ax.get_ylabel() == "robust accuracy (%): AutoAttack"
     containers = {c.get_label(): c for c in ax.containers}
-    assert set(containers) == {f"{name} (3 seeds)" for name in ("pgd-at", "standard", "trades", "mart", "uadat")}
-    for name in ("pgd-at", "standard", "trades", "mart", "uadat"):
+    assert set(containers) == {f"{name} (3 seeds)" for name in DIGITS}
+    for name in DIGITS:
         runs = _by_defense(digits, name)
         clean = [r.accuracy["clean"] for r in runs]
         robust = [r.accuracy["AutoAttack"] for r in runs]
@@ -165,7 +171,7 @@ def test_clean_vs_robust_point_is_the_mean_of_its_seeds(digits: list[RunRecord],
         xbar, ybar = (np.asarray(col.get_segments()[0]) for col in container.lines[2])
         assert np.isclose(xbar[1, 0] - xbar[0, 0], 2 * statistics.stdev(clean))
         assert np.isclose(ybar[1, 1] - ybar[0, 1], 2 * statistics.stdev(robust))
-    assert sorted(t.get_text() for t in ax.texts) == sorted(["pgd-at", "standard", "trades", "mart", "uadat"])
+    assert sorted(t.get_text() for t in ax.texts) == sorted(DIGITS)
     lo, hi = ax.get_ylim()
     assert -2 <= lo and hi <= 102
     path = plot_clean_vs_robust(digits, tmp_path / "clean_vs_robust.png", "digits")
