@@ -67,21 +67,16 @@ def feature_shapes(model: nn.Module, layers: Sequence[tuple[str, nn.Module]],
     gradients: BatchNorm statistics and random state are left as they were."""
     shapes: dict[str, tuple[int, ...]] = {}
 
-    def keep(name: str) -> Callable[[nn.Module, object, Tensor], None]:
-        def hook(_module: nn.Module, _inputs: object, output: Tensor) -> None:  # None: the output stays
-            shapes.setdefault(name, tuple(output.shape))
-        return hook
+    def keep(name: str, h: Tensor) -> None:  # None: the features stay as they are
+        shapes.setdefault(name, tuple(h.shape))
 
-    handles = [module.register_forward_hook(keep(name)) for name, module in layers]
     was_training = model.training
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        with torch.no_grad():
+        with FeatureHooks(layers, transform=keep), torch.no_grad():
             model.eval()(torch.zeros(2, *input_shape, device=device))
     finally:
         model.train(was_training)
-        for handle in handles:
-            handle.remove()
     return shapes
 
 

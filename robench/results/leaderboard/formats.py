@@ -72,7 +72,7 @@ def _duration(seconds: float) -> str:
 
 def _noise_columns(out: pd.DataFrame, df: pd.DataFrame, rank_label: str) -> None:
     """The ranking accuracy's 95% interval over seeds, its test-set standard error and the
-    comparison with the top row; then the training cost."""
+    comparison with the top row."""
     out[f"{rank_label} 95% CI"] = [_interval(lo, hi) for lo, hi in zip(df["ci low"], df["ci high"])]
     out["Test SE"] = df["test se"].map(lambda se: "–" if math.isnan(se) else f"± {se:.2f}")
     out["vs top"] = [_versus_top(r, p, t) for r, p, t in zip(df["rank"], df["vs top p"], df["tied"])]

@@ -11,6 +11,7 @@ this test set over training seeds", not "on any test set".
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 
 from scipy import stats
@@ -24,9 +25,8 @@ def t_interval(values: Sequence[float], alpha: float = ALPHA) -> tuple[float, fl
     n = len(values)
     if n < 2:
         return None
-    mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = float(stats.t.ppf(1 - alpha / 2, n - 1)) * sd / math.sqrt(n)
+    mean = statistics.fmean(values)
+    half = float(stats.t.ppf(1 - alpha / 2, n - 1)) * statistics.stdev(values) / math.sqrt(n)
     return mean - half, mean + half
 
 
@@ -40,19 +40,17 @@ def paired_t_pvalue(top: Mapping[int, float], other: Mapping[int, float]) -> flo
     """Two-sided paired t-test over the seeds both rows have; None below 2 shared seeds.
 
     Pairing by seed removes what runs of the same seed share (the initial weights of
-    one architecture and the data order come from the seed). Differences that are all equal have no spread:
-    p is 1 when they are all zero and 0 otherwise."""
+    one architecture and the data order come from the seed). Differences that are all
+    equal have no spread: p is 1 when they are all zero and 0 otherwise."""
     seeds = sorted(set(top) & set(other))
     if len(seeds) < 2:
         return None
     diffs = [top[s] - other[s] for s in seeds]
-    n = len(diffs)
-    mean = sum(diffs) / n
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
     if sd == 0:
         return 1.0 if mean == 0 else 0.0
-    t = mean / (sd / math.sqrt(n))
-    return float(2 * stats.t.sf(abs(t), n - 1))
+    t = mean / (sd / math.sqrt(len(diffs)))
+    return float(2 * stats.t.sf(abs(t), len(diffs) - 1))
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:

@@ -178,19 +178,18 @@ def _experiment_row(ident: tuple[str, ...], group: pd.DataFrame, keys: Sequence[
     by_seed = group.groupby("seed")["_rank"].mean().dropna()
     interval = t_interval(list(by_seed))
     n_test = group["n_test"].dropna()
+    nan = float("nan")
     row: dict[str, object] = dict(zip(EXPERIMENT, ident))
     row.update(
         seeds=group["seed"].nunique(), epochs=group["epochs"].iloc[0],
         checkpoint=", ".join(sorted(set(group["checkpoint"]))), flags=int(group["flags"].sum()),
         ranked_by=without_aa.iloc[0] if len(without_aa) else AUTOATTACK,
-        _rank=by_seed.mean() if len(by_seed) else float("nan"),
-        # accuracies lie in [0, 100]; a t-interval of few seeds can reach past them
-        **{"ci low": max(0.0, interval[0]) if interval else float("nan"),
-           "ci high": min(100.0, interval[1]) if interval else float("nan")},
-        **{"test se": binomial_se(by_seed.mean(), int(n_test.min())) if len(by_seed) and len(n_test) else float("nan")},
-        **{"train flops": group["train_flops"].mean(), "train s": group["train_s"].mean()},
-        _by_seed=dict(by_seed),
+        _rank=by_seed.mean() if len(by_seed) else nan, _by_seed=dict(by_seed),
     )
+    # accuracies lie in [0, 100]; a t-interval of few seeds can reach past them
+    row["ci low"], row["ci high"] = (max(0.0, interval[0]), min(100.0, interval[1])) if interval else (nan, nan)
+    row["test se"] = binomial_se(by_seed.mean(), int(n_test.min())) if len(by_seed) and len(n_test) else nan
+    row["train flops"], row["train s"] = group["train_flops"].mean(), group["train_s"].mean()
     for m in keys:
         values = group[m].dropna()
         row[m] = values.mean() if len(values) else float("nan")
