@@ -1,7 +1,7 @@
 """The ``robench`` command line (Typer, rich output): the app, its commands and the exit codes.
 
 Each command lives in its own module (``run``, ``ablate``, ``evaluate``, ``plugins``,
-``data``, ``boards``, ``bench``, ``new``, ``sweep``) and only parses and prints; the work
+``data``, ``boards``, ``bench``, ``new``, ``sweep``, ``tune``) and only parses and prints; the work
 is done by :mod:`robench.workflows`. Exit codes: 0 ok, 2 bad input (one line on stderr,
 no traceback), 1 internal failure. Set ``ROBENCH_DEBUG=1`` to see the traceback of an
 internal failure.
@@ -31,6 +31,7 @@ from robench.cli.plugins import list_plugins
 from robench.cli.run import run
 from robench.cli.sweep import sweep
 from robench.cli.torchrun import TORCHRUN_ARGV
+from robench.cli.tune import tune
 
 # Typer >= 0.20 vendors click as typer._click; take the exception classes from whichever
 # click this Typer uses rather than from a separately installed one.
@@ -78,6 +79,7 @@ app.command("leaderboard")(leaderboard)
 app.command("bench")(bench)
 app.command("new")(new)
 app.command("sweep")(sweep)
+app.command("tune")(tune)
 app.add_typer(plot_app, name="plot")
 app.add_typer(data_app, name="data")
 

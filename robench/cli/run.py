@@ -35,6 +35,7 @@ from robench.cli.torchrun import NPROC_OPT, launch_torchrun
 
 if TYPE_CHECKING:
     from robench.engine.checkpoint import Checkpoint
+    from robench.results.records import RunRecord
     from robench.workflows.run import RunOutcome, RunPlan
 
 
@@ -159,6 +160,9 @@ def _execute(plan: RunPlan, checkpoint: Checkpoint | None, quiet: bool) -> RunOu
 
 def _print_outcome(plan: RunPlan, outcome: RunOutcome) -> None:
     rec = outcome.record
+    if not rec.evaluated:
+        _print_validation(rec, outcome)
+        return
     print_evaluation(f"{rec.dataset}, {plan.threat}, {rec.selected} checkpoint (epoch "
                      f"{rec.checkpoints[rec.selected]['epoch']})", rec.accuracy, rec.eval)
     print_other_checkpoint(rec)
@@ -168,3 +172,15 @@ def _print_outcome(plan: RunPlan, outcome: RunOutcome) -> None:
     out.print(Text(f"leaderboard: {outcome.leaderboard_path}"), soft_wrap=True)
     for skipped in outcome.skipped:
         err.print(Text(f"warning: skipped invalid record {skipped.path}: {skipped.reason}"))
+
+
+def _print_validation(rec: RunRecord, outcome: RunOutcome) -> None:
+    """A run that kept the test set unseen (``eval.checkpoints=none``): its validation scores."""
+    val = rec.validation or {}
+    scores = ", ".join(f"{k.removeprefix('val_')} {v:.2f}" for k, v in val.items() if k != "epoch" and v is not None)
+    where = f"{rec.selected} checkpoint (epoch {val['epoch']})" if val else "no validation split"
+    out.print(Text(f"validation, {where}: {scores or 'none'}; the test set was not evaluated (eval.checkpoints=none)"),
+              soft_wrap=True)
+    out.print(f"wall time: {rec.wall_time_s:.1f} s")
+    out.print(Text(f"record:      {outcome.record_path}"), soft_wrap=True)
+    out.print(Text(f"checkpoints: {outcome.run_dir} (best.pt, last.pt, log.jsonl)"), soft_wrap=True)

@@ -22,6 +22,7 @@ from rich.text import Text
 from robench.api.errors import RobenchError, UserError
 
 if TYPE_CHECKING:
+    from robench.workflows.sweep.budget import Budget
     from robench.workflows.sweep.grid import SweepSpec
     from robench.workflows.sweep.slurm import SlurmOptions
 
@@ -125,10 +126,10 @@ def sweep(
     slurm = SlurmOptions(cluster="local" if runner == "submitit-local" else "slurm", gpus=nproc or 0,
                          cpus_per_task=cpus_per_task, timeout_min=time_min, partition=partition,
                          extra=_slurm_extra(slurm_arg))
-    _pin_default_folders()
+    pin_default_folders()
     _run_sweep(spec, runner, jobs, nproc, dry_run, quiet, {
-        "device": device, "data_root": _absolute(data_root), "results_dir": _absolute(results_dir),
-    }, _absolute(runs_dir), slurm, wait, budget)
+        "device": device, "data_root": absolute_path(data_root), "results_dir": absolute_path(results_dir),
+    }, absolute_path(runs_dir), slurm, wait, budget)
 
 
 def _spec(
@@ -155,7 +156,7 @@ def _spec(
     return spec
 
 
-def _pin_default_folders() -> None:
+def pin_default_folders() -> None:
     """The default ./robench-results of the folder the sweep started in, for every run
     wherever its process starts (below flags and config files, as the variables are)."""
     from robench.core.paths import results_root, runs_root
@@ -164,7 +165,7 @@ def _pin_default_folders() -> None:
     os.environ.setdefault("ROBENCH_RUNS", str(runs_root()))
 
 
-def _absolute(path: Path | None) -> str | None:
+def absolute_path(path: Path | None) -> str | None:
     """Jobs may start in another folder: paths go to them absolute."""
     return str(path.expanduser().resolve()) if path is not None else None
 
@@ -172,7 +173,7 @@ def _absolute(path: Path | None) -> str | None:
 def _run_sweep(spec: Any, runner: str, jobs: int, nproc: int | None, dry_run: bool, quiet: bool,
                flags: dict[str, Any], runs_dir: str | None, slurm: SlurmOptions, wait_for_jobs: bool,
                budget_min: float | None = None) -> None:
-    from robench.results.leaderboard import refresh_leaderboard
+    from robench.workflows.sweep.budget import Budget
     from robench.workflows.sweep.plan import plan_sweep
     from robench.workflows.sweep.point import unfinished_run
 
@@ -198,7 +199,7 @@ def _run_sweep(spec: Any, runner: str, jobs: int, nproc: int | None, dry_run: bo
 
     results: list[Any] = []
     if runner == "local":
-        results = _local(todo, jobs, nproc, quiet, budget_min)
+        results = run_local(todo, jobs, nproc, quiet, Budget(budget_min * 60) if budget_min is not None else None)
     else:
         from robench.workflows.sweep.slurm import submit, wait
 
@@ -209,15 +210,22 @@ def _run_sweep(spec: Any, runner: str, jobs: int, nproc: int | None, dry_run: bo
         if runner == "slurm" and not wait_for_jobs:
             out.print("each run records itself and refreshes its leaderboard; rerun this command to see what is left")
             return
-        results = wait(handles, todo, _report)
+        results = wait(handles, todo, report_point)
 
-    for board in plan.boards:  # every record is in: one last rebuild of each board
+    refresh_boards(plan)
+    summarize(results)
+
+
+def refresh_boards(plan: Any) -> None:
+    """Every record is in: one last rebuild of each board the sweep touched."""
+    from robench.results.leaderboard import refresh_leaderboard
+
+    for board in plan.boards:
         path, _ = refresh_leaderboard(board.results_root, board.dataset, board.threat.slug, str(board.threat))
         out.print(Text(f"leaderboard: {path}"), soft_wrap=True)
-    _summarize(results)
 
 
-def _report(point: Any, result: Any) -> None:
+def report_point(point: Any, result: Any) -> None:
     if result.status in ("done", "resumed", "recorded"):
         out.print(Text(f"{result.status:>8}  {point.label}: {_accuracy(result)}"), soft_wrap=True)
     elif result.status == "busy":
@@ -229,11 +237,11 @@ def _report(point: Any, result: Any) -> None:
                   soft_wrap=True)
 
 
-def _local(todo: list[Any], jobs: int, nproc: int | None, quiet: bool, budget_min: float | None) -> list[Any]:
-    from robench.workflows.sweep.budget import Budget
+def run_local(todo: list[Any], jobs: int, nproc: int | None, quiet: bool, budget: Budget | None) -> list[Any]:
+    """Run the points here with a progress bar; a stop signal exits (resumably), a spent
+    budget leaves out what it stopped or never started."""
     from robench.workflows.sweep.local import LocalRunner
 
-    budget = Budget(budget_min * 60) if budget_min is not None else None
     local = LocalRunner(jobs=jobs, gpus_each=nproc or 1, budget=budget)
     progress = Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err, disable=quiet)
@@ -241,7 +249,7 @@ def _local(todo: list[Any], jobs: int, nproc: int | None, quiet: bool, budget_mi
         task = progress.add_task("sweep", total=len(todo))
 
         def done(point: Any, result: Any) -> None:
-            _report(point, result)
+            report_point(point, result)
             progress.advance(task)
 
         results = local.run(todo, done)
@@ -254,11 +262,11 @@ def _local(todo: list[Any], jobs: int, nproc: int | None, quiet: bool, budget_mi
                   soft_wrap=True)
         raise typer.Exit(128 + local.stop_signal)
     if budget is not None:
-        results = _budget_summary(results, local.out_of_time, budget_min or 0.0)
+        results = budget_summary(results, local.out_of_time, budget.seconds / 60)
     return results
 
 
-def _budget_summary(results: list[Any], out_of_time: bool, minutes: float) -> list[Any]:
+def budget_summary(results: list[Any], out_of_time: bool, minutes: float) -> list[Any]:
     """Say what the budget left undone; runs it stopped or never started are not failures."""
     unstarted = [r for r in results if r.status == "not started"]
     stopped = [r for r in results if r.status == "stopped"] if out_of_time else []
@@ -272,7 +280,7 @@ class SweepFailed(RobenchError):
     """Some runs failed; their logs say why (exit 1: not the sweep's input)."""
 
 
-def _summarize(results: list[Any]) -> None:
+def summarize(results: list[Any]) -> None:
     counts: dict[str, int] = {}
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1

@@ -79,8 +79,9 @@ class EvalConfig:
     precision: Literal["fp32", "bf16", "fp16"] = param(
         "fp32", help="the final evaluation's forward passes; keep fp32 unless you know the attacks hold up"
     )
-    checkpoints: Literal["both", "selected"] = param(
-        "both", help="evaluate the best and the last checkpoint, or only the one train.select reports (half the cost)"
+    checkpoints: Literal["both", "selected", "none"] = param(
+        "both", help="evaluate the best and the last checkpoint, only the one train.select reports (half the cost), "
+        "or none: train and validate only, no test set (tuning runs)"
     )
 
 

@@ -65,6 +65,14 @@ class RunRecord:
     #: training cost per image and epoch as the defense counts it: forward-pass
     #: equivalents and FLOPs (None in older records and for defenses that do not count)
     cost: dict[str, float] | None = None
+    #: the reported checkpoint's validation scores, {"epoch", "val_clean", "val_pgd"};
+    #: what ``robench tune`` selects by (None in older records and without a validation split)
+    validation: dict[str, Any] | None = None
+
+    @property
+    def evaluated(self) -> bool:
+        """Whether the test set was evaluated (not for ``eval.checkpoints: none``, as in tuning runs)."""
+        return bool(self.accuracy)
 
     @property
     def threat_slug(self) -> str:
@@ -78,7 +86,7 @@ class RunRecord:
         """Validate and build; raises ValueError with the reason."""
         if isinstance(data, dict) and data.get("schema_version") == 1:
             data = _from_v1(data)
-        check_schema(cls, data, SCHEMA_VERSION)
+        check_schema(cls, data, SCHEMA_VERSION, unevaluated=_validated_only(data))
         for key in ("arch", "defense", "train"):
             if not isinstance(data[key], dict):
                 raise ValueError(f"{key} must be an object")
@@ -92,6 +100,13 @@ class RunRecord:
         if checkpoints and (selected not in checkpoints or checkpoints[selected].get("accuracy") != data["accuracy"]):
             raise ValueError(f"accuracy does not match the selected checkpoint {selected!r}")
         return cls(**data)
+
+
+def _validated_only(data: Any) -> bool:
+    """A run made with ``eval.checkpoints: none`` (tuning): trained and validated, no test accuracy."""
+    config = data.get("config") if isinstance(data, dict) else None
+    evaluation = config.get("eval") if isinstance(config, dict) else None
+    return isinstance(evaluation, dict) and evaluation.get("checkpoints") == "none" and not data.get("checkpoints")
 
 
 def _from_v1(data: dict[str, Any]) -> dict[str, Any]:
@@ -148,9 +163,10 @@ def load_json_files(folder: Path, parse: Callable[[Any], T]) -> tuple[list[T], l
     return parsed, skipped
 
 
-def check_schema(cls: type, data: Any, version: int) -> None:
+def check_schema(cls: type, data: Any, version: int, unevaluated: bool = False) -> None:
     """The checks a record and a report share: a JSON object of ``cls``'s fields at
-    ``version``, with accuracies in percent and a threat model; ValueError says why."""
+    ``version``, with accuracies in percent (none at all if ``unevaluated``) and a
+    threat model; ValueError says why."""
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
     if data.get("schema_version") != version:
@@ -166,7 +182,7 @@ def check_schema(cls: type, data: Any, version: int) -> None:
     for key in ("threat", "eval", "accuracy", "config"):
         if not isinstance(data[key], dict):
             raise ValueError(f"{key} must be an object")
-    if not data["accuracy"] or not all(
+    if (not data["accuracy"] and not unevaluated) or not all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 100
         for v in data["accuracy"].values()
     ):

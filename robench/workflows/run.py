@@ -115,7 +115,8 @@ class RunOutcome:
     record: RunRecord
     record_path: Path
     run_dir: Path
-    leaderboard_path: Path
+    #: None when the run evaluated nothing on the test set (``eval.checkpoints: none``)
+    leaderboard_path: Path | None
     skipped: list[SkippedRecord]
 
 
@@ -499,8 +500,9 @@ def _train(plan: RunPlan, reporter: Reporter, resume: Checkpoint | None) -> _Tra
     if plan.device.type != "cpu":  # the whole uint8 split lives on the GPU; batches are drawn there
         val = None if splits.val is None else splits.val.to(plan.device)
         splits = DataSplits(splits.train.to(plan.device), splits.test.to(plan.device), val)
-    with exact_fp32():  # a broken attack fails now, not after the training
-        probe_suite(model, splits.test, [entry.attack for entry in plan.suite], plan.threat, plan.device)
+    if cfg.eval.checkpoints != "none":
+        with exact_fp32():  # a broken attack fails now, not after the training
+            probe_suite(model, splits.test, [entry.attack for entry in plan.suite], plan.threat, plan.device)
     trained = train(
         model, plan.trainer, splits.train, plan.threat, cfg.train,
         device=plan.device, generator=make_generator(cfg.seed), augment=plan.dataset.augment,
@@ -515,9 +517,12 @@ def _evaluate_checkpoints(
     plan: RunPlan, reporter: Reporter, trained: TrainResult, model: nn.Module, test: TensorSplit
 ) -> dict[str, dict[str, Any]]:
     """The protocol on the last and the best checkpoint, or (``eval.checkpoints:
-    selected``) on the one the record reports only; a checkpoint that is both is
-    evaluated once and kept under both names, so the record says so."""
+    selected``) on the one the record reports only, or (``none``) on neither; a
+    checkpoint that is both is evaluated once and kept under both names, so the record
+    says so."""
     history, run_dir = trained.history, plan.run_dir
+    if plan.config.eval.checkpoints == "none":  # tuning: the test set stays unseen
+        return {}
     if trained.best_epoch is None:
         wanted = ["last"]
     elif plan.config.eval.checkpoints == "selected" and trained.best_epoch != history[-1].epoch:
@@ -562,7 +567,7 @@ def _evaluate_and_record(plan: RunPlan, reporter: Reporter, resume: Checkpoint |
         checkpoints = _evaluate_checkpoints(plan, reporter, trained, model, done.splits.test)
     if trained.best_epoch is None:
         notes.append("no validation split: no best checkpoint; the record reports the last epoch")
-    selected = cfg.train.select if cfg.train.select in checkpoints else "last"
+    selected = _selected(cfg.train.select, checkpoints, trained.best_epoch)
     previous = float((resume.train_state or {}).get("elapsed_s", 0.0)) if resume is not None else 0.0
     arch = _arch_section(plan, model)
     record = RunRecord(
@@ -575,13 +580,14 @@ def _evaluate_and_record(plan: RunPlan, reporter: Reporter, resume: Checkpoint |
         backend=done.backend.to_dict(),
         arch=arch,
         cost=training_cost(plan.trainer, arch["macs"]),
+        validation=_validation(trained, selected),
         defense={"name": names["defense"], "params": _params(plan, "defense"),
                  "changed": changed_params(plan.trainer)},
         threat={"norm": plan.threat.norm, "eps": plan.threat.eps, "eps_value": plan.threat.value},
         seed=cfg.seed,
         train=plan.resolved["train"],
-        eval=checkpoints[selected]["eval"],
-        accuracy=checkpoints[selected]["accuracy"],
+        eval=checkpoints[selected]["eval"] if checkpoints else {},
+        accuracy=checkpoints[selected]["accuracy"] if checkpoints else {},
         history=[asdict(h) for h in history],
         wall_time_s=round(previous + time.perf_counter() - done.started, 3),
         device=device_label(plan.device) if not plan.world.active else f"{plan.world.size} x {device_label(plan.device)}",
@@ -597,7 +603,27 @@ def _evaluate_and_record(plan: RunPlan, reporter: Reporter, resume: Checkpoint |
         record_path = write_record(record, plan.results_root)
     except FileExistsError:
         raise UserError(f"record {record.run_id} exists already; not overwriting") from None
+    if not record.evaluated:  # nothing a board could rank
+        return RunOutcome(record, record_path, plan.run_dir, None, [])
     board, skipped = refresh_leaderboard(
         plan.results_root, record.dataset, record.threat_slug, str(plan.threat)
     )
     return RunOutcome(record, record_path, plan.run_dir, board, skipped)
+
+
+def _selected(select: str, checkpoints: Mapping[str, Any], best_epoch: int | None) -> str:
+    """The checkpoint the record reports: train.select, or the last one where that was
+    not evaluated or (without a validation split) does not exist."""
+    if checkpoints:
+        return select if select in checkpoints else "last"
+    return select if best_epoch is not None else "last"
+
+
+def _validation(trained: TrainResult, selected: str) -> dict[str, Any] | None:
+    """The reported checkpoint's validation scores (None without a validation split)."""
+    history = trained.history
+    epoch = trained.best_epoch if selected == "best" and trained.best_epoch is not None else history[-1].epoch
+    stats = history[epoch - 1]
+    if stats.val_pgd is None and stats.val_clean is None:
+        return None
+    return {"epoch": stats.epoch, "val_clean": stats.val_clean, "val_pgd": stats.val_pgd}

@@ -51,8 +51,10 @@ def load_shown(records_folder: Path, reports_folder: Path) -> tuple[list[RunReco
     """The records below ``records_folder`` as boards show them: completed by the
     evaluation reports below ``reports_folder``; with every file skipped and why."""
     records, skipped = load_records(records_folder)
+    unseen = [SkippedRecord(records_folder / f"{r.run_id}.json", "no test evaluation (eval.checkpoints: none)")
+              for r in records if not r.evaluated]
     reports, bad = load_reports(reports_folder)
-    return with_reports(records, reports), skipped + bad
+    return with_reports([r for r in records if r.evaluated], reports), skipped + unseen + bad
 
 
 def _shown(results_root: Path, dataset: str, threat_slug: str) -> tuple[list[RunRecord], list[SkippedRecord]]:

@@ -130,26 +130,37 @@ def parse_grid(grid: Any, where: str, base: Path) -> tuple[tuple[Axis, ...], ...
     return tuple(out)
 
 
+def check_keys(data: Mapping[str, Any], allowed: Sequence[str], where: str, what: str) -> None:
+    """Every key of a file's top level is one ``what`` may have."""
+    unknown = [k for k in data if k not in allowed]
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {shown(unknown[0])}{suggest(str(unknown[0]), allowed)}; "
+                          f"{what} has {', '.join(allowed)}")
+
+
+def base_config(data: Mapping[str, Any], path: Path) -> Path | None:
+    """The file's ``config``, a run config relative to the file, checked to exist."""
+    config = data.get("config")
+    if config is not None and not isinstance(config, str):
+        raise ConfigError(f"{path}: config must be the path of a run config, got {shown(config)}")
+    base = (path.parent / config).resolve() if config else None
+    if base is not None and not base.is_file():
+        raise ConfigError(f"{path}: config {config!r} not found (looked for {base})")
+    return base
+
+
 def load_sweep(path: str | Path) -> SweepSpec:
     """Read and check a sweep file; ``config`` is taken relative to the file."""
     path = Path(path).expanduser()
     data = load_yaml(path)
     where = str(path)
-    unknown = [k for k in data if k not in SWEEP_KEYS]
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {shown(unknown[0])}{suggest(str(unknown[0]), SWEEP_KEYS)}; "
-                          f"a sweep file has {', '.join(SWEEP_KEYS)}")
+    check_keys(data, SWEEP_KEYS, where, "a sweep file")
     if "grid" not in data:
         raise ConfigError(f"{where}: no grid (a mapping of config keys to lists of values)")
     name = data.get("name", path.stem)
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"{where}: name must be a non-empty string, got {shown(name)}")
-    config = data.get("config")
-    if config is not None and not isinstance(config, str):
-        raise ConfigError(f"{where}: config must be the path of a run config, got {shown(config)}")
-    base = (path.parent / config).resolve() if config else None
-    if base is not None and not base.is_file():
-        raise ConfigError(f"{where}: config {config!r} not found (looked for {base})")
+    base = base_config(data, path)
     fixed = layer_items(data.get("set") or {}, f"{where}: set")
     grids = parse_grid(data["grid"], f"{where}: grid", path.parent)
     return SweepSpec(name.strip(), base, grids, tuple(fixed))
