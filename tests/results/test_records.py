@@ -88,6 +88,25 @@ def test_selected_checkpoint_must_match_the_top_level_accuracy(record: RunRecord
         RunRecord.from_dict(data)
 
 
+def test_record_keeps_the_reported_checkpoints_validation_scores(record: RunRecord) -> None:
+    best = record.checkpoints["best"]
+    assert record.selected == "best"
+    assert record.validation == {"epoch": best["epoch"], "val_clean": best["val_clean"], "val_pgd": best["val_pgd"]}
+
+
+def test_only_a_validated_only_run_may_have_no_test_accuracy(record: RunRecord) -> None:
+    """eval.checkpoints=none (tuning) records no test accuracy; any other record needs one."""
+    data = json.loads(record.to_json())
+    data.update(accuracy={}, eval={}, checkpoints={})
+    with pytest.raises(ValueError, match="accuracy must map names to percentages"):
+        RunRecord.from_dict(data)
+    data["config"] = {**data["config"], "eval": {**data["config"]["eval"], "checkpoints": "none"}}
+    assert not RunRecord.from_dict(data).evaluated and record.evaluated
+    data["checkpoints"] = json.loads(record.to_json())["checkpoints"]  # but then it evaluated nothing
+    with pytest.raises(ValueError, match="accuracy must map names to percentages"):
+        RunRecord.from_dict(data)
+
+
 def test_version_1_records_read_as_last_checkpoint(record: RunRecord) -> None:
     data = json.loads(record.to_json())
     for key in ("checkpoints", "selected"):
