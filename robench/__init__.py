@@ -16,7 +16,7 @@ except _metadata.PackageNotFoundError:  # running from a source tree that is not
 
 #: Version of the plugin contracts in :mod:`robench.api`. A plugin may declare the
 #: version it was written for; the major number must match.
-api_version: str = "1.3"
+api_version: str = "1.4"
 
 __all__ = ["__version__", "api_version"]
 

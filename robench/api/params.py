@@ -58,9 +58,14 @@ def param(
     le: float | None = None,
     lt: float | None = None,
     help: str = "",
+    hashed_at_default: bool = True,
 ) -> Any:
-    """A dataclass field with bounds checked by :func:`build_params`."""
-    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "help": help}
+    """A dataclass field with bounds checked by :func:`build_params`.
+
+    ``hashed_at_default=False`` leaves the parameter out of the experiment's config hash
+    while it has its default: for a parameter added after runs were recorded, so that
+    those runs and new ones with the same settings stay one experiment."""
+    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "help": help, "hashed_at_default": hashed_at_default}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)

@@ -30,7 +30,10 @@ from robench.cli.common import (
 def ablate(
     defense: str = typer.Option(..., "--defense", metavar="NAME", help="Defense to ablate, e.g. uadat."),
     off: list[str] = typer.Option(
-        ..., "--off", metavar="PARAM", help="A component switch (boolean hyperparameter) to turn off; repeat."
+        [], "--off", metavar="PARAM", help="A component switch (boolean hyperparameter) to turn off; repeat."
+    ),
+    vary: list[str] = typer.Option(
+        [], "--vary", metavar="PARAM=VALUE", help="Another setting of one parameter as its own variant; repeat."
     ),
     seeds: str = typer.Option("0,1,2", "--seeds", metavar="LIST", help="Comma-separated seeds."),
     config: Path | None = CONFIG_OPT,
@@ -50,7 +53,7 @@ def ablate(
     overrides: list[str] = SET_OPT,
     quiet: bool = QUIET_OPT,
 ) -> None:
-    """Ablate a defense: the full method, each named component off, and all off, over seeds.
+    """Ablate a defense: the full method, each named component off, all off, and each varied setting, over seeds.
 
     Every variant is an ordinary run; the results folder's leaderboard is the ablation
     table. Rerun the same command to finish an interrupted ablation.
@@ -66,7 +69,7 @@ def ablate(
     flags = plugin_flags(eval_flags(attack, eps, norm, n_eval, False, None, device, data_root, runs_dir),
                           epochs, arch=arch, data=data)
     plan = plan_ablation(defense, off, seed_list, config_file=config, flags=flags, overrides=overrides,
-                         results_dir=str(results_dir) if results_dir else None)
+                         results_dir=str(results_dir) if results_dir else None, varied=vary)
     out.print(Text(f"robench ablate: {defense}, {len(plan.runs)} run(s) to do, {len(plan.done)} already "
                    f"recorded, into {plan.results}"), soft_wrap=True)
     board = None

@@ -27,10 +27,10 @@ from typing import Any, Literal
 
 import yaml
 
-from robench.api.errors import ConfigError, one_line
+from robench.api.errors import ConfigError, UserError, one_line
 from robench.api.params import build_params, check_exponent, param, shown, suggest
 from robench.api.threat import parse_fraction
-from robench.core.registry import HOME_DISTRIBUTION, normalize_name
+from robench.core.registry import HOME_DISTRIBUTION, get_registry, normalize_name
 
 PRESET_GROUP = "robench.presets"
 PLUGIN_SECTIONS: dict[str, str] = {  # config section -> plugin kind
@@ -423,6 +423,24 @@ _IMPLICIT: dict[tuple[str, str], Any] = {
 }
 
 
+_NOTHING = object()
+
+
+def _unhashed_defaults(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The defaults of the section's plugin parameters declared ``hashed_at_default=False``."""
+    name = values.get("name")
+    if not isinstance(name, str):
+        return {}
+    try:
+        params = getattr(get_registry(PLUGIN_SECTIONS[section]).load(name), "Params", None)
+    except UserError:  # a plugin that does not load has no run to hash
+        return {}
+    if params is None or not dataclasses.is_dataclass(params):
+        return {}
+    return {f.name: f.default for f in dataclasses.fields(params)
+            if f.metadata.get("hashed_at_default") is False and f.default is not dataclasses.MISSING}
+
+
 def config_hash(resolved: Mapping[str, Any], world_size: int = 1) -> str:
     """Identifies the experiment: the resolved config without seed, device, paths and engine settings.
 
@@ -438,5 +456,9 @@ def config_hash(resolved: Mapping[str, Any], world_size: int = 1) -> str:
     for (section, key), value in _IMPLICIT.items():  # keys added later: old records keep their hash
         if isinstance(payload.get(section), Mapping) and payload[section].get(key, value) == value:
             payload[section] = {k: v for k, v in payload[section].items() if k != key}
+    for section in PLUGIN_SECTIONS:  # plugin parameters added later, likewise
+        if isinstance(payload.get(section), Mapping):
+            unhashed = _unhashed_defaults(section, payload[section])
+            payload[section] = {k: v for k, v in payload[section].items() if unhashed.get(k, _NOTHING) != v}
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -1,5 +1,6 @@
 """``robench ablate``: a defense with its components switched off, one at a time and all
-together, over several seeds; every variant is an ordinary run with an ordinary record.
+together, and with alternative settings of single parameters (``--vary``), over several
+seeds; every variant is an ordinary run with an ordinary record.
 
 The records go to their own results folder (``<results>/ablations/<defense>``), whose
 leaderboard is the ablation table: rows differ by the switched-off parameters, which
@@ -26,20 +27,35 @@ from robench.workflows.run import RunPlan, plan_run
 class Variant:
     label: str
     off: tuple[str, ...]
+    #: ``param=value`` settings of the defense that replace its defaults (``--vary``)
+    changes: tuple[str, ...] = ()
 
 
-def variants(switches: Sequence[str]) -> list[Variant]:
-    """The full method, each switch off alone, and (for two or more) all off."""
+def variants(switches: Sequence[str], varied: Sequence[str] = ()) -> list[Variant]:
+    """The full method, each switch off alone, (for two or more) all off, then each
+    varied setting alone."""
     out = [Variant("full", ())] + [Variant(f"without {s}", (s,)) for s in switches]
     if len(switches) > 1:
         out.append(Variant("all off", tuple(switches)))
-    return out
+    return out + [Variant(v, (), (v,)) for v in varied]
 
 
-def check_switches(defense: str, switches: Sequence[str]) -> None:
+def check_varied(varied: Sequence[str]) -> None:
+    """Each ``--vary`` is ``param=value``, named once."""
+    for item in varied:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip() or "." in name:
+            raise ConfigError(f"ablate: --vary expects PARAM=VALUE of the defense, e.g. uncertainty=shift, got {item!r}")
+    if len(set(varied)) != len(varied):
+        raise ConfigError("ablate: a setting is varied twice")
+
+
+def check_switches(defense: str, switches: Sequence[str], varied: Sequence[str] = ()) -> None:
     """Every switch must be a boolean hyperparameter of the defense that defaults to true."""
-    if not switches:
-        raise ConfigError("ablate: name at least one component to switch off (--off NAME)")
+    check_varied(varied)
+    if not switches and not varied:
+        raise ConfigError("ablate: name at least one component to switch off (--off NAME) or a setting to vary "
+                          "(--vary PARAM=VALUE)")
     plugin = get_registry("defense").create(defense, {}, where="defense")
     fields = {f.name: f for f in dataclasses.fields(plugin.params)}
     for name in switches:
@@ -70,17 +86,19 @@ def plan_ablation(
     flags: Mapping[str, Any] | None = None,
     overrides: Sequence[str] = (),
     results_dir: str | None = None,
+    varied: Sequence[str] = (),
 ) -> AblationPlan:
     """Plan every (variant, seed) run; bad input fails here, before any training."""
-    check_switches(defense, switches)
+    check_switches(defense, switches, varied)
     if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
         raise ConfigError(f"ablate: seeds must be distinct non-negative integers, got {list(seeds)}")
     root = Path(results_dir).expanduser() if results_dir else results_root(None) / "ablations" / defense
     flags = {**(flags or {}), "defense": {"name": defense}, "results_dir": str(root)}
     runs = []
-    for variant in variants(switches):
+    for variant in variants(switches, varied):
         for seed in seeds:
-            extra = [f"defense.{name}=false" for name in variant.off] + [f"seed={seed}"]
+            extra = [f"defense.{name}=false" for name in variant.off] + [f"defense.{c}" for c in variant.changes]
+            extra.append(f"seed={seed}")
             runs.append((variant, seed, plan_run(validate(resolve(config_file, flags, [*overrides, *extra])))))
     first = runs[0][2]  # every variant shares the dataset and threat model, so one folder
     recorded = recorded_runs(record_dir(first.results_root, first.names["data"], first.threat.slug))

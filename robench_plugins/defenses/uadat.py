@@ -12,8 +12,10 @@ Each component has a switch (``sampling``, ``refine``, ``align``) for ablations.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,17 +43,45 @@ class UADATParams(PGDATParams):
     standardize: bool = param(True, help="distances on statistics standardised over the batch (scale-free tau)")
     sampled_bn_update: bool = param(False, help="passes with resampled features also update BatchNorm's running statistics")
     smoothing: float = param(0.1, ge=0, lt=1, help="label smoothing of the fallback reference")
+    uncertainty: Literal["batch", "shift"] = param(
+        "batch", help="the spread of sampled statistics: across the batch (DSU), or each example's "
+        "clean-to-adversarial shift of them", hashed_at_default=False,
+    )
     sampling: bool = param(True, help="component 2: sample adversaries with statistic uncertainty")
     refine: bool = param(True, help="component 3: refined reference for misclassified clean examples")
     align: bool = param(True, help="component 5: introspective input-gradient alignment")
 
 
-def resample(h: Tensor, noise: tuple[Tensor, Tensor] | None = None) -> Tensor:
-    """Features with statistics mu + e1 std(mu), sigma + e2 std(sigma), e ~ N(0, 1)
-    (reparameterised: gradients flow through mu, sigma and their spreads)."""
+Spread = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def across_batch(mu: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+    """DSU's uncertainty: each statistic's standard deviation across the batch, per channel."""
+    return batch_spread(mu), batch_spread(sigma)
+
+
+def shift_from(clean: tuple[Tensor, Tensor], copies: int) -> Spread:
+    """The adversary's disruption as the uncertainty: per example and channel, how far its
+    statistics moved from those of its clean features (``clean``: (N, C) each; the
+    adversarial batch holds ``copies`` repeats of the N examples).
+
+    A constant of the pass, unlike the batch spread: it says how wide to sample, and is
+    not trained through (|shift| has no useful gradient where the adversary moved nothing)."""
+    clean_mu, clean_sigma = (c.repeat(copies, 1) for c in clean)
+
+    def spread(mu: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        return (mu.detach() - clean_mu).abs(), (sigma.detach() - clean_sigma).abs()
+    return spread
+
+
+def resample(h: Tensor, noise: tuple[Tensor, Tensor] | None = None, spread: Spread = across_batch) -> Tensor:
+    """Features with statistics mu + e1 s(mu), sigma + e2 s(sigma), e ~ N(0, 1), where s is
+    the uncertainty ``spread`` gives (reparameterised: gradients flow through mu, sigma
+    and their spreads)."""
     mu, sigma = channel_stats(h)
     e1, e2 = noise if noise is not None else (torch.randn_like(mu), torch.randn_like(sigma))
-    return renormalize(h, mu, sigma, mu + e1 * batch_spread(mu), sigma + e2 * batch_spread(sigma))
+    s_mu, s_sigma = spread(mu, sigma)
+    return renormalize(h, mu, sigma, mu + e1 * s_mu, sigma + e2 * s_sigma)
 
 
 def full_precision(device: torch.device) -> torch.autocast:
@@ -148,8 +178,9 @@ class UADAT(AdversarialDefense[UADATParams]):
     def _outer_loss(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> LossOutput:
         p = self.params
         layers = self.feature_layers(model) if (p.sampling or p.refine) else []
+        shift = p.sampling and p.uncertainty == "shift"
         x_in = x.detach().requires_grad_(p.align)
-        with FeatureHooks(layers if p.refine else [], record=True) as clean_hooks:
+        with FeatureHooks(layers if p.refine or shift else [], record=True) as clean_hooks:
             logits = model(x_in)
         stats = torch.cat([torch.cat(s, 1) for s in clean_hooks.stats.values()], 1) if p.refine else None
         target = reference(logits, y, stats, width=p.kernel_width, smoothing=p.smoothing,
@@ -160,7 +191,8 @@ class UADAT(AdversarialDefense[UADATParams]):
         # which layers resample in this pass, drawn first: a pass that resamples any keeps
         # BatchNorm's running statistics out of it (evaluation never sees such features)
         coins = {name: bool(torch.rand(()) < p.sample_prob) for name, _ in layers} if p.sampling else {}
-        draw = (lambda name, h: resample(h) if coins[name] else None) if p.sampling else None
+        spreads = {name: shift_from(clean_hooks.stats[name], m) if shift else across_batch for name, _ in layers}
+        draw = (lambda name, h: resample(h, spread=spreads[name]) if coins[name] else None) if p.sampling else None
         frozen = any(coins.values()) and not p.sampled_bn_update
         with frozen_batchnorm_statistics(model) if frozen else nullcontext(), \
                 FeatureHooks(layers if p.sampling else [], transform=draw):

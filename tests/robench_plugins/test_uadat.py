@@ -13,7 +13,7 @@ from robench.api.features import FeatureHooks, batch_spread, channel_stats, feat
 from robench.api.model import NormalizedClassifier
 from robench.api.threat import ThreatModel
 from robench.core.registry import get_registry
-from robench_plugins.defenses.uadat import gradient_misalignment, reference, resample
+from robench_plugins.defenses.uadat import gradient_misalignment, reference, resample, shift_from
 
 THREAT = ThreatModel("Linf", "8/255")
 
@@ -81,6 +81,46 @@ def test_sampling_with_zero_noise_leaves_features_unchanged():
     assert torch.allclose(resample(h, zero), h, atol=1e-5)
     shifted = resample(h, (torch.ones_like(mu), torch.zeros_like(sigma)))
     assert torch.allclose(channel_stats(shifted)[0], mu + batch_spread(mu), atol=1e-5)
+
+
+def test_shift_uncertainty_is_each_examples_clean_to_adversarial_shift():
+    clean = torch.randn(3, 2, 4, 4)
+    adv = clean.repeat(2, 1, 1, 1) + torch.randn(6, 2, 4, 4) * torch.tensor([0.0, 1.0]).view(1, 2, 1, 1)  # channel 0 untouched
+    adv.requires_grad_()
+    mu, sigma = channel_stats(adv)
+    c_mu, c_sigma = channel_stats(clean)
+    s_mu, s_sigma = shift_from((c_mu, c_sigma), copies=2)(mu, sigma)
+    assert torch.allclose(s_mu, (mu - c_mu.repeat(2, 1)).abs()) and torch.allclose(s_sigma, (sigma - c_sigma.repeat(2, 1)).abs())
+    assert s_mu[:, 0].abs().max() < 1e-6 and s_mu[:, 1].min() > 0  # no disruption, no uncertainty
+    assert mu.requires_grad and not s_mu.requires_grad and not s_sigma.requires_grad  # a constant of the pass
+    sampled = resample(adv, spread=shift_from((c_mu, c_sigma), copies=2))
+    assert torch.allclose(sampled[:, 0], adv[:, 0], atol=1e-5) and not torch.allclose(sampled[:, 1], adv[:, 1])
+    sampled.sum().backward()
+    assert adv.grad is not None
+
+
+def test_without_an_adversary_the_shift_uncertainty_samples_nothing():
+    """x_adv = x: the statistics did not move, so every sampled copy is the adversary
+    itself and the loss is the one without sampling (the copies only repeat the batch)."""
+    x, y = torch.rand(8, 3, 8, 8), torch.randint(0, 5, (8,))
+    losses = []
+    for params in ({"uncertainty": "shift", "sample_prob": 1.0, "samples": 2}, {"sampling": False}):
+        model = tiny_model()
+        losses.append(uadat(**params).objective(model, x, x.clone(), y).loss.item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    model = tiny_model()  # the batch spread, by contrast, does sample
+    assert uadat(sample_prob=1.0).objective(model, x, x.clone(), y).loss.item() != pytest.approx(losses[1], rel=1e-5)
+
+
+def test_the_new_uncertainty_switch_keeps_earlier_runs_experiment_hash():
+    from robench.core.config import config_hash, resolve, validate
+    from robench.workflows.run import plan_run
+
+    def hashed(*items: str) -> str:
+        return config_hash(plan_run(validate(resolve(None, None, ["defense=uadat", *items]))).resolved)
+
+    assert hashed() == hashed("defense.uncertainty=batch") != hashed("defense.uncertainty=shift")
+    assert "uncertainty" in plan_run(validate(resolve(None, None, ["defense=uadat"]))).resolved["defense"]
 
 
 def test_sampled_features_pass_gradients_to_their_statistics():
