@@ -88,6 +88,33 @@ def checked_split(x: Tensor, y: Tensor, shape: tuple[int, ...], title: str, fold
     return TensorSplit(x, y)
 
 
+#: the draw of a training subset: the same images for every run, whatever its seed
+SUBSET_SEED = 0
+
+
+def balanced_subset(train: TensorSplit, size: int | None, num_classes: int) -> TensorSplit:
+    """``size`` training images with the classes as equal in number as they can be, the
+    same ones in every run (drawn with :data:`SUBSET_SEED`); all of them for None.
+
+    A budget (a CPU, a sweep of many runs) then shrinks the data, not the comparison:
+    every run of every defense trains on the same images."""
+    if size is None:
+        return train
+    if size >= len(train):
+        raise ConfigError(f"data.train_subset: {size} is not smaller than the {len(train)} training images")
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(SUBSET_SEED))
+    labels = train.y[perm]
+    chosen = []
+    for c in range(num_classes):
+        want = size // num_classes + (1 if c < size % num_classes else 0)
+        members = perm[labels == c]
+        if len(members) < want:
+            raise ConfigError(f"data.train_subset: {size} needs {want} images of class {c}, the data has {len(members)}")
+        chosen.append(members[:want])
+    index = torch.cat(chosen).sort().values
+    return TensorSplit(train.x[index], train.y[index])
+
+
 def split_off_val(train: TensorSplit, val_size: int, seed: int) -> tuple[TensorSplit, TensorSplit | None]:
     """robench.api.data.hold_out, with a config error (not a ValueError) when val_size is too big."""
     if val_size > 0 and val_size >= len(train):

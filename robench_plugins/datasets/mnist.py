@@ -45,7 +45,14 @@ from robench.api.data import data_cache, random_crop_flip
 from robench.api.errors import DataNotFoundError
 from robench.api.params import param
 from robench.api.threat import ThreatModel
-from robench_plugins.datasets._common import PARSE_ERRORS, checked_split, labels_tensor, one_line, split_off_val
+from robench_plugins.datasets._common import (
+    PARSE_ERRORS,
+    balanced_subset,
+    checked_split,
+    labels_tensor,
+    one_line,
+    split_off_val,
+)
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 STAMP = ".robench-sources.json"
@@ -56,6 +63,11 @@ _READ_ERRORS: tuple[type[BaseException], ...] = (*PARSE_ERRORS, zlib.error)
 class IdxParams:
     val_size: int = param(
         1000, ge=0, help="images held out from the training set (fixed by the seed) for checkpoint selection"
+    )
+    train_subset: int | None = param(
+        None, ge=1, hashed_at_default=False,
+        help="use only this many training images, class-balanced and the same in every run (validation is "
+        "held out of them); null: all 60,000",
     )
     verify_checksums: bool = param(
         True, help="compare the md5 of every decompressed file with the official one; false only checks that they exist"
@@ -178,7 +190,7 @@ class IdxDataset(Dataset[IdxParams]):
                 self._verify(raw, origins)
             train = self._read(prepared, True, origins["train-images-idx3-ubyte"])
             test = self._read(prepared, False, origins["t10k-images-idx3-ubyte"])
-        train, val = split_off_val(train, p.val_size, seed)
+        train, val = split_off_val(balanced_subset(train, p.train_subset, self.num_classes), p.val_size, seed)
         return DataSplits(train=train, test=test, val=val)
 
     def fetch(self, root: Path) -> None:

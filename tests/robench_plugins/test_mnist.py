@@ -206,6 +206,25 @@ def test_real_fashion_mnist_from_the_system_folder(real_splits) -> None:
 
 
 @needs_real
+def test_a_training_subset_is_class_balanced_and_the_same_for_every_seed(real_splits) -> None:
+    _, _, raw = real_splits
+    root = raw.parent.parent
+    full = torch.cat([real_splits[0].train.x, real_splits[0].val.x])
+    subsets = []
+    for seed in (0, 1):
+        splits = _dataset("fashion-mnist", train_subset=10_000).load(root, seed)
+        assert (len(splits.train), len(splits.val), len(splits.test)) == (9_000, 1_000, 10_000)
+        both = torch.cat([splits.train.y, splits.val.y])
+        assert torch.bincount(both).tolist() == [1_000] * 10
+        subsets.append(torch.cat([splits.train.x, splits.val.x]).flatten(1))
+    key = lambda x: x.double() @ torch.linspace(1, 2, 784, dtype=torch.double)  # noqa: E731  an image's fingerprint
+    assert torch.equal(key(subsets[0]).sort().values, key(subsets[1]).sort().values)  # the same 10,000 images
+    assert torch.isin(key(subsets[0]), key(full.flatten(1))).all()
+    with pytest.raises(Exception, match="data.train_subset: 60000 is not smaller than the 60000 training images"):
+        _dataset("fashion-mnist", train_subset=60_000).load(root, 0)
+
+
+@needs_real
 def test_the_cache_is_found_before_the_system_folder(real_splits, monkeypatch: pytest.MonkeyPatch) -> None:
     _, _, raw = real_splits
     monkeypatch.setenv("XDG_CACHE_HOME", str(raw.parent.parent.parent.parent))
