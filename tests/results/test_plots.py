@@ -41,8 +41,8 @@ def _load(folder: Path) -> list[RunRecord]:
 
 @pytest.fixture(scope="module")
 def digits() -> list[RunRecord]:
-    """18 real runs: 5 defenses and PGD-AT with 16 steps x 3 seeds, AutoAttack in their
-    suite, with eps sweeps."""
+    """30 real runs: 5 tuned defenses and PGD-AT with 16 steps x 5 seeds, AutoAttack in
+    their suite, with eps sweeps."""
     return _load(BOARDS / "records" / "digits" / "linf-3_16")
 
 
@@ -56,12 +56,15 @@ def _no_sweep(rec: RunRecord) -> RunRecord:
     return dataclasses.replace(rec, eval={**rec.eval, "eps_sweep": None})
 
 
-#: the committed digits board's experiments, as plots label them
-DIGITS = ("pgd-at", "pgd-at (steps=16)", "standard", "trades", "mart", "uadat")
+#: the committed digits board's experiments, as plots label them (with their tuned settings)
+PGD_AT = "pgd-at (step_size=0.09375)"
+DIGITS = (PGD_AT, "pgd-at (step_size=0.046875, steps=16)", "standard", "trades", "mart (beta=1.0)",
+          "uadat (align_weight=0.05, beta=1.0)")
+SEEDS = 5
 
 
 def _by_defense(records: list[RunRecord], name: str) -> list[RunRecord]:
-    """The runs of one experiment: ``pgd-at`` is PGD-AT's defaults, ``pgd-at (steps=16)`` the other."""
+    """The runs of one experiment, by its label (two PGD-AT experiments differ in their settings)."""
     return sorted((r for r in records if defense_label(r) == name), key=lambda r: r.seed)
 
 
@@ -85,7 +88,7 @@ def test_plot_run_writes_a_png_in_a_new_folder(digits: list[RunRecord], tmp_path
     _assert_png(path, (11, 4.2))
 
 
-@pytest.mark.parametrize("defense", ["pgd-at", "standard"])
+@pytest.mark.parametrize("defense", [PGD_AT, "standard"])
 def test_run_figure_plots_the_history_and_marks_the_best_epoch(digits: list[RunRecord], defense: str) -> None:
     rec = _by_defense(digits, defense)[0]
     acc_ax, loss_ax = _run_figure(rec).axes
@@ -98,7 +101,7 @@ def test_run_figure_plots_the_history_and_marks_the_best_epoch(digits: list[RunR
     assert list(loss_ax.get_lines()[0].get_ydata()) == [h["loss"] for h in rec.history]
     # the star sits on the curve the best checkpoint was selected by (clean for standard training)
     best = rec.checkpoints["best"]
-    selected_by = {"pgd-at": "val_pgd", "standard": "val_clean"}[defense]
+    selected_by = {PGD_AT: "val_pgd", "standard": "val_clean"}[defense]
     assert best["selected_by"] == selected_by
     (star,) = [ln for name, ln in lines.items() if name.startswith("best epoch")]
     assert list(star.get_xdata()) == [best["epoch"]]
@@ -119,7 +122,7 @@ def test_run_figure_skips_empty_series_and_has_no_best_without_validation(digits
 def test_eps_sweep_is_the_mean_over_seeds_per_experiment(digits: list[RunRecord], tmp_path: Path) -> None:
     # TEST DATA: made-up sweeps for pgd-at's and standard's three seeds
     made_up = {
-        "pgd-at": [[97, 90, 80, 70, 60, 50, 40, 30], [99, 92, 84, 71, 63, 51, 45, 33], [98, 91, 82, 72, 61, 52, 41, 27]],
+        PGD_AT: [[97, 90, 80, 70, 60, 50, 40, 30], [99, 92, 84, 71, 63, 51, 45, 33], [98, 91, 82, 72, 61, 52, 41, 27]],
         "standard": [[97, 60, 20, 5, 1, 0, 0, 0], [96, 64, 24, 7, 0, 0, 0, 0], [98, 62, 22, 3, 2, 0, 0, 0]],
     }
     swept = [_made_up_sweep(rec, acc) for name, runs in made_up.items()
@@ -127,7 +130,7 @@ def test_eps_sweep_is_the_mean_over_seeds_per_experiment(digits: list[RunRecord]
     records = swept + [_no_sweep(r) for r in _by_defense(digits, "trades")]  # runs without a sweep are left out
     ax = _sweep_figure(records, "test", "test data").axes[0]
     lines = {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
-    assert set(lines) == {"pgd-at (3 seeds)", "standard (3 seeds)"}
+    assert set(lines) == {f"{PGD_AT} (3 seeds)", "standard (3 seeds)"}
     for name, runs in made_up.items():
         line = lines[f"{name} (3 seeds)"]
         assert list(line.get_xdata()) == [float(Fraction(e)) for e in EPS]
@@ -145,7 +148,7 @@ def test_eps_sweep_of_the_committed_runs_is_their_mean(digits: list[RunRecord]) 
         runs = _by_defense(digits, name)
         expected = [statistics.fmean(col) for col in zip(*[[p["accuracy"] for p in r.eval["eps_sweep"]["points"]]
                                                            for r in runs])]
-        assert np.allclose(lines[f"{name} (3 seeds)"].get_ydata(), expected)
+        assert np.allclose(lines[f"{name} ({SEEDS} seeds)"].get_ydata(), expected)
     assert any(list(line.get_xdata()) == [0.1875, 0.1875] for line in ax.get_lines())  # the threat's eps
 
 
@@ -159,12 +162,12 @@ def test_clean_vs_robust_point_is_the_mean_of_its_seeds(digits: list[RunRecord],
     ax = _clean_robust_figure(digits, "digits").axes[0]
     assert ax.get_ylabel() == "robust accuracy (%): AutoAttack"
     containers = {c.get_label(): c for c in ax.containers}
-    assert set(containers) == {f"{name} (3 seeds)" for name in DIGITS}
+    assert set(containers) == {f"{name} ({SEEDS} seeds)" for name in DIGITS}
     for name in DIGITS:
         runs = _by_defense(digits, name)
         clean = [r.accuracy["clean"] for r in runs]
         robust = [r.accuracy["AutoAttack"] for r in runs]
-        container = containers[f"{name} (3 seeds)"]
+        container = containers[f"{name} ({SEEDS} seeds)"]
         point = container.lines[0]
         assert np.allclose([point.get_xdata()[0], point.get_ydata()[0]], [statistics.fmean(clean), statistics.fmean(robust)])
         # error bars: sample std (ddof=1) over the seeds

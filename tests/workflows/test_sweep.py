@@ -98,12 +98,12 @@ def test_the_committed_digits_grid_regenerates_the_committed_board() -> None:
     """configs/sweeps/digits.yaml plans exactly the runs behind leaderboards/digits-linf-3_16.md."""
     plan = plan_sweep(load_sweep(REPO / "configs" / "sweeps" / "digits.yaml"),
                       flags={"results_dir": REPO / "leaderboards"})  # as the sweep file says to run it
-    assert len(plan.points) == 18 and plan.duplicates == 0  # 5 defenses and equal-compute PGD-AT, 3 seeds
-    assert len(plan.recorded) == 18 and plan.todo == []
+    assert len(plan.points) == 30 and plan.duplicates == 0  # 5 defenses and equal-compute PGD-AT, 5 seeds
+    assert len(plan.recorded) == 30 and plan.todo == []
     tracked = subprocess.run(["git", "-C", str(REPO), "ls-files", "leaderboards/records/digits/linf-3_16"],
                              capture_output=True, text=True, check=True).stdout.split()
     records = [r for r in _records(REPO / "leaderboards") if f"leaderboards/records/digits/linf-3_16/{r.run_id}.json" in tracked]
-    assert len(records) == 18
+    assert len(records) == 30
     assert {(p.config_hash, p.seed) for p in plan.points} == {(r.config_hash, r.seed) for r in records}
 
 

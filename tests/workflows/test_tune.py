@@ -20,8 +20,8 @@ from robench.results.leaderboard import refresh_leaderboard
 from robench.results.records import load_records
 from robench.workflows.sweep.grid import load_sweep
 from robench.workflows.sweep.plan import plan_sweep
-from robench.workflows.tune import plan_tuning
-from robench.workflows.tune.selection import Trial, choose
+from robench.workflows.tune import gather, plan_tuning
+from robench.workflows.tune.selection import Trial, choose, chosen_settings
 from robench.workflows.tune.spec import draw_trials, final_sweep, load_tuning
 
 DIGITS = REPO / "configs" / "tuning" / "digits.yaml"
@@ -105,6 +105,22 @@ def test_the_digits_plan_validates_only_and_records_apart(tmp_path: Path) -> Non
     assert len(final.points) == 6 * 5 and {p.seed for p in final.points} == set(spec.final_seeds)
     assert {p.record_dir for p in final.points} == {tmp_path / "records" / "digits" / "linf-3_16"}
     assert not any("eval.checkpoints=none" in p.layers for p in final.points)
+
+
+def test_the_committed_digits_tuning_is_recorded_and_chose_the_boards_settings() -> None:
+    """leaderboards/tuning/digits/ holds every tuning run; its choice, recomputed from
+    those records, is what configs/sweeps/digits.yaml (the board's grid) trains."""
+    spec = load_tuning(DIGITS)
+    plan = plan_tuning(spec, {"results_dir": str(REPO / "leaderboards")})
+    assert plan.folder == REPO / "leaderboards" / "tuning" / "digits" and plan.todo == []
+    trials = gather(spec, plan)
+    chosen = {label: choose(ts) for label, ts in trials.items()}
+    saved = json.loads((plan.folder / "selection.json").read_text())
+    assert {c["label"]: c["chosen"] for c in saved["candidates"]} == {
+        c.label: (chosen[c.label].setting if c.label in chosen else None) for c in spec.candidates}
+    final = final_sweep(spec, chosen_settings(chosen, spec.candidates))
+    committed = load_sweep(REPO / "configs" / "sweeps" / "digits.yaml")
+    assert (committed.config, committed.grids, committed.fixed) == (final.config, final.grids, final.fixed)
 
 
 # ------------------------------------------------------------------- for real
