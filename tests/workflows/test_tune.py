@@ -55,6 +55,14 @@ def test_the_digits_tuning_gives_every_defense_four_trials() -> None:
     assert sorted(uadat, key=grid.index) == list(uadat) and set(uadat) <= set(grid)
 
 
+def test_the_fashion_mnist_tuning_fits_a_cpu_budget_with_equal_trials(tmp_path: Path) -> None:
+    spec = load_tuning(REPO / "configs" / "tuning" / "fashion-mnist.yaml")
+    assert {len(c.trials) for c in spec.candidates if c.trials} == {4} and len(spec.candidates) == 6
+    assert "data.train_subset=10000" in spec.fixed and "eval.n_eval=1000" in spec.final_fixed
+    plan = plan_tuning(spec, {"results_dir": str(tmp_path)}, tmp_path)
+    assert len(plan.points) == 40 and {p.record_dir.parts[-2:] for p in plan.points} == {("fashion-mnist", "linf-0.1")}
+
+
 def test_a_larger_space_is_drawn_by_its_seed() -> None:
     space = [("defense.beta", (1, 2, 3, 4, 5))]
     assert draw_trials(space, 5, 0, "x") == tuple((("defense.beta", v),) for v in (1, 2, 3, 4, 5))
