@@ -48,7 +48,7 @@ def digits() -> list[RunRecord]:
 
 @pytest.fixture(scope="module")
 def ablation() -> list[RunRecord]:
-    """15 real UAD-AT runs whose suite ends at APGD-T (no AutoAttack) and have no eps sweep."""
+    """18 real UAD-AT runs whose suite ends at APGD-T (no AutoAttack) and have no eps sweep."""
     return _load(BOARDS / "ablations" / "uadat" / "records")
 
 
@@ -182,14 +182,14 @@ def test_clean_vs_robust_point_is_the_mean_of_its_seeds(digits: list[RunRecord],
 
 
 def test_clean_vs_robust_groups_by_config_and_defense_settings() -> None:
-    """The sweep's six uadat configs and the ablation's five settings stay apart."""
+    """The sweep's six uadat configs and the ablation's six settings stay apart."""
     sweep = _load(BOARDS / "sweeps" / "uadat-digits" / "records")
     labels = [c.get_label() for c in _clean_robust_figure(sweep, "sweep").axes[0].containers]
     assert sorted(labels) == sorted(f"uadat [{r.config_hash}] (1 seed)" for r in sweep)
     ablation = _load(BOARDS / "ablations" / "uadat" / "records")
     labels = [c.get_label() for c in _clean_robust_figure(ablation, "ablation").axes[0].containers]
     assert sorted(labels) == sorted({f"{defense_label(r)} (3 seeds)" for r in ablation})
-    assert len(labels) == 5
+    assert len(labels) == 6
 
 
 def test_robust_metric_is_autoattack_only_when_every_run_has_it(ablation: list[RunRecord]) -> None:
@@ -203,6 +203,7 @@ def test_robust_metric_is_autoattack_only_when_every_run_has_it(ablation: list[R
     assert robust_metric([*with_aa[:-1], digits[-1]])[0] == WORST_CASE
     ax = _clean_robust_figure(with_aa, "aa").axes[0]
     assert ax.get_ylabel() == "robust accuracy (%): AutoAttack"
-    full = [r for r in with_aa if defense_label(r) == "uadat"]
-    (point,) = [c.lines[0] for c in ax.containers if c.get_label() == "uadat (3 seeds)"]
+    tuned = "uadat (align_weight=0.05, beta=1.0)"  # the full method at the board's tuned setting
+    full = [r for r in with_aa if defense_label(r) == tuned]
+    (point,) = [c.lines[0] for c in ax.containers if c.get_label() == f"{tuned} (3 seeds)"]
     assert len(full) == 3 and np.isclose(point.get_ydata()[0], statistics.fmean(r.accuracy["AutoAttack"] for r in full))
