@@ -33,14 +33,16 @@ from robench.engine.train import train
 from robench.workflows.run import build_model, load_data, plan_run
 
 
-def simulate(batch: int, classes: int, accuracy: float, trials: int = 20_000, seed: int = 0) -> float:
-    """Monte Carlo share of misclassified examples that have no correct same-class peer."""
+def simulate(batch: int, classes: int, accuracy: float, trials: int = 20_000, seed: int = 0, memory: int = 0) -> float:
+    """Monte Carlo share of the batch's misclassified examples that have no correct
+    same-class peer, in the batch or among ``memory`` banked earlier examples (labelled
+    and classified alike)."""
     g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, classes, (trials, batch), generator=g)
-    correct = torch.rand(trials, batch, generator=g) < accuracy
-    same = y[:, :, None] == y[:, None, :]
-    peers = (same & correct[:, None, :]).sum(2)  # an example is never its own peer when misclassified
-    wrong = ~correct
+    y = torch.randint(0, classes, (trials, batch + memory), generator=g)
+    correct = torch.rand(trials, batch + memory, generator=g) < accuracy
+    per_class = torch.zeros(trials, classes).scatter_add_(1, y, correct.float())  # correct examples per class
+    peers = per_class.gather(1, y[:, :batch])  # a misclassified example is never its own peer
+    wrong = ~correct[:, :batch]
     return float((wrong & (peers == 0)).sum() / wrong.sum())
 
 
@@ -58,11 +60,12 @@ class Counter:
                     for i, key in enumerate(("examples", "wrong", "fallback"))} for e in range(epochs)}
 
     def __enter__(self) -> Counter:
-        def counting(logits: torch.Tensor, y: torch.Tensor, stats: Any, width: float, smoothing: float) -> torch.Tensor:
-            correct = logits.argmax(1) == y
-            peers = (correct[None, :] & (y[None, :] == y[:, None])).any(1)
-            self.batches.append((len(y), int((~correct).sum()), int((~correct & ~peers).sum())))
-            return self._original(logits, y, stats, width, smoothing)
+        def counting(probs: torch.Tensor, correct: torch.Tensor, y: torch.Tensor, stats: torch.Tensor,
+                     peers: tuple[torch.Tensor, torch.Tensor, torch.Tensor], width: float,
+                     smoothing: float) -> torch.Tensor:
+            has_peer = peers[2].any(1)  # in the batch, or in the bank of earlier batches
+            self.batches.append((len(y), int((~correct).sum()), int((~correct & ~has_peer).sum())))
+            return self._original(probs, correct, y, stats, peers, width, smoothing)
 
         uadat_module._reference = counting
         return self
@@ -71,8 +74,9 @@ class Counter:
         uadat_module._reference = self._original
 
 
-def measure(data: dict[str, Any], epochs: int, subset: int | None, batch_size: int) -> dict[int, dict[str, int]]:
-    flags = {"defense": {"name": "uadat"}, "data": data, "seed": 0, "device": "cpu",
+def measure(data: dict[str, Any], epochs: int, subset: int | None, batch_size: int,
+            memory: int = 0) -> dict[int, dict[str, int]]:
+    flags = {"defense": {"name": "uadat", "memory": memory}, "data": data, "seed": 0, "device": "cpu",
              "train": {"epochs": epochs, **({"batch_size": batch_size} if batch_size else {})}}
     if data["name"] != "digits":
         flags["arch"] = {"name": "trades-smallcnn"}
@@ -104,22 +108,28 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--fashion-mnist", type=int, default=0, metavar="N", help="also measure on N F-MNIST training images")
     p.add_argument("--epochs", type=int, default=0, help="digits epochs (default: the default run's)")
+    p.add_argument("--memory", type=int, default=1024, metavar="Q",
+                   help="UAD-AT's bank of peers from earlier batches (defense.memory) beside none")
     args = p.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print("\nsimulated: share of misclassified examples with no correct same-class peer in the batch")
-    print("| batch | classes | clean accuracy | Monte Carlo | (1 - a/K)^(B-1) |")
-    print("|---:|---:|---:|---:|---:|")
+    q = args.memory
+    print("| batch | classes | clean accuracy | Monte Carlo | (1 - a/K)^(B-1) | with the bank, Monte Carlo |")
+    print("|---:|---:|---:|---:|---:|---:|")
     for batch, classes in ((64, 10), (128, 10), (128, 100), (128, 200)):
         for accuracy in (0.5, 0.7, 0.9):
             closed = (1 - accuracy / classes) ** (batch - 1)
+            banked = simulate(batch, classes, accuracy, memory=q) if q else float("nan")
             print(f"| {batch} | {classes} | {accuracy:.1f} | {100 * simulate(batch, classes, accuracy):.2f}% | "
-                  f"{100 * closed:.2f}% |")
+                  f"{100 * closed:.2f}% | {100 * banked:.2f}% |")
     digits_epochs = args.epochs or validate(resolve(flags={"defense": {"name": "uadat"}})).train.epochs
-    report(f"digits (smallcnn, batch 64, {digits_epochs} epochs)", measure({"name": "digits"}, digits_epochs, None, 0))
-    if args.fashion_mnist:
-        report(f"fashion-mnist (trades-smallcnn, batch 128, {args.fashion_mnist} training images, 2 epochs)",
-               measure({"name": "fashion-mnist"}, 2, args.fashion_mnist, 128))
+    for memory in sorted({0, q}):
+        report(f"digits (smallcnn, batch 64, {digits_epochs} epochs, memory {memory})",
+               measure({"name": "digits"}, digits_epochs, None, 0, memory))
+        if args.fashion_mnist:
+            report(f"fashion-mnist (trades-smallcnn, batch 128, {args.fashion_mnist} training images, 2 epochs, "
+                   f"memory {memory})", measure({"name": "fashion-mnist"}, 2, args.fashion_mnist, 128, memory))
     return 0
 
 

@@ -15,6 +15,7 @@ Conventions shared by all kinds:
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -187,6 +188,17 @@ class Defense(Plugin[P]):
         counts 2F), so that boards can compare defenses at equal compute: standard
         training is 3F, PGD-10 AT 23F. None (the default) leaves the board's cost blank."""
         return None
+
+    def epoch_state(self) -> dict[str, Any]:
+        """What the defense carries from one batch to the next within an epoch (tensors
+        and plain values), so that a run stopped mid-epoch resumes exactly: the engine
+        saves it in the mid-epoch ``last.pt``, one copy per process. Default: nothing."""
+        return {}
+
+    def restore_epoch_state(self, state: Mapping[str, Any] | None) -> None:
+        """Take back what :meth:`epoch_state` gave (on a resume), or, with None, forget
+        it: the engine calls this before every epoch's first step. A defense that
+        carries nothing ignores both."""
 
 
 class AdversarialDefense(Defense[P]):

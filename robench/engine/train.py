@@ -183,6 +183,19 @@ def _rank_part(train_state: Mapping[str, Any], key: str, world: World) -> Any:
     return ranks[world.rank][key] if ranks else train_state[key]
 
 
+def _on_cpu(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A defense's epoch state as a checkpoint keeps it: its tensors on the CPU."""
+    return {k: v.detach().cpu() if isinstance(v, Tensor) else v for k, v in state.items()}
+
+
+def _restore_defense(defense: Defense[Any], resume: Checkpoint | None, world: World) -> None:
+    """A run stopped mid-epoch gets back the state its defense carried (none in older checkpoints)."""
+    state = (resume.train_state or {}) if resume is not None else {}
+    if state.get("partial"):
+        ranks = state.get("ranks")
+        defense.restore_epoch_state((ranks[world.rank] if ranks else state).get("defense") or {})
+
+
 def _restore_rng(state: Mapping[str, Any], gens: _Generators) -> None:
     torch.set_rng_state(state["torch"])
     gens.order.set_state(state["data"])
@@ -354,6 +367,7 @@ def train(
     reporter = reporter or NullReporter()
     engine = engine or EngineConfig()
     run = _start(model, split, cfg, engine, world, device, generator, seed, run_dir, meta, resume)
+    _restore_defense(defense, resume, world)
     done = run.progress
     task = reporter.task("train", cfg.epochs * run.steps)
     task.advance(len(done.history) * run.steps + (done.current.steps_done if done.current else 0))
@@ -387,6 +401,7 @@ def _train_epoch(
         torch.manual_seed((seed * 1_000_003 + epoch) * 1009 + world.rank)
     if run.progress.current is None:
         run.progress.current = _Epoch.fresh(epoch, torch.randperm(len(split), generator=generator), run.device)
+        defense.restore_epoch_state(None)  # what earlier batches left belongs to the last epoch
     ep, gens = run.progress.current, run.gens
     batches = iterate_batches(split, cfg.batch_size, device=run.device,
                               augment=None if augment is None else lambda x: augment(x, gens.augment),
@@ -407,14 +422,15 @@ def _train_epoch(
         stop_check = not world.active or ep.steps_done % STOP_CHECK_EVERY_DDP == 0
         if ep.steps_done < steps and stop_check and stop.agreed(world, run.device):
             ep.seconds += time.perf_counter() - start
-            _stop_mid_epoch(run, ep, stop)
+            _stop_mid_epoch(run, defense, ep, stop)
     _check_finite(ep, steps, run.files, world)
     return ep
 
 
-def _stop_mid_epoch(run: _RunState, ep: _Epoch, stop: StopRequest) -> None:
-    """Save a mid-epoch ``last.pt`` with each rank's attack noise and metrics so far, then stop."""
-    ranks = all_gather_object({"rng": _rng_state(run.gens), "partial": ep.state()}, run.world)
+def _stop_mid_epoch(run: _RunState, defense: Defense[Any], ep: _Epoch, stop: StopRequest) -> None:
+    """Save a mid-epoch ``last.pt`` with each rank's attack noise, metrics and defense state so far, then stop."""
+    mine = {"rng": _rng_state(run.gens), "partial": ep.state(), "defense": _on_cpu(defense.epoch_state())}
+    ranks = all_gather_object(mine, run.world)
     done = run.progress
     if run.saver is not None:
         run.saver.save_partial(done.history, done.best_epoch, done.best_score, done.elapsed, ranks)
@@ -522,6 +538,7 @@ class _Saver:
             "elapsed_s": elapsed,
             "grad_scaler": self.precision.state_dict(),
             "partial": ranks[0]["partial"] if ranks else None,
+            "defense": ranks[0].get("defense") if ranks else None,
         }
 
     def _save_last(self, epoch: int, metrics: dict[str, Any], train_state: dict[str, Any]) -> None:

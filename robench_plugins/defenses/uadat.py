@@ -12,10 +12,10 @@ Each component has a switch (``sampling``, ``refine``, ``align``) for ablations.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,10 @@ class UADATParams(PGDATParams):
     standardize: bool = param(True, help="distances on statistics standardised over the batch (scale-free tau)")
     sampled_bn_update: bool = param(False, help="passes with resampled features also update BatchNorm's running statistics")
     smoothing: float = param(0.1, ge=0, lt=1, help="label smoothing of the fallback reference")
+    memory: int = param(
+        0, ge=0, hashed_at_default=False,
+        help="clean examples of earlier batches (this epoch) kept as further peers for the refinement; 0: the batch's only",
+    )
     uncertainty: Literal["batch", "shift"] = param(
         "batch", help="the spread of sampled statistics: across the batch (DSU), or each example's "
         "clean-to-adversarial shift of them", hashed_at_default=False,
@@ -89,37 +93,68 @@ def full_precision(device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, enabled=False)
 
 
-def standardized(stats: Tensor) -> Tensor:
-    """Each statistic's z-score over the batch: distances then mean the same on every
-    architecture and layer, whatever the scale of its features (two random examples are
-    about 2 apart in mean squared distance per dimension)."""
-    return (stats - stats.mean(0)) / (stats.std(0, unbiased=False) + 1e-6)
+@dataclass
+class PeerBank:
+    """Correctly classified clean examples of earlier batches, as peers for the refinement:
+    a queue of their raw statistics, clean softmax and label (-1: an empty slot or an
+    example that was misclassified). Written without reading anything back from the
+    device, so a GPU step never waits for it."""
+
+    stats: Tensor
+    probs: Tensor
+    labels: Tensor
+    next: int = 0
+
+    @classmethod
+    def empty(cls, size: int, dim: int, classes: int, device: torch.device) -> PeerBank:
+        return cls(torch.zeros(size, dim, device=device), torch.zeros(size, classes, device=device),
+                   torch.full((size,), -1, dtype=torch.long, device=device))
+
+    def push(self, stats: Tensor, probs: Tensor, labels: Tensor) -> None:
+        """Add a batch (labels -1 where it must not serve as a peer), oldest entries out."""
+        size = len(self.labels)
+        n = min(len(labels), size)
+        slots = (self.next + torch.arange(n, device=self.labels.device)) % size
+        self.stats.index_copy_(0, slots, stats[-n:].detach().float())
+        self.probs.index_copy_(0, slots, probs[-n:].detach().float())
+        self.labels.index_copy_(0, slots, labels[-n:])
+        self.next = (self.next + n) % size
 
 
 def reference(logits: Tensor, y: Tensor, stats: Tensor | None, *, width: float, smoothing: float,
-              standardize: bool = True) -> Tensor:
+              standardize: bool = True, bank: PeerBank | None = None) -> Tensor:
     """Alignment targets: p(x_i) where x_i is classified correctly; otherwise a kernel-
-    weighted mix of p(x_j) over correct clean x_j of class y_i, by the distance of their
-    feature statistics; a label-smoothed one-hot of y_i when the batch has none.
+    weighted mix of p(x_j) over correct clean x_j of class y_i (in the batch, and in
+    ``bank`` if given), by the distance of their feature statistics; a label-smoothed
+    one-hot of y_i when there is none.
 
-    float32 under autocast too: the kernel exp(-d^2 / tau) and its mix."""
+    float32 under autocast too: the kernel exp(-d^2 / tau) and its mix. The bank's
+    statistics are standardised with the batch's mean and spread, so both are measured
+    alike."""
     with full_precision(logits.device):
-        if stats is not None:
-            stats = standardized(stats.float()) if standardize else stats.float()
-        return _reference(logits.float(), y, stats, width, smoothing)
+        probs = F.softmax(logits.float(), 1)
+        correct = logits.argmax(1) == y
+        if stats is None:  # no `if correct.all()` shortcut: it would wait for the GPU every step
+            return probs
+        stats = stats.float()
+        peer_stats, peer_probs, peer_ok = stats, probs, correct[None, :] & (y[None, :] == y[:, None])
+        if bank is not None:
+            peer_stats, peer_probs = torch.cat([stats, bank.stats]), torch.cat([probs, bank.probs])
+            peer_ok = torch.cat([peer_ok, bank.labels[None, :] == y[:, None]], 1)
+        if standardize:  # z-scores over the batch: distances mean the same on every architecture
+            mean, spread = stats.mean(0), stats.std(0, unbiased=False) + 1e-6  # and layer, whatever its scale
+            stats, peer_stats = (stats - mean) / spread, (peer_stats - mean) / spread
+        return _reference(probs, correct, y, stats, (peer_stats, peer_probs, peer_ok), width, smoothing)
 
 
-def _reference(logits: Tensor, y: Tensor, stats: Tensor | None, width: float, smoothing: float) -> Tensor:
-    probs = F.softmax(logits, 1)
-    correct = logits.argmax(1) == y
-    if stats is None:  # no `if correct.all()` shortcut: it would wait for the GPU every step
-        return probs
-    peers = correct[None, :] & (y[None, :] == y[:, None])
-    d2 = torch.cdist(stats, stats).pow(2) / stats.shape[1]
-    weights = torch.where(peers, -d2 / width, torch.full_like(d2, float("-inf")))
-    has_peer = peers.any(1, keepdim=True)
-    mixed = F.softmax(torch.where(has_peer, weights, torch.zeros_like(weights)), 1) @ probs
-    k = logits.shape[1]
+def _reference(probs: Tensor, correct: Tensor, y: Tensor, stats: Tensor, peers: tuple[Tensor, Tensor, Tensor],
+               width: float, smoothing: float) -> Tensor:
+    peer_stats, peer_probs, ok = peers
+    d2 = torch.cdist(stats, peer_stats).pow(2) / stats.shape[1]
+    weights = torch.where(ok, -d2 / width, torch.full_like(d2, float("-inf")))
+    has_peer = ok.any(1, keepdim=True)
+    mixed = F.softmax(torch.where(has_peer, weights, torch.zeros_like(weights)), 1) @ peer_probs
+    k = probs.shape[1]
     fallback = F.one_hot(y, k).float() * (1 - smoothing) + smoothing / k
     refined = torch.where(has_peer, mixed, fallback)
     return torch.where(correct[:, None], probs, refined)
@@ -135,6 +170,28 @@ def gradient_misalignment(g_clean: Tensor, g_adv: Tensor) -> Tensor:
 class UADAT(AdversarialDefense[UADATParams]):
     Params = UADATParams
     _layers: tuple[nn.Module, list[tuple[str, nn.Module]]] | None = None
+    #: peers from earlier batches of the epoch (``memory`` > 0); the engine saves and clears it
+    _bank: PeerBank | None = None
+
+    def epoch_state(self) -> dict[str, Any]:
+        bank = self._bank
+        return {} if bank is None else {"stats": bank.stats, "probs": bank.probs, "labels": bank.labels, "next": bank.next}
+
+    def restore_epoch_state(self, state: Mapping[str, Any] | None) -> None:
+        self._bank = PeerBank(state["stats"], state["probs"], state["labels"], int(state["next"])) if state else None
+
+    def _peer_bank(self, stats: Tensor, classes: int) -> PeerBank | None:
+        """The bank, made at the first batch (its sizes are the statistics' and the classes')
+        and moved to the batch's device after a resume."""
+        if not self.params.memory:
+            return None
+        bank = self._bank
+        if bank is None or bank.stats.shape[1] != stats.shape[1]:
+            bank = PeerBank.empty(self.params.memory, stats.shape[1], classes, stats.device)
+        elif bank.stats.device != stats.device:
+            bank = PeerBank(bank.stats.to(stats.device), bank.probs.to(stats.device), bank.labels.to(stats.device), bank.next)
+        self._bank = bank
+        return bank
 
     def feature_layers(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         """The model's feature layers, looked up once per model rather than every batch."""
@@ -183,8 +240,12 @@ class UADAT(AdversarialDefense[UADATParams]):
         with FeatureHooks(layers if p.refine or shift else [], record=True) as clean_hooks:
             logits = model(x_in)
         stats = torch.cat([torch.cat(s, 1) for s in clean_hooks.stats.values()], 1) if p.refine else None
+        bank = self._peer_bank(stats, logits.shape[1]) if stats is not None else None
         target = reference(logits, y, stats, width=p.kernel_width, smoothing=p.smoothing,
-                           standardize=p.standardize).detach()
+                           standardize=p.standardize, bank=bank).detach()
+        if bank is not None and stats is not None:  # this batch's correct examples serve the next ones
+            correct = logits.detach().argmax(1) == y
+            bank.push(stats, F.softmax(logits.detach().float(), 1), torch.where(correct, y, torch.full_like(y, -1)))
 
         m = p.samples if p.sampling else 1
         xa = x_adv.detach().requires_grad_(p.align)

@@ -7,6 +7,7 @@ must end with bit-identical weights, logs and results.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -174,3 +175,51 @@ def test_resume_refuses_what_it_cannot_do(tmp_path: Path) -> None:
     changed = run_cli("run", "--resume", str(run_dir), "--defense", "trades", "--epochs", "3")
     assert changed.returncode == 2 and "cannot change" in changed.stderr
     assert "defense" in changed.stderr and "train" in changed.stderr
+
+
+def test_a_defenses_epoch_state_survives_a_mid_epoch_stop(tmp_path: Path) -> None:
+    """UAD-AT with a bank of peers (defense.memory) carries state from batch to batch: a
+    stop in the middle of an epoch saves it in last.pt, and the resumed training ends
+    with the very weights of an unstopped one. Without that state it would not."""
+    from robench.core.config import TrainConfig, resolve, validate
+    from robench.engine.checkpoint import load_checkpoint
+    from robench.engine.train import TrainingStopped, train
+    from robench.workflows.run import build_model, plan_run
+    from robench_plugins.defenses.uadat import UADAT
+
+    plan = plan_run(validate(resolve(None, {"defense": {"name": "uadat"}}, [
+        "defense.memory=256", "defense.steps=2", "defense.samples=1", "defense.align=false"])))
+    split = plan.dataset.load(None, 0).train  # 1,257 images: 10 steps of 128 per epoch
+    cfg = TrainConfig(epochs=2, batch_size=128)
+
+    class StopsAt(UADAT):
+        """UAD-AT that sends this process SIGTERM during its ``at``-th batch."""
+
+        def __init__(self, at: int = 0) -> None:
+            super().__init__(plan.trainer.params)
+            self.at, self.calls = at, 0
+
+        def loss(self, model, x, y, threat):
+            self.calls += 1
+            if self.calls == self.at:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().loss(model, x, y, threat)
+
+    def trained(run_dir: Path, defense: UADAT, resume=None) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = build_model(plan)
+        train(model, defense, split, plan.threat, cfg, device=torch.device("cpu"),
+              generator=torch.Generator().manual_seed(0), run_dir=run_dir, resume=resume)
+        return model.state_dict()
+
+    unstopped = trained(tmp_path / "a", StopsAt())
+    with pytest.raises(TrainingStopped, match="after step 4 of 10 in epoch 2"):
+        trained(tmp_path / "b", StopsAt(at=14))
+    last = load_checkpoint(tmp_path / "b" / "last.pt")
+    saved = last.train_state["defense"]
+    assert saved["next"] == 4 * 128 % 256 and (saved["labels"] >= 0).sum() > 0
+    resumed = trained(tmp_path / "b", StopsAt(), resume=last)
+    assert all(torch.equal(unstopped[k], resumed[k]) for k in unstopped)
+    forgetful = dataclasses.replace(last, train_state={**last.train_state, "defense": None})
+    without = trained(tmp_path / "c", StopsAt(), resume=forgetful)
+    assert not all(torch.equal(unstopped[k], without[k]) for k in unstopped)

@@ -13,7 +13,7 @@ from robench.api.features import FeatureHooks, batch_spread, channel_stats, feat
 from robench.api.model import NormalizedClassifier
 from robench.api.threat import ThreatModel
 from robench.core.registry import get_registry
-from robench_plugins.defenses.uadat import gradient_misalignment, reference, resample, shift_from
+from robench_plugins.defenses.uadat import PeerBank, gradient_misalignment, reference, resample, shift_from
 
 THREAT = ThreatModel("Linf", "8/255")
 
@@ -155,6 +155,55 @@ def test_reference_for_misclassified_examples_is_a_distribution_from_close_peers
         assert w[0] > 0.75  # the statistically closer peer dominates
         assert torch.allclose(ref[3], torch.tensor([0.1 / 3, 0.1 / 3, 0.9 + 0.1 / 3]))
         assert torch.equal(ref[:2], probs[:2])
+
+
+def test_the_peer_bank_keeps_the_newest_entries_in_a_ring():
+    bank = PeerBank.empty(5, 2, 3, torch.device("cpu"))
+    assert bank.labels.tolist() == [-1] * 5
+    bank.push(torch.full((3, 2), 1.0), torch.full((3, 3), 0.1), torch.tensor([0, -1, 2]))
+    bank.push(torch.arange(8.0).view(4, 2), torch.full((4, 3), 0.2), torch.tensor([1, 1, 2, 0]))
+    assert bank.next == 2 and bank.labels.tolist() == [2, 0, 2, 1, 1]  # slots 3, 4, 0, 1 took the second batch
+    assert bank.stats[0].tolist() == [4.0, 5.0] and bank.stats[2].tolist() == [1.0, 1.0]
+    bank.push(torch.zeros(9, 2), torch.zeros(9, 3), torch.full((9,), 2))  # more than it holds: the last five
+    assert bank.labels.tolist() == [2] * 5 and bank.next == 2
+
+
+def test_a_banked_peer_refines_an_example_without_one_in_its_batch():
+    """Class 1 has no correct example in the batch: without the bank its misclassified
+    example falls back to the smoothed one-hot; with one banked peer it gets that peer's
+    softmax; banked entries of other classes or marked -1 are never peers."""
+    logits = torch.tensor([[4.0, 0.0, 0.0], [3.0, 0.0, 0.0]])  # both predicted class 0
+    y = torch.tensor([0, 1])
+    stats = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    alone = reference(logits, y, stats, width=1.0, smoothing=0.1)
+    assert torch.allclose(alone[1], torch.tensor([0.1 / 3, 0.9 + 0.1 / 3, 0.1 / 3]))
+    bank = PeerBank.empty(4, 2, 3, torch.device("cpu"))
+    peer = torch.tensor([[0.2, 0.7, 0.1]])
+    bank.push(torch.tensor([[5.0, 5.0]]), torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([2]))  # another class
+    bank.push(torch.tensor([[9.0, 9.0]]), torch.tensor([[0.0, 1.0, 0.0]]), torch.tensor([-1]))  # not a peer
+    bank.push(torch.tensor([[1.0, 0.1]]), peer, torch.tensor([1]))
+    banked = reference(logits, y, stats, width=1.0, smoothing=0.1, bank=bank)
+    assert torch.allclose(banked[1], peer[0]) and torch.allclose(banked[0], alone[0])
+
+
+def test_uadat_carries_its_bank_through_the_epoch_state():
+    model = tiny_model()
+    x, y = torch.rand(8, 3, 8, 8), torch.randint(0, 5, (8,))
+    defense = uadat(memory=16, sampling=False, align=False)
+    assert defense.epoch_state() == {}
+    defense.objective(model, x, x.clone(), y)
+    state = defense.epoch_state()
+    assert state["next"] == 8 and state["stats"].shape[0] == 16 and (state["labels"][8:] == -1).all()
+    other = uadat(memory=16, sampling=False, align=False)
+    other.restore_epoch_state(state)
+    torch.manual_seed(1)
+    a = defense.objective(tiny_model(), x, x.clone(), y).loss
+    torch.manual_seed(1)
+    b = other.objective(tiny_model(), x, x.clone(), y).loss
+    assert a.item() == b.item() and defense.epoch_state()["next"] == 0
+    defense.restore_epoch_state(None)  # a new epoch forgets
+    assert defense.epoch_state() == {}
+    assert uadat().objective(model, x, x.clone(), y) and uadat().epoch_state() == {}  # memory 0 keeps nothing
 
 
 def test_standardised_distances_do_not_depend_on_the_features_scale():
