@@ -136,15 +136,16 @@ def reference(logits: Tensor, y: Tensor, stats: Tensor | None, *, width: float, 
         correct = logits.argmax(1) == y
         if stats is None:  # no `if correct.all()` shortcut: it would wait for the GPU every step
             return probs
-        stats = stats.float()
-        peer_stats, peer_probs, peer_ok = stats, probs, correct[None, :] & (y[None, :] == y[:, None])
-        if bank is not None:
-            peer_stats, peer_probs = torch.cat([stats, bank.stats]), torch.cat([probs, bank.probs])
-            peer_ok = torch.cat([peer_ok, bank.labels[None, :] == y[:, None]], 1)
+        stats, banked = stats.float(), None if bank is None else bank.stats
         if standardize:  # z-scores over the batch: distances mean the same on every architecture
             mean, spread = stats.mean(0), stats.std(0, unbiased=False) + 1e-6  # and layer, whatever its scale
-            stats, peer_stats = (stats - mean) / spread, (peer_stats - mean) / spread
-        return _reference(probs, correct, y, stats, (peer_stats, peer_probs, peer_ok), width, smoothing)
+            stats = (stats - mean) / spread
+            banked = None if banked is None else (banked - mean) / spread
+        peers = (stats, probs, correct[None, :] & (y[None, :] == y[:, None]))
+        if bank is not None and banked is not None:
+            peers = (torch.cat([stats, banked]), torch.cat([probs, bank.probs]),
+                     torch.cat([peers[2], bank.labels[None, :] == y[:, None]], 1))
+        return _reference(probs, correct, y, stats, peers, width, smoothing)
 
 
 def _reference(probs: Tensor, correct: Tensor, y: Tensor, stats: Tensor, peers: tuple[Tensor, Tensor, Tensor],
