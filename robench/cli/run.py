@@ -167,9 +167,7 @@ def _print_outcome(plan: RunPlan, outcome: RunOutcome) -> None:
                      f"{rec.checkpoints[rec.selected]['epoch']})", rec.accuracy, rec.eval)
     print_other_checkpoint(rec)
     out.print(f"test images: {rec.eval['n']}   wall time: {rec.wall_time_s:.1f} s")
-    out.print(Text(f"record:      {outcome.record_path}"), soft_wrap=True)
-    out.print(Text(f"checkpoints: {outcome.run_dir} (best.pt, last.pt, log.jsonl)"), soft_wrap=True)
-    out.print(Text(f"leaderboard: {outcome.leaderboard_path}"), soft_wrap=True)
+    _print_paths(outcome)
     for skipped in outcome.skipped:
         err.print(Text(f"warning: skipped invalid record {skipped.path}: {skipped.reason}"))
 
@@ -182,5 +180,12 @@ def _print_validation(rec: RunRecord, outcome: RunOutcome) -> None:
     out.print(Text(f"validation, {where}: {scores or 'none'}; the test set was not evaluated (eval.checkpoints=none)"),
               soft_wrap=True)
     out.print(f"wall time: {rec.wall_time_s:.1f} s")
+    _print_paths(outcome)
+
+
+def _print_paths(outcome: RunOutcome) -> None:
+    """Where the run's record, checkpoints and board (if it has one) are."""
     out.print(Text(f"record:      {outcome.record_path}"), soft_wrap=True)
     out.print(Text(f"checkpoints: {outcome.run_dir} (best.pt, last.pt, log.jsonl)"), soft_wrap=True)
+    if outcome.leaderboard_path is not None:
+        out.print(Text(f"leaderboard: {outcome.leaderboard_path}"), soft_wrap=True)

@@ -124,12 +124,11 @@ def _final(spec: TuneSpec, plan: TuningPlan, chosen: dict[str, Trial], flags: di
     final = plan_sweep(sweep, flags=flags, runs_dir=runs)
     out.print(Text(f"final runs: {len(final.points)}, {len(final.recorded)} recorded already; the same runs as "
                    f"`robench sweep {path}`"), soft_wrap=True)
+    results = run_local(final.todo, jobs, None, quiet, clock) if final.todo else []
+    refresh_boards(final)
     if final.todo:
-        results = run_local(final.todo, jobs, None, quiet, clock)
-        refresh_boards(final)
         summarize(results)
     else:
-        refresh_boards(final)
         out.print("nothing to run: every final run has its record")
 
 

@@ -64,7 +64,8 @@ class TrainConfig:
         "best", help="checkpoint the record reports: best validation PGD accuracy, or the last epoch"
     )
     precision: Literal["fp32", "bf16", "fp16"] = param(
-        "fp32", help="training forward passes, attacks included, under autocast (fp16: with loss scaling); validation stays fp32"
+        "fp32", hashed_at_default=False,  # added after records existed
+        help="training forward passes, attacks included, under autocast (fp16: with loss scaling); validation stays fp32",
     )
 
 
@@ -77,10 +78,12 @@ class EvalConfig:
     eps_sweep: bool = param(False, help="also record PGD-20 accuracy versus eps")
     sweep_eps: tuple[str, ...] = param((), help='eps values of the sweep, e.g. ["0", "4/255"]; empty: 0 to 2x eps')
     precision: Literal["fp32", "bf16", "fp16"] = param(
-        "fp32", help="the final evaluation's forward passes; keep fp32 unless you know the attacks hold up"
+        "fp32", hashed_at_default=False,  # added after records existed
+        help="the final evaluation's forward passes; keep fp32 unless you know the attacks hold up",
     )
     checkpoints: Literal["both", "selected", "none"] = param(
-        "both", help="evaluate the best and the last checkpoint, only the one train.select reports (half the cost), "
+        "both", hashed_at_default=False,  # added after records existed
+        help="evaluate the best and the last checkpoint, only the one train.select reports (half the cost), "
         "or none: train and validate only, no test set (tuning runs)"
     )
 
@@ -417,24 +420,27 @@ def validate(raw: Mapping[str, Any]) -> RunConfig:
     )
 
 
-#: keys added after records existed, with the value every earlier run implicitly had
-_IMPLICIT: dict[tuple[str, str], Any] = {
-    ("train", "precision"): "fp32", ("eval", "precision"): "fp32", ("eval", "checkpoints"): "both",
-}
-
-
+#: the value sections whose keys a config hash may leave out, with their dataclass
+_VALUE_TYPES: dict[str, type] = {"train": TrainConfig, "eval": EvalConfig}
 _NOTHING = object()
 
 
-def _unhashed_defaults(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
-    """The defaults of the section's plugin parameters declared ``hashed_at_default=False``."""
+def _section_params(section: str, values: Mapping[str, Any]) -> Any:
+    """The dataclass behind a section: the value section's own, or the named plugin's ``Params``."""
+    if section in _VALUE_TYPES:
+        return _VALUE_TYPES[section]
     name = values.get("name")
     if not isinstance(name, str):
-        return {}
+        return None
     try:
-        params = getattr(get_registry(PLUGIN_SECTIONS[section]).load(name), "Params", None)
+        return getattr(get_registry(PLUGIN_SECTIONS[section]).load(name), "Params", None)
     except UserError:  # a plugin that does not load has no run to hash
-        return {}
+        return None
+
+
+def _unhashed_defaults(params: Any) -> dict[str, Any]:
+    """The defaults of the fields declared ``hashed_at_default=False`` (keys added after
+    records existed, with the value every earlier run implicitly had)."""
     if params is None or not dataclasses.is_dataclass(params):
         return {}
     return {f.name: f.default for f in dataclasses.fields(params)
@@ -453,12 +459,9 @@ def config_hash(resolved: Mapping[str, Any], world_size: int = 1) -> str:
         engine = resolved.get("engine")
         sync_bn = bool(engine.get("sync_bn", False)) if isinstance(engine, Mapping) else False
         payload["distributed"] = {"world_size": world_size, "sync_bn": sync_bn}
-    for (section, key), value in _IMPLICIT.items():  # keys added later: old records keep their hash
-        if isinstance(payload.get(section), Mapping) and payload[section].get(key, value) == value:
-            payload[section] = {k: v for k, v in payload[section].items() if k != key}
-    for section in PLUGIN_SECTIONS:  # plugin parameters added later, likewise
+    for section in (*_VALUE_TYPES, *PLUGIN_SECTIONS):  # keys added later: old records keep their hash
         if isinstance(payload.get(section), Mapping):
-            unhashed = _unhashed_defaults(section, payload[section])
+            unhashed = _unhashed_defaults(_section_params(section, payload[section]))
             payload[section] = {k: v for k, v in payload[section].items() if unhashed.get(k, _NOTHING) != v}
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -113,8 +113,7 @@ def write_final_sweep(path: Path, sweep: SweepSpec) -> Path:
     if sweep.config is not None:
         data["config"] = relative(sweep.config)
     data["grid"] = grid
-    data["set"] = dict(item.split("=", 1) for item in sweep.fixed)
-    data["set"] = {k: yaml.safe_load(v) for k, v in data["set"].items()}
+    data["set"] = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in sweep.fixed)}
     header = "# The final runs of `robench tune`: each candidate with its chosen setting, fresh seeds.\n"
     return atomic_write_text(path, header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
 
