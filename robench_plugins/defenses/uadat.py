@@ -12,6 +12,7 @@ Each component has a switch (``sampling``, ``refine``, ``align``) for ablations.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -54,6 +55,11 @@ class UADATParams(PGDATParams):
     sampling: bool = param(True, help="component 2: sample adversaries with statistic uncertainty")
     refine: bool = param(True, help="component 3: refined reference for misclassified clean examples")
     align: bool = param(True, help="component 5: introspective input-gradient alignment")
+    align_fraction: float = param(
+        1.0, gt=0, le=1, hashed_at_default=False,
+        help="share of the batch whose input gradients are aligned; below 1, through separate forward passes "
+        "of that share only (cheaper: the double backward runs over fewer examples)",
+    )
 
 
 Spread = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -222,10 +228,13 @@ class UADAT(AdversarialDefense[UADATParams]):
     def forward_passes_per_image(self) -> float:
         """An estimate: the attack, a clean forward, M sampled copies trained (3F each);
         the alignment adds the clean input gradient (2F) and a double backward of about
-        one more backward (2F) per forward pass in the graph."""
+        one more backward (2F) per forward pass in the graph; on a share of the batch, that
+        share of it and of its own forward passes."""
         p = self.params
         m = p.samples if p.sampling else 1
         align = 2.0 + 2.0 * (1 + m) if p.align else 0.0
+        if p.align and p.align_fraction < 1:  # its own clean and m sampled forwards, on that share
+            align = p.align_fraction * (1.0 + m + align)
         return attack_passes(p.steps) + 1.0 + 3.0 * m + align
 
     def objective(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> LossOutput:
@@ -237,8 +246,10 @@ class UADAT(AdversarialDefense[UADATParams]):
         p = self.params
         layers = self.feature_layers(model) if (p.sampling or p.refine) else []
         shift = p.sampling and p.uncertainty == "shift"
-        x_in = x.detach().requires_grad_(p.align)
-        with FeatureHooks(layers if p.refine or shift else [], record=True) as clean_hooks:
+        shared = p.align and p.align_fraction >= 1  # the alignment differentiates the loss's own passes
+        x_in = x.detach().requires_grad_(shared)
+        with FeatureHooks(layers if p.refine or shift else [], record=True) as clean_hooks, \
+                nullcontext() if shared else torch.no_grad():  # otherwise only its softmax is used, detached
             logits = model(x_in)
         stats = torch.cat([torch.cat(s, 1) for s in clean_hooks.stats.values()], 1) if p.refine else None
         bank = self._peer_bank(stats, logits.shape[1]) if stats is not None else None
@@ -249,25 +260,72 @@ class UADAT(AdversarialDefense[UADATParams]):
             bank.push(stats, F.softmax(logits.detach().float(), 1), torch.where(correct, y, torch.full_like(y, -1)))
 
         m = p.samples if p.sampling else 1
-        xa = x_adv.detach().requires_grad_(p.align)
+        xa = x_adv.detach().requires_grad_(shared)
         # which layers resample in this pass, drawn first: a pass that resamples any keeps
         # BatchNorm's running statistics out of it (evaluation never sees such features)
         coins = {name: bool(torch.rand(()) < p.sample_prob) for name, _ in layers} if p.sampling else {}
-        spreads = {name: shift_from(clean_hooks.stats[name], m) if shift else across_batch for name, _ in layers}
-        draw = (lambda name, h: resample(h, spread=spreads[name]) if coins[name] else None) if p.sampling else None
+        sampled = _SampledPass(layers if p.sampling else [], coins, clean_hooks.stats if shift else None, m)
         frozen = any(coins.values()) and not p.sampled_bn_update
-        with frozen_batchnorm_statistics(model) if frozen else nullcontext(), \
-                FeatureHooks(layers if p.sampling else [], transform=draw):
+        with frozen_batchnorm_statistics(model) if frozen else nullcontext(), sampled.hooks():
             logits_adv = model(xa.repeat(m, 1, 1, 1))
         ys = y.repeat(m)
         ce = F.cross_entropy(logits_adv, ys)
         match = F.kl_div(F.log_softmax(logits_adv, 1), target.repeat(m, 1), reduction="batchmean")
         loss = ce + p.beta * match
-        if p.align:
-            scale = attack_loss_scale()  # > 1 under fp16 only; the cosine does not see it
-            g_clean, g_adv = torch.autograd.grad(  # one pass over both graphs
-                [scale * F.cross_entropy(logits, y, reduction="sum"), scale * F.cross_entropy(logits_adv, ys, reduction="sum")],
-                [x_in, xa], create_graph=True,
-            )
-            loss = loss + p.align_weight * gradient_misalignment(g_clean, g_adv)
+        if shared:
+            loss = loss + p.align_weight * input_gradient_misalignment((x_in, logits), (xa, logits_adv), y, m)
+        elif p.align:
+            loss = loss + p.align_weight * self._part_misalignment(model, x, x_adv, y, sampled)
         return LossOutput(loss, logits_adv[: len(y)])
+
+    def _part_misalignment(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, sampled: _SampledPass) -> Tensor:
+        """The alignment on the batch's first ``align_fraction`` (a random part: batches are
+        shuffled), through its own clean and sampled adversarial passes, resampling the same
+        layers as the loss's pass. Their BatchNorm normalises with the part's statistics and
+        leaves the running statistics alone: the loss's passes already updated them."""
+        k = max(1, math.ceil(self.params.align_fraction * len(y)))
+        xs, xas, m = x[:k].detach().requires_grad_(), x_adv[:k].detach().requires_grad_(), sampled.copies
+        with frozen_batchnorm_statistics(model):
+            logits = model(xs)
+            with sampled.part(k).hooks():
+                logits_adv = model(xas.repeat(m, 1, 1, 1))
+        return input_gradient_misalignment((xs, logits), (xas, logits_adv), y[:k], m)
+
+
+@dataclass(frozen=True)
+class _SampledPass:
+    """How the adversarial pass resamples: which layers (``coins``), with which
+    uncertainty (the batch spread, or the shift from the ``clean`` statistics of the
+    examples it holds), over ``copies`` repeats of the examples."""
+
+    layers: list[tuple[str, nn.Module]]
+    coins: dict[str, bool]
+    clean: dict[str, tuple[Tensor, Tensor]] | None
+    copies: int
+
+    def part(self, k: int) -> _SampledPass:
+        """The same resampling for a pass over the first ``k`` examples only."""
+        clean = None if self.clean is None else {n: (mu[:k], sigma[:k]) for n, (mu, sigma) in self.clean.items()}
+        return _SampledPass(self.layers, self.coins, clean, self.copies)
+
+    def hooks(self) -> FeatureHooks:
+        clean = self.clean
+        spreads = {name: across_batch if clean is None else shift_from(clean[name], self.copies) for name, _ in self.layers}
+
+        def draw(name: str, h: Tensor) -> Tensor | None:
+            return resample(h, spread=spreads[name]) if self.coins[name] else None
+        return FeatureHooks(self.layers, transform=draw)
+
+
+def input_gradient_misalignment(clean: tuple[Tensor, Tensor], adv: tuple[Tensor, Tensor], y: Tensor, copies: int) -> Tensor:
+    """1 - cos between the clean and the adversarial input gradients of the cross-entropy,
+    each a (input, logits) pair of a pass whose input requires grad; the adversarial
+    input was repeated ``copies`` times, so its gradient sums over the sampled copies.
+    With its graph, so the alignment trains the weights (a double backward)."""
+    scale = attack_loss_scale()  # > 1 under fp16 only; the cosine does not see it
+    g_clean, g_adv = torch.autograd.grad(  # one pass over both graphs
+        [scale * F.cross_entropy(clean[1], y, reduction="sum"),
+         scale * F.cross_entropy(adv[1], y.repeat(copies), reduction="sum")],
+        [clean[0], adv[0]], create_graph=True,
+    )
+    return gradient_misalignment(g_clean, g_adv)

@@ -112,7 +112,7 @@ def test_without_an_adversary_the_shift_uncertainty_samples_nothing():
     assert uadat(sample_prob=1.0).objective(model, x, x.clone(), y).loss.item() != pytest.approx(losses[1], rel=1e-5)
 
 
-def test_the_new_uncertainty_switch_keeps_earlier_runs_experiment_hash():
+def test_the_new_uncertainty_and_alignment_share_keep_earlier_runs_experiment_hash():
     from robench.core.config import config_hash, resolve, validate
     from robench.workflows.run import plan_run
 
@@ -120,6 +120,7 @@ def test_the_new_uncertainty_switch_keeps_earlier_runs_experiment_hash():
         return config_hash(plan_run(validate(resolve(None, None, ["defense=uadat", *items]))).resolved)
 
     assert hashed() == hashed("defense.uncertainty=batch") != hashed("defense.uncertainty=shift")
+    assert hashed() == hashed("defense.align_fraction=1.0") != hashed("defense.align_fraction=0.25")
     assert "uncertainty" in plan_run(validate(resolve(None, None, ["defense=uadat"]))).resolved["defense"]
 
 
@@ -247,6 +248,65 @@ def test_alignment_gradients_reach_the_weights():
 
     assert torch.equal(weight_grad(False), weight_grad(False))  # the comparison below is fair
     assert not torch.allclose(weight_grad(True), weight_grad(False))
+
+
+def _objective_and_weight_grad(params: dict, x, x_adv, y) -> tuple[float, torch.Tensor]:
+    model = tiny_model()
+    torch.manual_seed(2)
+    loss = uadat(**params).objective(model, x, x_adv, y).loss
+    loss.backward()
+    return loss.item(), model.net[0].weight.grad.clone()
+
+
+def _pair(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(4)
+    x = torch.rand(n, 3, 8, 8)
+    return x, (x + 0.03 * torch.randn_like(x).sign()).clamp(0, 1), torch.randint(0, 5, (n,))
+
+
+def test_alignment_on_the_whole_batch_through_its_own_passes_equals_the_shared_one():
+    """A share that rounds up to the whole batch aligns exactly what the shared passes do:
+    the separate passes normalise with the same batch statistics."""
+    x, x_adv, y = _pair(8)
+    shared = _objective_and_weight_grad({"sampling": False, "refine": False}, x, x_adv, y)
+    separate = _objective_and_weight_grad({"sampling": False, "refine": False, "align_fraction": 0.99}, x, x_adv, y)
+    assert separate[0] == pytest.approx(shared[0], rel=1e-5)
+    assert torch.allclose(separate[1], shared[1], rtol=1e-4, atol=1e-6)
+
+
+def test_alignment_on_a_share_is_the_misalignment_of_the_batchs_first_examples():
+    from robench.api.model import frozen_batchnorm_statistics
+
+    x, x_adv, y = _pair(8)
+    params = {"sampling": False, "refine": False, "align_weight": 0.5}
+    without = _objective_and_weight_grad({**params, "align": False}, x, x_adv, y)[0]
+    part = _objective_and_weight_grad({**params, "align_fraction": 0.25}, x, x_adv, y)[0]
+    model = tiny_model()
+    xc, xa = x[:2].clone().requires_grad_(), x_adv[:2].clone().requires_grad_()
+    with frozen_batchnorm_statistics(model):  # two examples, normalised with their own statistics
+        gc, ga = torch.autograd.grad([F.cross_entropy(model(xc), y[:2], reduction="sum"),
+                                      F.cross_entropy(model(xa), y[:2], reduction="sum")], [xc, xa])
+    assert part - without == pytest.approx(0.5 * gradient_misalignment(gc, ga).item(), rel=1e-4)
+
+
+def test_the_aligned_share_leaves_batchnorm_running_statistics_to_the_loss_passes():
+    x, x_adv, y = _pair(6)
+    buffers = []
+    for params in ({"align": False}, {"align_fraction": 0.5}):
+        model = tiny_model()
+        uadat(sample_prob=0.0, **params).objective(model, x, x_adv, y)
+        buffers.append(_bn_buffers(model))
+    assert all(torch.equal(buffers[0][k], buffers[1][k]) for k in buffers[0])
+
+
+def test_alignment_on_a_share_trains_with_sampling_and_costs_less():
+    x, x_adv, y = _pair(8)
+    for uncertainty in ("batch", "shift"):
+        loss, grad = _objective_and_weight_grad({"sample_prob": 1.0, "uncertainty": uncertainty,
+                                                 "align_fraction": 0.25}, x, x_adv, y)
+        assert math.isfinite(loss) and grad.abs().sum() > 0
+    assert uadat(align_fraction=0.25).forward_passes_per_image() < uadat().forward_passes_per_image()
+    assert uadat(align_fraction=0.25).forward_passes_per_image() > uadat(align=False).forward_passes_per_image()
 
 
 # -------------------------------------------------------------------- identity
