@@ -66,18 +66,21 @@ def tune(
     plan = plan_tuning(spec, flags, runs)
     todo = plan.todo
     n_final = len(spec.candidates) * len(spec.final_seeds)
+    diverged = sum((p.config_hash, p.seed) in plan.diverged for p in plan.points)
     out.print(Text(f"robench tune {spec.name}: {len(plan.trials)} trial(s) x {len(spec.tuning_seeds)} seed(s) = "
-                   f"{len(plan.points)} tuning run(s), {len(plan.points) - len(todo)} recorded; then {n_final} "
-                   f"final run(s); tuning records in {plan.folder}"), soft_wrap=True)
+                   f"{len(plan.points)} tuning run(s), {len(plan.points) - len(todo) - diverged} recorded"
+                   f"{f', {diverged} diverged' if diverged else ''}; then {n_final} final run(s); "
+                   f"tuning records in {plan.folder}"), soft_wrap=True)
     clock = Budget(budget * 60) if budget is not None else None
     if dry_run:
         _show(spec, plan, gather(spec, plan))
         return
     if todo:
         results = run_local(todo, jobs, None, quiet, clock)
-        summarize(results)
+        _note_diverged(plan, todo, results)
+        summarize(results, outcomes=("diverged",))
     trials = gather(spec, plan)
-    missing = sum(len(spec.tuning_seeds) - len(t.scores) for ts in trials.values() for t in ts)
+    missing = sum(len(spec.tuning_seeds) - len(t.scores) - len(t.diverged) for ts in trials.values() for t in ts)
     if missing:
         err.print(Text(f"tuning not finished: {missing} run(s) have no record yet; rerun the same command to continue"),
                   soft_wrap=True)
@@ -86,6 +89,18 @@ def tune(
     if tune_only:
         return
     _final(spec, plan, chosen, flags, runs, jobs, quiet, clock)
+
+
+def _note_diverged(plan: TuningPlan, todo: list[Any], results: list[Any]) -> None:
+    """Keep the runs whose training diverged beside the tuning records: they count against
+    their setting, and are not trained again."""
+    from robench.workflows.run import git_commit
+    from robench.workflows.tune.divergence import Divergence, note_diverged
+
+    points = {p.key: p for p in todo}
+    commit = git_commit()
+    note_diverged(plan.folder, [Divergence(points[r.key].config_hash, points[r.key].seed, r.reason, commit)
+                                for r in results if r.status == "diverged"])
 
 
 def _choose(spec: TuneSpec, plan: TuningPlan, trials: dict[str, list[Trial]]) -> dict[str, Trial]:
@@ -101,7 +116,7 @@ def _choose(spec: TuneSpec, plan: TuningPlan, trials: dict[str, list[Trial]]) ->
         if best is None:
             table.add_row(c.label, "(not tuned)", "", "", "")
             continue
-        others = sorted((t for t in trials[c.label] if t is not best), key=lambda t: -t.mean)
+        others = sorted((t for t in trials[c.label] if t is not best and not t.diverged), key=lambda t: -t.mean)
         table.add_row(c.label, _setting(best.setting), f"{best.mean:.2f}", f"{best.std:.2f}",
                       f"{others[0].mean:.2f} ({_setting(others[0].setting)})" if others else "")
     out.print(table)
@@ -139,7 +154,8 @@ def _show(spec: TuneSpec, plan: TuningPlan, trials: dict[str, list[Trial]]) -> N
         table.add_column(column, overflow="fold")
     for c in spec.candidates:
         for t in trials.get(c.label, ()):
-            table.add_row(c.label, _setting(t.setting), f"{len(t.scores)}/{len(spec.tuning_seeds)}",
+            lost = f" ({len(t.diverged)} diverged)" if t.diverged else ""
+            table.add_row(c.label, _setting(t.setting), f"{len(t.scores)}/{len(spec.tuning_seeds)}{lost}",
                           f"{t.mean:.2f}" if t.scores else "")
         if not c.trials:
             table.add_row(c.label, "(not tuned)", "", "")

@@ -214,7 +214,12 @@ class TrainingStopped(RobenchError):
 
 
 class NonFiniteLoss(RobenchError):
-    """The training loss became NaN or inf; the last good checkpoint stays, no record is written."""
+    """The training loss became NaN or inf; the last good checkpoint stays, no record is written.
+
+    Its own exit code (3), so that a sweep or a tuning can tell a diverged run, an outcome
+    of its settings, from one that failed for any other reason."""
+
+    exit_code = 3
 
 
 @dataclass

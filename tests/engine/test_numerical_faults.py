@@ -14,7 +14,7 @@ def test_diverging_run_stops_naming_epoch_and_step(tmp_path: Path) -> None:
     out = run_cli("run", "--epochs", "3", "--set", "defense.steps=2", "--set", "train.schedule=piecewise",
                   "--set", "train.milestones=[1]", "--set", "train.gamma=1e13", "--attack", "fgsm",
                   "--results-dir", str(results), "--runs-dir", str(runs), "-q")
-    assert out.returncode == 1, out.stderr
+    assert out.returncode == 3, out.stderr  # diverged: its own exit code
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
     message = lines[0]
@@ -29,4 +29,4 @@ def test_diverging_run_stops_naming_epoch_and_step(tmp_path: Path) -> None:
     assert all(math.isfinite(h["loss"]) for h in last["train_state"]["history"])
     # the kept checkpoint is a real starting point: a resume begins from epoch 1 (and diverges again)
     again = run_cli("run", "--resume", str(run_dir), "--results-dir", str(results), "-q")
-    assert again.returncode == 1 and "epoch 2" in again.stderr
+    assert again.returncode == 3 and "epoch 2" in again.stderr

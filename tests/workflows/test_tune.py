@@ -6,6 +6,7 @@ only), so the tuning machinery, not training, is what it spends time on.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import statistics
@@ -102,6 +103,17 @@ def test_the_highest_mean_wins_and_the_first_listed_on_a_tie() -> None:
     assert trial("a", 50, 60).mean == 55 and trial("a", 50, 60).std == pytest.approx(statistics.stdev([50, 60]))
 
 
+def test_a_trial_that_diverged_with_any_seed_is_not_chosen() -> None:
+    def trial(name: str, scores: dict[int, float], diverged: dict[int, str] | None = None) -> Trial:
+        return Trial("c", {"x": name}, scores, name, diverged or {})
+
+    lost = trial("b", {0: 90.0}, {1: "the training loss became NaN or inf in epoch 3"})
+    assert choose([trial("a", {0: 50.0, 1: 60.0}), lost]).config_hash == "a"
+    assert lost.mean == 90.0 and math.isnan(trial("c", {}, {0: "NaN", 1: "NaN"}).mean)
+    with pytest.raises(ConfigError, match="every setting of c diverged with some tuning seed"):
+        choose([lost])
+
+
 def test_the_digits_plan_validates_only_and_records_apart(tmp_path: Path) -> None:
     spec = load_tuning(DIGITS)
     plan = plan_tuning(spec, {"results_dir": str(tmp_path)}, tmp_path)
@@ -183,6 +195,34 @@ def test_tune_chooses_on_validation_then_runs_fresh_seeds_into_the_board(tmp_pat
     _, skipped = refresh_leaderboard(results, "digits", "linf-3_16", "Linf eps=3/16")
     assert [s.reason for s in skipped] == ["no test evaluation (eval.checkpoints: none)"]
     assert "from 2 run record(s)" in (results / "digits-linf-3_16.md").read_text()
+
+
+def test_a_diverged_tuning_run_counts_against_its_setting_and_is_not_trained_again(tmp_path: Path) -> None:
+    """One setting's learning rate makes the loss NaN in the first epoch: the run exits 3,
+    the tuning notes it beside its records, chooses the other setting, and a rerun
+    neither trains it again nor waits for its record."""
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    spec = _tuning(config=str(REPO / "configs" / "digits" / "default.yaml"), tuning_seeds=[7],
+                   candidates=[{"defense": "standard", "space": {"train.lr": [1.0e12, 0.05]}}],
+                   set={"train.epochs": 1, "attacks": ["fgsm"], "eval.checks": False})
+    args = ["tune", str(_write(tmp_path / "unstable.yaml", spec)), "--results-dir", str(results), "--runs-dir", str(runs)]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "diverged  standard" in first.stderr and "became NaN or inf" in first.stderr
+    folder = results / "tuning" / "unstable"
+    (noted,) = json.loads((folder / "diverged.json").read_text())["runs"]
+    assert noted["seed"] == 7 and "became NaN or inf in epoch 1" in noted["reason"]
+    selection = json.loads((folder / "selection.json").read_text())["candidates"][0]
+    assert selection["chosen"] == {"train.lr": 0.05}
+    assert selection["trials"][0]["diverged"] == {"7": noted["reason"]} and selection["trials"][0]["mean"] is None
+    assert "| standard | train.lr=1000000000000.0 | diverged | diverged |  |" in (folder / "tuning.md").read_text()
+    board, _ = load_records(results / "records")
+    assert [(r.seed, r.train["lr"]) for r in board] == [(0, 0.05)]
+
+    again = run_cli(*args, "--dry-run")
+    assert again.returncode == 0, again.stderr
+    assert "0 recorded" not in again.stdout and "1 recorded, 1 diverged" in again.stdout
+    assert "1/1" in again.stdout and "0/1 (1 diverged)" in again.stdout
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:

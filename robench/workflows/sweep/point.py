@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from robench.engine.train import LAST, PREVIOUS
+from robench.engine.train import LAST, PREVIOUS, NonFiniteLoss
 from robench.results.records import load_records
 from robench.workflows.sweep.plan import SweepPoint
 
@@ -32,7 +32,8 @@ STOPPED = (130, 143, -2, -15)
 @dataclass(frozen=True)
 class PointResult:
     key: str
-    #: recorded (before), busy (running elsewhere), done, resumed, stopped, failed
+    #: recorded (before), busy (running elsewhere), done, resumed, stopped, diverged (its
+    #: training loss became NaN or inf), failed
     status: str
     exit_code: int = 0
     #: accuracies of the record, once there is one
@@ -119,5 +120,5 @@ def run_point(
     found = find_record(point)
     if code == 0 or found is not None:  # a stop may arrive after the record was written
         return PointResult(point.key, "resumed" if resume else "done", accuracy=(found or {}).get("accuracy"), log=log)
-    status = "stopped" if code in STOPPED else "failed"
+    status = "stopped" if code in STOPPED else "diverged" if code == NonFiniteLoss.exit_code else "failed"
     return PointResult(point.key, status, code, reason=_last_line(log), log=log)

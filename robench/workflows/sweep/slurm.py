@@ -47,7 +47,7 @@ class PointJob:
 
     def __call__(self) -> PointResult:
         result = run_point(self.point, started=self._started)
-        if result.status in ("failed", "stopped"):
+        if result.status in ("failed", "stopped", "diverged"):
             raise RuntimeError(f"robench run exited with {result.exit_code}: {result.reason} (log: {result.log})")
         return result
 

@@ -18,6 +18,7 @@ from robench.api.io import file_safe
 from robench.core.paths import results_root
 from robench.results.records import load_records
 from robench.workflows.sweep.plan import SweepPlan, SweepPoint, plan_sweep
+from robench.workflows.tune.divergence import Divergence, load_diverged
 from robench.workflows.tune.selection import Trial, trial_scores
 from robench.workflows.tune.spec import Candidate, Setting, TuneSpec, trial_sweep
 
@@ -44,6 +45,8 @@ class PlannedTrial:
 class TuningPlan:
     folder: Path
     trials: tuple[PlannedTrial, ...]
+    #: runs noted as diverged (``diverged.json``): outcomes, not to be trained again
+    diverged: Mapping[tuple[str, int], Divergence]
 
     @property
     def points(self) -> list[SweepPoint]:
@@ -51,7 +54,7 @@ class TuningPlan:
 
     @property
     def todo(self) -> list[SweepPoint]:
-        return [p for t in self.trials for p in t.plan.todo]
+        return [p for t in self.trials for p in t.plan.todo if (p.config_hash, p.seed) not in self.diverged]
 
 
 def plan_tuning(spec: TuneSpec, flags: Mapping[str, Any], runs_dir: str | Path | None = None) -> TuningPlan:
@@ -66,7 +69,7 @@ def plan_tuning(spec: TuneSpec, flags: Mapping[str, Any], runs_dir: str | Path |
         if other is not t:
             raise ConfigError(f"tuning {spec.name}: {_named(other)} and {_named(t)} are the same run; "
                               "list settings that differ")
-    return TuningPlan(folder, trials)
+    return TuningPlan(folder, trials, load_diverged(folder))
 
 
 def _named(trial: PlannedTrial) -> str:
@@ -74,11 +77,16 @@ def _named(trial: PlannedTrial) -> str:
 
 
 def gather(spec: TuneSpec, plan: TuningPlan) -> dict[str, list[Trial]]:
-    """Each candidate's trials with the scores their records hold (complete or not)."""
+    """Each candidate's trials with the scores their records hold and the seeds that
+    diverged (complete or not)."""
     folders = {p.record_dir for p in plan.points}
     records = [r for folder in sorted(folders) for r in load_records(folder)[0]]
+    diverged = load_diverged(plan.folder)
     out: dict[str, list[Trial]] = {}
     for t in plan.trials:
         scores = trial_scores(records, t.config_hash, spec.tuning_seeds, spec.score)
-        out.setdefault(t.candidate.label, []).append(Trial(t.candidate.label, dict(t.setting), scores, t.config_hash))
+        lost = {s: diverged[t.config_hash, s].reason for s in spec.tuning_seeds
+                if (t.config_hash, s) in diverged and s not in scores}
+        out.setdefault(t.candidate.label, []).append(
+            Trial(t.candidate.label, dict(t.setting), scores, t.config_hash, lost))
     return out

@@ -2,16 +2,19 @@
 
 A trial's score is the mean over the tuning seeds of the validation accuracy (``score``,
 robust by default) at the checkpoint the run reports, as its record keeps it. The
-highest mean wins; on a tie, the trial listed first. Nothing here reads a test
+highest mean wins; on a tie, the trial listed first. A trial whose training diverged
+with any tuning seed is not chosen: a setting that is unstable with one seed in two is
+not one to recommend, whatever the other seed scored. Nothing here reads a test
 accuracy: tuning records have none.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +37,13 @@ class Trial:
     #: tuning seed -> the validation score of its run (seeds without a record yet are absent)
     scores: dict[int, float]
     config_hash: str
+    #: tuning seed -> where its training diverged (no record, no score)
+    diverged: dict[int, str] = field(default_factory=dict)
 
     @property
     def mean(self) -> float:
-        return statistics.fmean(self.scores.values())
+        """Over the seeds with a score; NaN without any."""
+        return statistics.fmean(self.scores.values()) if self.scores else math.nan
 
     @property
     def std(self) -> float:
@@ -59,8 +65,14 @@ def trial_scores(records: Sequence[RunRecord], config_hash: str, seeds: Sequence
 
 
 def choose(trials: Sequence[Trial]) -> Trial:
-    """The trial with the highest mean score; the first listed on a tie."""
-    return max(trials, key=lambda t: t.mean)  # max keeps the first of equals
+    """The trial with the highest mean score among those that never diverged; the first
+    listed on a tie."""
+    stable = [t for t in trials if not t.diverged]
+    if not stable:
+        name = trials[0].candidate if trials else "a candidate"
+        raise ConfigError(f"every setting of {name} diverged with some tuning seed ({len(trials)} tried); "
+                          "give it a space of smaller steps, weights or learning rates")
+    return max(stable, key=lambda t: t.mean)  # max keeps the first of equals
 
 
 def write_selection(folder: Path, spec: TuneSpec, trials: Mapping[str, Sequence[Trial]],
@@ -72,7 +84,8 @@ def write_selection(folder: Path, spec: TuneSpec, trials: Mapping[str, Sequence[
         "candidates": [{
             "label": c.label, "defense": c.defense, "fixed": dict(c.fixed),
             "chosen": dict(chosen[c.label].setting) if c.label in chosen else None,
-            "trials": [{**asdict(t), "mean": t.mean, "std": t.std} for t in trials.get(c.label, ())],
+            "trials": [{**asdict(t), "mean": t.mean if t.scores else None, "std": t.std}
+                       for t in trials.get(c.label, ())],
         } for c in spec.candidates],
     }
     atomic_write_text(folder / SELECTION_FILE, json.dumps(data, indent=2) + "\n")
@@ -86,7 +99,8 @@ def _summary(spec: TuneSpec, trials: Mapping[str, Sequence[Trial]], chosen: Mapp
         f"Each tuned candidate tried {spec.trials} settings, each trained with seeds {seeds} and scored by "
         f"validation `{spec.score}` at the reported checkpoint (mean over seeds; the test set was not "
         f"evaluated). The chosen setting (**bold**) was then trained with fresh seeds "
-        f"{', '.join(map(str, spec.final_seeds))} for the board. Made by `robench tune`; do not edit.", "",
+        f"{', '.join(map(str, spec.final_seeds))} for the board. A setting whose training diverged "
+        "(its loss became NaN or inf) with any seed is not chosen. Made by `robench tune`; do not edit.", "",
         "| candidate | setting | " + " | ".join(f"seed {s}" for s in spec.tuning_seeds) + " | mean | std |",
         "|---|---|" + "---:|" * (len(spec.tuning_seeds) + 2),
     ]
@@ -95,8 +109,10 @@ def _summary(spec: TuneSpec, trials: Mapping[str, Sequence[Trial]], chosen: Mapp
             setting = ", ".join(f"{k}={v}" for k, v in t.setting.items())
             if chosen.get(c.label) is t:
                 setting = f"**{setting}**"
-            cells = [f"{t.scores[s]:.2f}" if s in t.scores else "" for s in spec.tuning_seeds]
-            lines.append(f"| {c.label} | {setting} | " + " | ".join(cells) + f" | {t.mean:.2f} | {t.std:.2f} |")
+            cells = [f"{t.scores[s]:.2f}" if s in t.scores else "diverged" if s in t.diverged else ""
+                     for s in spec.tuning_seeds]
+            mean = "diverged | " if t.diverged else f"{t.mean:.2f} | {t.std:.2f}"
+            lines.append(f"| {c.label} | {setting} | " + " | ".join(cells) + f" | {mean} |")
         if not c.trials:
             lines.append(f"| {c.label} | (not tuned) | " + " | ".join("" for _ in spec.tuning_seeds) + " |  |  |")
     return "\n".join(lines) + "\n"
