@@ -16,7 +16,7 @@ from rich.text import Text
 from robench.api.errors import UserError
 
 if TYPE_CHECKING:
-    from robench.results.leaderboard import ReportedRow
+    from robench.results.leaderboard import ExternalRow, ReportedRow
     from robench.results.records import RunRecord
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -32,10 +32,11 @@ _THREAT = typer.Option(None, "--threat", metavar="THREAT",
 def _selected(
     results_dir: Path | None, data: list[str] | None, arch: list[str] | None,
     defense: list[str] | None, threat: list[str] | None,
-) -> tuple[Path, list[RunRecord], list[ReportedRow]]:
-    """(results root, filtered records, reported rows for the same datasets and threats)."""
+) -> tuple[Path, list[RunRecord], list[ReportedRow], list[ExternalRow]]:
+    """(results root, filtered records, reported rows and external models for the same
+    datasets and threats)."""
     from robench.core.paths import results_root
-    from robench.results.leaderboard import Filters, load_reported, load_shown
+    from robench.results.leaderboard import Filters, external_in, load_reported, load_shown
     from robench.results.reports import REPORTS_FOLDER
 
     root = results_root(results_dir)
@@ -48,10 +49,12 @@ def _selected(
     wanted = {(r.dataset, r.threat_slug) for r in chosen}
     shown = [row for row in reported if filters.keep_reported(row)
              and (not chosen or (row.dataset, row.threat_slug) in wanted)]
-    if not chosen and not shown:
+    external = [row for row in external_in(root / REPORTS_FOLDER) if filters.keep_external(row)
+                and (not chosen or (row.dataset, row.threat_slug) in wanted)]
+    if not chosen and not shown and not external:
         what = "match the filters" if records or reported else "exist"
         raise UserError(f"no run records or reported rows {what} in {root}")
-    return root, chosen, shown
+    return root, chosen, shown, external
 
 
 def _emit(text: str, output: Path | None) -> None:
@@ -98,14 +101,14 @@ def leaderboard(
         _refresh(results_dir)
         return
     _check_format(by, fmt, run)
-    root, records, reported = _selected(results_dir, data, arch, defense, threat)
+    root, records, reported, external = _selected(results_dir, data, arch, defense, threat)
     if fmt == "robustbench":
         record = _find_run(records, str(run), root / "records")
         info = model_info(record, name=name, link=link, authors=authors, venue=venue,
                           additional_data=additional_data, results_root=root)
         _emit(json.dumps(info, indent=2) + "\n", output)
         return
-    _emit(_render(fmt, records, reported, by == "seed"), output)
+    _emit(_render(fmt, records, reported, by == "seed", external), output)
 
 
 def _refresh(results_dir: Path | None) -> None:
@@ -131,16 +134,16 @@ def _check_format(by: str, fmt: str, run: str | None) -> None:
         raise typer.BadParameter("--format robustbench and --run RUN go together", param_hint="--run")
 
 
-def _render(fmt: str, records: list[Any], reported: list[Any], by_seed: bool) -> str:
+def _render(fmt: str, records: list[Any], reported: list[Any], by_seed: bool, external: list[Any]) -> str:
     """The board in one of the text formats."""
     from robench.results.leaderboard import board_title, render_csv, render_html, render_latex, render_markdown
 
     title, source = board_title(records), "records"
     renderers = {
-        "markdown": lambda: render_markdown(records, title, source, reported, by_seed),
-        "csv": lambda: render_csv(records, reported, by_seed),
-        "latex": lambda: render_latex(records, title, reported, by_seed),
-        "html": lambda: render_html(records, title, source, reported, by_seed),
+        "markdown": lambda: render_markdown(records, title, source, reported, by_seed, external),
+        "csv": lambda: render_csv(records, reported, by_seed, external),
+        "latex": lambda: render_latex(records, title, reported, by_seed, external),
+        "html": lambda: render_html(records, title, source, reported, by_seed, external),
     }
     return renderers[fmt]()
 
@@ -166,7 +169,7 @@ def plot_run_curves(
     """Training curves of one run: validation clean and PGD accuracy, training accuracy and loss per epoch."""
     from robench.results.plots import plot_run
 
-    root, records, _ = _selected(results_dir, None, None, None, None)
+    root, records, _, _ = _selected(results_dir, None, None, None, None)
     record = _find_run(records, run, root / "records")
     path = plot_run(record, output.expanduser() if output else root / "plots" / f"{record.run_id}.png")
     sys.stdout.write(f"{path}\n")
@@ -186,7 +189,7 @@ def plot_board(
     from robench.results.leaderboard.formats import board_title
     from robench.results.plots import plot_clean_vs_robust, plot_eps_sweep
 
-    root, records, _ = _selected(results_dir, data, arch, defense, threat)
+    root, records, _, _ = _selected(results_dir, data, arch, defense, threat)
     if not records:
         raise UserError(f"no run records match the filters in {root / 'records'}")
     folder = output.expanduser() if output else root / "plots"

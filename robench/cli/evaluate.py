@@ -34,8 +34,13 @@ def eval_checkpoint(
         None, "--weights", metavar="FILE", show_default=False,
         help="Instead: a plain state dict of the network (official checkpoints), with --arch and --data.",
     ),
+    model: str | None = typer.Option(
+        None, "--model", metavar="PKG.MOD:FACTORY", show_default=False,
+        help="Instead: a function of yours that returns the network (inputs in [0, 1]), with --data; "
+        "--weights then loads into it.",
+    ),
     arch: str | None = typer.Option(None, "--arch", metavar="NAME", help="With --weights: the architecture."),
-    data: str | None = typer.Option(None, "--data", metavar="NAME", help="With --weights: the dataset."),
+    data: str | None = typer.Option(None, "--data", metavar="NAME", help="With --weights or --model: the dataset."),
     config: Path | None = CONFIG_OPT,
     attack: list[str] | None = ATTACK_OPT,
     eps: str | None = EPS_OPT,
@@ -60,18 +65,21 @@ def eval_checkpoint(
 
     A robench checkpoint brings its model, data and threat model; weights robench did not
     save (--weights, e.g. the official TRADES WRN-34-10) need --arch and --data, and
-    --set data.normalize=false where they were trained on raw [0, 1] inputs. Rerun the
-    same command after an interruption to resume (AutoAttack included).
+    --set data.normalize=false where they were trained on raw [0, 1] inputs. Any other
+    network: --model my_models:build --data cifar10 (your function, imported from the
+    current folder), optionally with --weights. Rerun the same command after an
+    interruption to resume (AutoAttack included).
     """
     from robench.workflows.evaluate import execute_eval, plan_eval
 
     flags = eval_flags(attack, eps, norm, n_eval, eps_sweep, seed, device, data_root, runs_dir)
     if results_dir is not None:
         flags["results_dir"] = str(results_dir)
-    source = _eval_source(checkpoint, weights, arch, data, flags)
+    source = _model_source(model, checkpoint, arch, data, weights, flags) if model is not None \
+        else _eval_source(checkpoint, weights, arch, data, flags)
     plan = plan_eval(source, config_file=config, flags=flags, overrides=overrides, out=out_file)
     run_plan = plan.run
-    what = plan.source.run_id or f"weights {plan.source.path.name}"
+    what = plan.source.run_id or (plan.source.label if plan.source.factory else f"weights {plan.source.path.name}")
     out.print(Text(
         f"robench eval: {what} ({run_plan.names['arch']} on {run_plan.names['data']}), "
         f"{run_plan.threat}, {len(run_plan.suite)} attack(s), {run_plan.device}"
@@ -83,6 +91,23 @@ def eval_checkpoint(
     out.print(Text(f"report: {path}"), soft_wrap=True)
     if board is not None:
         out.print(Text(f"leaderboard: {board}"), soft_wrap=True)
+
+
+def _model_source(
+    model: str, checkpoint: Path | None, arch: str | None, data: str | None, weights: Path | None,
+    flags: dict[str, Any],
+) -> Any:
+    """The user's factory (and weights for it), evaluated on ``data`` as it is: inputs in [0, 1]."""
+    from robench.core.config import NORMALIZE_KEY
+    from robench.workflows.evaluate import EvalSource
+
+    if checkpoint is not None or arch is not None:
+        raise typer.BadParameter("--model builds its own network; --checkpoint and --arch go without it",
+                                 param_hint="--model")
+    if data is None:
+        raise typer.BadParameter("--model needs --data (the dataset the network classifies)", param_hint="--model")
+    flags["data"] = {"name": data, NORMALIZE_KEY: False}  # the factory's network takes [0, 1] inputs
+    return EvalSource.from_factory(model, weights)
 
 
 def _eval_source(

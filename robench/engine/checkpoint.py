@@ -100,11 +100,12 @@ def load_checkpoint(path: Path) -> Checkpoint:
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """Weights robench did not save: what ``torch.save(model.state_dict())`` writes (the
     official TRADES and MART checkpoints), also inside a ``{"state_dict": ...}`` or
-    ``{"model": ...}`` wrapper. Read weights-only like a checkpoint; a robench checkpoint
-    is pointed to ``--checkpoint``, which restores its config too."""
+    ``{"model": ...}`` wrapper, or a ``.safetensors`` file. Read weights-only like a
+    checkpoint; a robench checkpoint is pointed to ``--checkpoint``, which restores its
+    config too."""
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
-    payload = _read(path)
+    payload = _read_safetensors(path) if path.suffix == SAFETENSORS else _read(path)
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
         raise CheckpointError(f"{path} is a robench checkpoint; evaluate it with robench eval --checkpoint {path}")
     if isinstance(payload, dict) and not any(isinstance(v, torch.Tensor) for v in payload.values()):
@@ -115,6 +116,20 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     ):
         raise CheckpointError(f"{path} holds no state dict (a mapping of parameter names to tensors)")
     return payload
+
+
+SAFETENSORS = ".safetensors"
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file: tensors and nothing else by design, so nothing in it can run."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read safetensors file {path} ({' '.join(str(exc).split())})") from None
 
 
 def _read(path: Path) -> Any:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 import robench
 from robench.api.errors import UserError
@@ -32,8 +32,10 @@ from robench.engine.checkpoint import file_digest, load_checkpoint, load_state_d
 from robench.evaluation.probe import probe_suite
 from robench.evaluation.protocol import ProtocolResult, run_protocol
 from robench.results.leaderboard import refresh_leaderboard
+from robench.results.leaderboard.external import EXTERNAL
 from robench.results.records import record_dir
 from robench.results.reports import EvalReport, new_report_id, report_dir
+from robench.workflows.model_factory import FactoryModel, load_factory
 from robench.workflows.run import RunPlan, build_model, device_label, git_commit, load_data, plan_run
 
 #: what a checkpoint's config contributes; the rest comes from the defaults and flags
@@ -42,10 +44,12 @@ _FROM_CHECKPOINT = ("seed", "data", "arch", "defense", "threat", "train")
 
 @dataclass(frozen=True)
 class EvalSource:
-    """What is evaluated: a robench checkpoint (its run, epoch and config), or a plain
+    """What is evaluated: a robench checkpoint (its run, epoch and config), a plain
     state dict of the architecture's network (``plain``: weights robench did not save,
-    such as the official TRADES and MART checkpoints)."""
+    such as the official TRADES and MART checkpoints), or a network built by the user's
+    own factory (``factory``), with or without a weights file."""
 
+    #: the checkpoint or weights file; for a factory without weights, its source file
     path: Path
     state_dict: Mapping[str, Tensor]
     #: the checkpoint's resolved config; empty for plain weights
@@ -54,6 +58,7 @@ class EvalSource:
     run_id: str
     epoch: int | None
     plain: bool = False
+    factory: FactoryModel | None = None
 
     @classmethod
     def checkpoint(cls, path: Path) -> EvalSource:
@@ -65,6 +70,29 @@ class EvalSource:
     def weights(cls, path: Path) -> EvalSource:
         path = path.expanduser().resolve()
         return cls(path, load_state_dict_file(path), {}, "", None, plain=True)
+
+    @classmethod
+    def from_factory(cls, spec: str, weights: Path | None = None) -> EvalSource:
+        factory = load_factory(spec)
+        if weights is not None:
+            path = weights.expanduser().resolve()
+            return cls(path, load_state_dict_file(path), {}, "", None, factory=factory)
+        return cls(factory.source or Path(spec), {}, {}, "", None, factory=factory)
+
+    @property
+    def label(self) -> str:
+        """The checkpoint's or weights file's name, or the factory spec."""
+        if self.factory is not None:
+            return self.factory.spec + (f" + {self.path.name}" if self.state_dict else "")
+        return self.path.stem
+
+    def digest(self) -> str:
+        """What identifies the evaluated model: the file's sha256; for a factory, that of
+        its spec and source, with the weights file's."""
+        if self.factory is None:
+            return file_digest(self.path)
+        parts = [self.factory.digest(), file_digest(self.path) if self.state_dict else ""]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 @dataclass
@@ -95,9 +123,14 @@ def plan_eval(
     base[SUITE_SECTION] = defaults.get(SUITE_SECTION)
     base["eval"] = defaults.get("eval", {})
     base.setdefault("defense", defaults.get("defense"))  # a config needs one; eval never builds it
+    if source.factory is not None:  # nor an architecture for the factory's network
+        base["arch"] = {"name": EXTERNAL}
     raw = resolve_over(base, config_file, flags, overrides, dataset_preset=False)
-    plan = plan_run(validate(raw), sections=("data", "arch"))
-    digest = file_digest(source.path)
+    plan = plan_run(validate(raw), sections=("data",) if source.factory is not None else ("data", "arch"))
+    if source.factory is not None:  # the factory's network, not an architecture plugin
+        plan.names["arch"] = source.factory.spec
+        plan.resolved["arch"] = {"name": EXTERNAL, "model": source.factory.spec}
+    digest = source.digest()
     key = json.dumps(
         [digest, plan.resolved[SUITE_SECTION], plan.resolved["threat"], plan.resolved["eval"], plan.resolved["seed"],
          plan.resolved["data"], plan.resolved["arch"]],
@@ -108,7 +141,8 @@ def plan_eval(
         out_path = out.expanduser().resolve()
         report_id = out_path.stem
     else:
-        report_id = new_report_id(source.run_id, source.path.stem)
+        report_id = (new_report_id(source.run_id, source.path.stem) if source.factory is None
+                     else new_report_id("model", source.factory.spec))
         out_path = report_dir(plan.results_root, plan.names["data"], plan.threat.slug) / f"{report_id}.json"
     if out_path.exists():
         raise UserError(f"{out_path} exists already; not overwriting (choose another --out)")
@@ -166,12 +200,8 @@ def execute_eval(
     run = plan.run
     started = time.perf_counter()
     backend = configure_backend(run.device, run.config.engine.deterministic)
-    model = build_model(run)
     source = plan.source
-    if source.plain:  # the architecture's own layout; its load_state_dict adapts known variants
-        load_weights(model.net, source.state_dict, source.path)
-    else:
-        load_weights(model, source.state_dict, source.path, context=built_for(source.config, run))
+    model = _model(source, run)
     model.to(run.device)
     splits, _ = load_data(run.dataset, run.names["data"], run.config.data_root, download=run.config.download)
     test = splits.test.to(run.device) if run.device.type != "cpu" else splits.test
@@ -186,14 +216,14 @@ def execute_eval(
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         robench_version=robench.__version__,
         git_commit=git_commit(),
-        checkpoint=str(source.path),
+        checkpoint=str(source.path) if source.factory is None or source.state_dict else "",
         checkpoint_sha256=plan.digest,
         source_run_id=source.run_id,
-        source_checkpoint=source.path.stem,
+        source_checkpoint=source.path.stem if source.factory is None else source.label,
         source_epoch=source.epoch,
         dataset=run.names["data"],
         arch=run.names["arch"],
-        defense=str((source.config.get("defense") or {}).get("name", "unknown")),
+        defense=str((source.config.get("defense") or {}).get("name", "unknown" if source.factory is None else EXTERNAL)),
         threat={"norm": run.threat.norm, "eps": run.threat.eps, "eps_value": run.threat.value},
         seed=run.config.seed,
         eval=outcome.record_section(run.suite),
@@ -207,12 +237,29 @@ def execute_eval(
     return report, path, outcome, _refresh_board(run, report, path)
 
 
+def _model(source: EvalSource, run: RunPlan) -> nn.Module:
+    """The network to evaluate, its weights loaded: robench's model (the dataset's
+    normalisation in front, unless turned off), or the factory's as it is."""
+    if source.factory is not None:
+        model = source.factory.module
+        if source.state_dict:
+            load_weights(model, source.state_dict, source.path, context=f"the network of {source.factory.spec}")
+        return model
+    model = build_model(run)
+    if source.plain:  # the architecture's own layout; its load_state_dict adapts known variants
+        load_weights(model.net, source.state_dict, source.path)
+    else:
+        load_weights(model, source.state_dict, source.path, context=built_for(source.config, run))
+    return model
+
+
 def _refresh_board(run: RunPlan, report: EvalReport, path: Path) -> Path | None:
     """A report beside the records of its run's board changes that board (it may add
-    the AutoAttack column a run lacked); reports elsewhere (``--out``) change nothing."""
+    the AutoAttack column a run lacked), and a report of a network robench did not train
+    is that board's external row; reports elsewhere (``--out``) change nothing."""
     if path.parent != report_dir(run.results_root, report.dataset, report.threat_slug):
         return None
-    if not record_dir(run.results_root, report.dataset, report.threat_slug).is_dir():
-        return None
+    if report.source_run_id and not record_dir(run.results_root, report.dataset, report.threat_slug).is_dir():
+        return None  # (a model robench did not train makes its board's external row, runs or not)
     board, _ = refresh_leaderboard(run.results_root, report.dataset, report.threat_slug, str(run.threat))
     return board

@@ -73,7 +73,8 @@ DATA_SPLIT_SEED = 0
 class RunPlan:
     config: RunConfig
     dataset: Dataset[Any]
-    arch: Architecture[Any]
+    #: None when the network is not an architecture plugin's (``robench eval --model``)
+    arch: Architecture[Any] | None
     #: None when only evaluating (``robench eval``)
     defense: Defense[Any] | None
     suite: list[SuiteEntry]
@@ -219,8 +220,8 @@ def plan_run(config: RunConfig, sections: tuple[str, ...] = tuple(PLUGIN_SECTION
     """
     plugins, names = _create_plugins(config, sections)
     suite = create_suite(config.attacks)
-    dataset, arch, defense = plugins["data"], plugins["arch"], plugins.get("defense")
-    assert isinstance(dataset, Dataset) and isinstance(arch, Architecture)
+    dataset, arch, defense = plugins["data"], plugins.get("arch"), plugins.get("defense")
+    assert isinstance(dataset, Dataset) and (arch is None or isinstance(arch, Architecture))
     assert defense is None or isinstance(defense, Defense)
     threat = _threat(config, dataset, names["data"])
     check_sweep(config.eval, threat)
@@ -242,7 +243,7 @@ def plan_run(config: RunConfig, sections: tuple[str, ...] = tuple(PLUGIN_SECTION
         "download": config.download,
     }
     runs = ensure_writable(runs_root(config.runs_dir))
-    run_id = new_run_id(names.get("defense", "eval"), names["arch"], config.seed)
+    run_id = new_run_id(names.get("defense", "eval"), names.get("arch", "model"), config.seed)
     return RunPlan(
         config=config, dataset=dataset, arch=arch, defense=defense, suite=suite, names=names, threat=threat,
         device=device, results_root=ensure_writable(results_root(config.results_dir)), runs_root=runs,
@@ -383,6 +384,8 @@ def load_data(
 def build_model(plan: RunPlan) -> NormalizedClassifier:
     """The architecture's network behind the dataset's normalisation (``data.normalize``),
     or behind an identity one (mean 0, std 1: the same layout, so checkpoints look alike)."""
+    if plan.arch is None:
+        raise PluginLoadError("this run names no architecture plugin to build")
     net = plan.arch.build(plan.dataset.num_classes, cast(tuple[int, int, int], tuple(plan.dataset.input_shape)))
     if not isinstance(net, nn.Module):
         raise PluginLoadError(f"{plugin_origin(plan.arch)}: build() returned {type(net).__name__}, not a torch nn.Module")

@@ -3,7 +3,8 @@
 ``table`` groups runs into experiments and ranks them; ``formats`` writes markdown,
 CSV, LaTeX and HTML; ``reference`` reads published numbers, shown apart as
 "reported"; ``evaluations`` completes a run without AutoAttack by a later ``robench
-eval`` report on the same weights; ``robustbench`` exports one run as a RobustBench entry. The committed
+eval`` report on the same weights; ``external`` shows reports of networks robench did
+not train, apart; ``robustbench`` exports one run as a RobustBench entry. The committed
 boards, ``<results>/<dataset>-<threat>.md``, are rebuilt by :func:`refresh_leaderboard`
 after every run and all at once by :func:`refresh_all` (``robench leaderboard --refresh``).
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 from robench.api.io import atomic_write_text, exclusive_lock
 from robench.api.threat import ThreatModel
 from robench.results.leaderboard.evaluations import with_reports
+from robench.results.leaderboard.external import ExternalRow, external_in
 from robench.results.leaderboard.formats import (
     FORMATS,
     board_title,
@@ -35,10 +37,10 @@ from robench.results.leaderboard.table import (
     threat_title,
 )
 from robench.results.records import RunRecord, SkippedRecord, load_records, record_dir
-from robench.results.reports import load_reports, report_dir
+from robench.results.reports import REPORTS_FOLDER, load_reports, report_dir
 
 __all__ = [
-    "AUTOATTACK", "FORMATS", "UNRELIABLE", "Filters", "ReportedRow", "board_title", "defense_label",
+    "AUTOATTACK", "FORMATS", "UNRELIABLE", "ExternalRow", "Filters", "ReportedRow", "external_in", "board_title", "defense_label",
     "experiment_table", "load_reported", "load_shown", "ranking_rule", "refresh_all", "refresh_leaderboard", "render_csv",
     "render_html", "render_latex", "render_markdown", "run_table",
 ]
@@ -68,7 +70,8 @@ def _write_board(
 ) -> Path:
     mine = [r for r in reported if r.dataset == dataset and r.threat_slug == threat_slug]
     source = record_dir(results_root, dataset, threat_slug).relative_to(results_root).as_posix()
-    text = render_markdown(records, f"{dataset}, {threat_title}", source, mine)
+    external = external_in(report_dir(results_root, dataset, threat_slug))
+    text = render_markdown(records, f"{dataset}, {threat_title}", source, mine, external=external)
     return atomic_write_text(results_root / f"{dataset}-{threat_slug}.md", text)
 
 
@@ -85,7 +88,8 @@ def refresh_leaderboard(
 
 def refresh_all(results_root: Path) -> tuple[list[Path], list[SkippedRecord]]:
     """Rebuild every board under ``results_root``: one per records folder, and one per
-    reference file's dataset and threat even before any run (so published numbers show)."""
+    reference file's or external report's dataset and threat even before any run (so
+    published numbers and external models show)."""
     with exclusive_lock(results_root / LOCK_FILE):
         reported, skipped = load_reported(results_root)
         boards: dict[tuple[str, str], tuple[str, list[RunRecord]]] = {}
@@ -95,7 +99,8 @@ def refresh_all(results_root: Path) -> tuple[list[Path], list[SkippedRecord]]:
             skipped += bad
             title = threat_title(records[0]) if records else folder.name
             boards[(folder.parent.name, folder.name)] = (title, records)
-        for row in reported:
+        rows: list[ReportedRow | ExternalRow] = [*reported, *external_in(results_root / REPORTS_FOLDER)]
+        for row in rows:  # boards of no run yet
             boards.setdefault((row.dataset, row.threat_slug), (str(ThreatModel(row.norm, row.eps)), []))
         paths = [_write_board(results_root, dataset, slug, title, records, reported)
                  for (dataset, slug), (title, records) in sorted(boards.items())]

@@ -14,6 +14,7 @@ import pandas as pd
 
 from robench.core.flops import human
 from robench.evaluation.sequential import WORST_CASE
+from robench.results.leaderboard.external import ExternalRow
 from robench.results.leaderboard.reference import ReportedRow
 from robench.results.leaderboard.table import (
     AUTOATTACK,
@@ -30,7 +31,7 @@ from robench.results.records import RunRecord
 FORMATS = ("markdown", "csv", "latex", "html")
 _TEXT = {"Rank": False, "Dataset": True, "Threat": True, "Defense": True, "Architecture": True, "Seed": False,
          "Seeds": False, "Epochs": False, "Checkpoint": True, "Ranked by": True, "Evaluation": True,
-         "Config": True, "Run": True, "Source": True, "Note": True, "vs top": True}
+         "Config": True, "Run": True, "Source": True, "Note": True, "vs top": True, "Model": True, "Report": True}
 
 
 def _name(metric: str) -> str:
@@ -123,6 +124,32 @@ def reported_display(rows: Sequence[ReportedRow]) -> pd.DataFrame:
     return out
 
 
+def external_display(rows: Sequence[ExternalRow]) -> pd.DataFrame:
+    """One row per external model: its accuracies under its own suite, test points and flags."""
+    if not rows:
+        return pd.DataFrame()
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row.accuracy if k not in keys and k != WORST_CASE]
+    keys = [CLEAN, *(k for k in keys if k != CLEAN)] if CLEAN in keys else keys
+    return pd.DataFrame({
+        "Model": [f"`{r.model}`" for r in rows],
+        **{_name(k): [_number(r.accuracy.get(k)) for r in rows] for k in [*keys, WORST_CASE]},
+        "Test points": [str(r.n_test) if r.n_test is not None else "–" for r in rows],
+        "Evaluation": [UNRELIABLE if r.flags else "ok" for r in rows],
+        "Report": [f"`{r.report_id}`" for r in rows],
+    })
+
+
+#: what an external row is, in every format
+EXTERNAL_TITLE = "External models (evaluated by robench, not trained by it)"
+EXTERNAL_SENTENCE = (
+    "Networks from outside robench (robench eval --model, or --weights with --arch), evaluated under this "
+    "threat model, each with its own suite and test points: not ranked with the runs above nor tested "
+    "against them."
+)
+
+
 def _markdown_table(df: pd.DataFrame) -> str:
     align = ["left" if _TEXT.get(c, False) else "right" for c in df.columns]
     return df.to_markdown(index=False, disable_numparse=True, colalign=align)
@@ -158,7 +185,8 @@ NOISE_SENTENCE = (
 
 
 def render_markdown(records: Sequence[RunRecord], title: str, source: str,
-                    reported: Sequence[ReportedRow] = (), by_seed: bool = False) -> str:
+                    reported: Sequence[ReportedRow] = (), by_seed: bool = False,
+                    external: Sequence[ExternalRow] = ()) -> str:
     lines = [f"# {title}", ""]
     if not records:
         lines.append("No runs recorded yet.")
@@ -176,6 +204,8 @@ def render_markdown(records: Sequence[RunRecord], title: str, source: str,
             lines += ["", f"**{UNRELIABLE}**: these runs' evaluations raised flags:", ""]
             lines += [f"- `{r.run_id}` ({r.defense['name']}, {r.arch['name']}, config {r.config_hash}): "
                       f"{' '.join(flag.split())}" for r in flagged for flag in flags(r)]
+    if external:
+        lines += ["", f"## {EXTERNAL_TITLE}", "", EXTERNAL_SENTENCE, "", _markdown_table(external_display(external))]
     if reported:
         lines += ["", "## Reported (published numbers, not measured by robench)", "",
                   "Copied from the cited sources for comparison; robench did not run these.", "",
@@ -183,8 +213,9 @@ def render_markdown(records: Sequence[RunRecord], title: str, source: str,
     return "\n".join(lines) + "\n"
 
 
-def render_csv(records: Sequence[RunRecord], reported: Sequence[ReportedRow] = (), by_seed: bool = False) -> str:
-    """Numbers unformatted (mean and std columns), one ``kind`` column: measured or reported."""
+def render_csv(records: Sequence[RunRecord], reported: Sequence[ReportedRow] = (), by_seed: bool = False,
+               external: Sequence[ExternalRow] = ()) -> str:
+    """Numbers unformatted (mean and std columns), one ``kind`` column: measured, external or reported."""
     df = run_table(records) if by_seed else experiment_table(records)
     df = df.rename(columns={m: f"{m} mean" for m in (metrics(records) if records else [])}) if not by_seed else df
     df.insert(0, "kind", "measured")
@@ -194,7 +225,13 @@ def render_csv(records: Sequence[RunRecord], reported: Sequence[ReportedRow] = (
         f"{AUTOATTACK}{'' if by_seed else ' mean'}": r.autoattack,
         **{f"{k}{'' if by_seed else ' mean'}": v for k, v in r.other.items()}, "source": r.source, "note": r.note,
     } for r in reported])
-    both = pd.concat([df, rep], ignore_index=True) if len(rep) else df
+    suffix = "" if by_seed else " mean"
+    ext = pd.DataFrame([{
+        "kind": "external", "dataset": r.dataset, "threat": r.threat, "defense": "external", "arch": r.model,
+        **{f"{k}{suffix}": v for k, v in r.accuracy.items()}, "n_test": r.n_test, "flags": len(r.flags),
+        "source": r.report_id,
+    } for r in external])
+    both = pd.concat([frame for frame in (df, ext, rep) if len(frame)], ignore_index=True) if len(ext) or len(rep) else df
     return both.to_csv(index=False, float_format="%.4f", lineterminator="\n")
 
 
@@ -216,12 +253,15 @@ def _latex_tabular(df: pd.DataFrame, caption: str) -> list[str]:
 
 
 def render_latex(records: Sequence[RunRecord], title: str, reported: Sequence[ReportedRow] = (),
-                 by_seed: bool = False) -> str:
+                 by_seed: bool = False, external: Sequence[ExternalRow] = ()) -> str:
     """booktabs tables (``\\usepackage{booktabs}``): measured, then reported in a table of its own."""
     lines = [f"% {title}: generated by robench from run records; do not edit by hand"]
     if records:
         lines += _latex_tabular(measured_display(records, by_seed).drop(columns=["Config"]),
                                 f"{title}. Measured by robench; {_ranking_sentence(records, by_seed)}.")
+    if external:
+        lines += [""] + _latex_tabular(external_display(external).drop(columns=["Report"]),
+                                       f"{title}: {EXTERNAL_TITLE}. {EXTERNAL_SENTENCE}")
     if reported:
         lines += [""] + _latex_tabular(reported_display(reported).drop(columns=["Note"]),
                                        f"{title}: reported by the cited sources, not measured by robench.")
@@ -243,7 +283,7 @@ def _html_table(df: pd.DataFrame, caption: str) -> list[str]:
 
 
 def render_html(records: Sequence[RunRecord], title: str, source: str, reported: Sequence[ReportedRow] = (),
-                by_seed: bool = False) -> str:
+                by_seed: bool = False, external: Sequence[ExternalRow] = ()) -> str:
     """A standalone page (inline CSS, no scripts)."""
     body = [f"<h1>{html.escape(title)}</h1>"]
     if records:
@@ -254,6 +294,8 @@ def render_html(records: Sequence[RunRecord], title: str, source: str, reported:
             body.append(f"<p>{html.escape(NOISE_SENTENCE)}</p>")
     else:
         body.append("<p>No runs recorded yet.</p>")
+    if external:
+        body += [f"<h2>{html.escape(EXTERNAL_TITLE)}</h2>", *_html_table(external_display(external), EXTERNAL_SENTENCE)]
     if reported:
         body += ["<h2>Reported (published numbers, not measured by robench)</h2>",
                  *_html_table(reported_display(reported), "Copied from the cited sources; robench did not run these.")]

@@ -18,6 +18,7 @@ import pandas as pd
 
 from robench.api.threat import ThreatModel
 from robench.evaluation.sequential import WORST_CASE
+from robench.results.leaderboard.external import EXTERNAL, ExternalRow
 from robench.results.leaderboard.reference import ReportedRow
 from robench.results.leaderboard.significance import ALPHA, binomial_se, holm, paired_t_pvalue, t_interval
 from robench.results.records import RunRecord
@@ -108,6 +109,10 @@ class Filters:
     def keep_reported(self, row: ReportedRow) -> bool:
         return (self._ok(self.data, row.dataset) and self._ok(self.arch, row.arch)
                 and self._ok(self.defense, row.defense) and self._threat_ok(row.norm, row.eps))
+
+    def keep_external(self, row: ExternalRow) -> bool:
+        return (self._ok(self.data, row.dataset) and self._ok(self.arch, row.model)
+                and self._ok(self.defense, EXTERNAL) and self._threat_ok(row.norm, row.eps))
 
     def apply(self, records: Iterable[RunRecord]) -> list[RunRecord]:
         return [r for r in records if self.keep(r)]
