@@ -16,8 +16,9 @@ DEFAULT_DEFENSES = ["standard", "pgd-at", "trades", "mart", "uadat"]
 
 
 def bench(
-    defense: list[str] | None = typer.Option(None, "--defense", metavar="NAME",
-        help="Defense to time (repeatable; default: all five built-ins)."),
+    defense: list[str] | None = typer.Option(None, "--defense", metavar="NAME[:PARAM=VALUE,...]",
+        help="Defense to time (repeatable; default: all five built-ins); with settings, a variant of it "
+        "(uadat:align_fraction=0.25), timed without a reference."),
     arch: str = typer.Option("preact-resnet-18", "--arch", metavar="NAME", help="Architecture, e.g. wrn-34-10 on a GPU."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per step."),
     size: int = typer.Option(32, "--size", min=4, help="Image side (3 channels)."),
@@ -41,14 +42,16 @@ def bench(
     from robench.core.registry import get_registry
     from robench.engine.precision import PRECISIONS
     from robench.workflows.bench import bench as run_bench
+    from robench.workflows.bench import defense_variant
     from robench.workflows.run import resolve_device
 
     if precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     dev = resolve_device(device)
     names = defense or DEFAULT_DEFENSES
-    for name in names:  # unknown names fail before any timing
-        get_registry("defense").create(name, {})
+    for name in names:  # unknown names and settings fail before any timing
+        kind, params = defense_variant(name)
+        get_registry("defense").create(kind, params, where="defense")
     rows = run_bench(names, arch, batch_size=batch_size, size=size, device=dev,
                      repeats=repeats, warmup=warmup, peak_tflops=peak_tflops, precision=precision,
                      channels_last=channels_last, compile_model=compile_model)

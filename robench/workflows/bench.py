@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robench.api.errors import UserError
+from robench.api.errors import ConfigError, UserError
 from robench.api.model import NormalizedClassifier
 from robench.api.threat import ThreatModel
-from robench.core.config import TrainConfig
+from robench.core.config import TrainConfig, parse_set
 from robench.core.flops import count_macs
 from robench.core.paths import source_checkout
 from robench.core.registry import get_registry
@@ -128,6 +128,17 @@ def _setup(arch: str, batch_size: int, size: int, device: torch.device, channels
     return _Setup(model, mine, stepped, copy.deepcopy(model.state_dict()), x, x_ours, y, flops)
 
 
+def defense_variant(spec: str) -> tuple[str, dict[str, Any]]:
+    """``uadat`` or ``uadat:align_fraction=0.25,samples=1``: a defense and hyperparameters
+    of its own (values as YAML scalars), so that variants are timed side by side."""
+    name, _, settings = spec.partition(":")
+    items = [s.strip() for s in settings.split(",") if s.strip()]
+    params = parse_set(items) if items else {}
+    if any(isinstance(v, dict) for v in params.values()):
+        raise ConfigError(f"--defense {spec!r}: settings are the defense's own, PARAM=VALUE, without a section")
+    return name.strip(), params
+
+
 def bench(
     defenses: Sequence[str], arch: str, *, batch_size: int, size: int, device: torch.device, repeats: int = 3,
     warmup: int = 1, eps: str = "8/255", peak_tflops: float | None = None, seed: int = 0,
@@ -147,8 +158,9 @@ def bench(
     loops = reference_loops().REFERENCE_STEPS
     rows = []
     for name in defenses:
-        defense = get_registry("defense").create(name, {})
-        ref = loops.get(name)
+        kind, params = defense_variant(name)
+        defense = get_registry("defense").create(kind, params, where="defense")
+        ref = loops.get(name)  # a variant is not the official method: no reference
         times: dict[str, list[float]] = {"robench": [], "reference": []}
         peak = None
         for i in range(warmup + repeats):

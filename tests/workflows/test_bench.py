@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from conftest import run_cli
 
-from robench.workflows.bench import bench, reference_loops
+from robench.workflows.bench import bench, defense_variant, reference_loops
 
 
 def test_reference_loops_train_every_baseline() -> None:
@@ -38,3 +38,15 @@ def test_bench_command_runs_at_its_smallest_size() -> None:
     assert "ratio" in out.stdout and "ref s/step" in out.stdout
     bad = run_cli("bench", "--defense", "nope", "--arch", "smallcnn")
     assert bad.returncode == 2 and "unknown defense 'nope'" in bad.stderr
+
+
+def test_a_defense_variant_is_timed_with_its_own_settings_and_no_reference() -> None:
+    assert defense_variant("uadat:align_fraction=0.25, samples=1") == ("uadat", {"align_fraction": 0.25, "samples": 1})
+    assert defense_variant("pgd-at") == ("pgd-at", {})
+    rows = bench(["uadat", "uadat:align_fraction=0.25", "pgd-at:steps=16"], "smallcnn", batch_size=4, size=8,
+                 device=torch.device("cpu"), repeats=1, warmup=0)
+    full, part, longer = rows
+    assert part.defense == "uadat:align_fraction=0.25" and longer.reference_seconds is None
+    assert part.tflops * part.seconds < full.tflops * full.seconds  # fewer FLOPs per step counted
+    bad = run_cli("bench", "--defense", "uadat:align_fraction=2", "--arch", "smallcnn")
+    assert bad.returncode == 2 and "align_fraction" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
