@@ -31,10 +31,11 @@ _THREAT = typer.Option(None, "--threat", metavar="THREAT",
 
 def _selected(
     results_dir: Path | None, data: list[str] | None, arch: list[str] | None,
-    defense: list[str] | None, threat: list[str] | None,
+    defense: list[str] | None, threat: list[str] | None, every_board: bool = False,
 ) -> tuple[Path, list[RunRecord], list[ReportedRow], list[ExternalRow]]:
     """(results root, filtered records, reported rows and external models for the same
-    datasets and threats)."""
+    datasets and threats; with ``every_board`` and no filter, those of boards without
+    runs as well)."""
     from robench.core.paths import results_root
     from robench.results.leaderboard import Filters, external_in, load_reported, load_shown
     from robench.results.reports import REPORTS_FOLDER
@@ -47,9 +48,12 @@ def _selected(
     filters = Filters(data or (), arch or (), defense or (), threat or ())
     chosen = filters.apply(records)
     wanted = {(r.dataset, r.threat_slug) for r in chosen}
+    outside = external_in(root / REPORTS_FOLDER)
+    if every_board and not (data or arch or defense or threat):  # boards of no run too
+        wanted |= {(r.dataset, r.threat_slug) for r in reported} | {(r.dataset, r.threat_slug) for r in outside}
     shown = [row for row in reported if filters.keep_reported(row)
              and (not chosen or (row.dataset, row.threat_slug) in wanted)]
-    external = [row for row in external_in(root / REPORTS_FOLDER) if filters.keep_external(row)
+    external = [row for row in outside if filters.keep_external(row)
                 and (not chosen or (row.dataset, row.threat_slug) in wanted)]
     if not chosen and not shown and not external:
         what = "match the filters" if records or reported else "exist"
@@ -101,7 +105,7 @@ def leaderboard(
         _refresh(results_dir)
         return
     _check_format(by, fmt, run)
-    root, records, reported, external = _selected(results_dir, data, arch, defense, threat)
+    root, records, reported, external = _selected(results_dir, data, arch, defense, threat, every_board=fmt == "html")
     if fmt == "robustbench":
         record = _find_run(records, str(run), root / "records")
         info = model_info(record, name=name, link=link, authors=authors, venue=venue,
@@ -143,7 +147,7 @@ def _render(fmt: str, records: list[Any], reported: list[Any], by_seed: bool, ex
         "markdown": lambda: render_markdown(records, title, source, reported, by_seed, external),
         "csv": lambda: render_csv(records, reported, by_seed, external),
         "latex": lambda: render_latex(records, title, reported, by_seed, external),
-        "html": lambda: render_html(records, title, source, reported, by_seed, external),
+        "html": lambda: render_html(records, reported, external, by_seed),
     }
     return renderers[fmt]()
 

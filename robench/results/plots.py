@@ -87,11 +87,7 @@ def _percent_axis(ax: Axes) -> None:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    if not isinstance(fig.canvas, FigureCanvasAgg):
-        FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    return atomic_write_bytes(path, buf.getvalue())
+    return atomic_write_bytes(path, figure_png(fig))
 
 
 def _run_figure(record: RunRecord) -> Figure:
@@ -222,6 +218,26 @@ def _clean_robust_figure(records: Sequence[RunRecord], title: str) -> Figure:
     _legend(fig, ax)
     _label_points(fig, ax, points)
     return fig
+
+
+def figure_png(fig: Figure) -> bytes:
+    """A figure as PNG bytes (for pages that embed their plots)."""
+    if not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
+
+
+def clean_vs_robust_png(records: Sequence[RunRecord], title: str) -> bytes:
+    return figure_png(_clean_robust_figure(records, title))
+
+
+def eps_sweep_png(records: Sequence[RunRecord], title: str) -> bytes | None:
+    """The eps-sweep plot, or None when no record has a sweep."""
+    if not any((rec.eval.get("eps_sweep") or {}).get("points") for rec in records):
+        return None
+    return figure_png(_sweep_figure(records, title, "the records"))
 
 
 def plot_clean_vs_robust(records: Sequence[RunRecord], path: Path, title: str) -> Path:

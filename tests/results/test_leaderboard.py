@@ -136,10 +136,10 @@ def test_latex_and_html_hold_the_numbers(results: Path) -> None:
     latex = render_latex(records, "digits, Linf eps=3/16", rows)
     assert latex.count(r"\begin{tabular}") == 2 and r"\toprule" in latex and r"Clean (\%)" in latex
     assert number in latex and r"$\pm$" in latex and "12.25" in latex and "A test citation" in latex
-    page = render_html(records, "digits <board>", "records", rows)
+    page = render_html(records, rows, title="robench <boards>", plots=False)
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
-    assert "digits &lt;board&gt;" in page and number in page and "<script" not in page
-    assert page.index("12.25") > page.index("Reported (published numbers")
+    assert "robench &lt;boards&gt;" in page and number in page and f'data-v="{float(number)!r}"' in page
+    assert page.index("12.25") > page.index("Reported (published numbers") and "<img" not in page
 
 
 def test_reported_rows_stay_apart_from_measured_ones(results: Path) -> None:

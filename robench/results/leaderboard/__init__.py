@@ -21,10 +21,10 @@ from robench.results.leaderboard.formats import (
     FORMATS,
     board_title,
     render_csv,
-    render_html,
     render_latex,
     render_markdown,
 )
+from robench.results.leaderboard.page import render_html
 from robench.results.leaderboard.reference import ReportedRow, load_reported
 from robench.results.leaderboard.table import (
     AUTOATTACK,
