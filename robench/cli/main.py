@@ -1,9 +1,10 @@
 """The ``robench`` command line (Typer, rich output): the app, its commands and the exit codes.
 
 Each command lives in its own module (``run``, ``ablate``, ``evaluate``, ``plugins``,
-``data``, ``boards``, ``bench``, ``new``, ``sweep``, ``tune``) and only parses and prints; the work
-is done by :mod:`robench.workflows`. Exit codes: 0 ok, 2 bad input (one line on stderr,
-no traceback), 1 internal failure. Set ``ROBENCH_DEBUG=1`` to see the traceback of an
+``data``, ``boards``, ``bench``, ``new``, ``sweep``, ``tune``, ``compare``) and only parses
+and prints; the work is done by :mod:`robench.workflows`. Exit codes: 0 ok, 2 bad input
+(one line on stderr, no traceback), 3 a training run diverged (its loss became NaN or
+inf), 1 internal failure. Set ``ROBENCH_DEBUG=1`` to see the traceback of an
 internal failure.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ from robench.cli.ablate import ablate
 from robench.cli.bench import bench
 from robench.cli.boards import leaderboard, plot_app
 from robench.cli.common import err, other_rank, out
+from robench.cli.compare import compare
 from robench.cli.data import data_app
 from robench.cli.evaluate import eval_checkpoint
 from robench.cli.new import new
@@ -80,6 +82,7 @@ app.command("bench")(bench)
 app.command("new")(new)
 app.command("sweep")(sweep)
 app.command("tune")(tune)
+app.command("compare")(compare)
 app.add_typer(plot_app, name="plot")
 app.add_typer(data_app, name="data")
 

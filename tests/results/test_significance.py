@@ -10,7 +10,7 @@ from conftest import REPO
 from scipy import stats
 
 from robench.results.leaderboard import experiment_table, render_markdown, run_table
-from robench.results.leaderboard.significance import binomial_se, holm, paired_t_pvalue, t_interval
+from robench.results.leaderboard.significance import binomial_se, holm, noninferiority, paired_t_pvalue, t_interval
 from robench.results.records import RunRecord, load_records
 
 COMMITTED = REPO / "leaderboards" / "records" / "digits" / "linf-3_16"
@@ -39,6 +39,25 @@ def test_paired_test_uses_only_the_shared_seeds() -> None:
     assert paired_t_pvalue(top, {0: 1.0, 5: 2.0}) is None  # one shared seed: no test
     assert paired_t_pvalue({0: 5.0, 1: 6.0}, {0: 5.0, 1: 6.0}) == 1.0
     assert paired_t_pvalue({0: 5.0, 1: 6.0}, {0: 4.0, 1: 5.0}) == 0.0
+
+
+def test_noninferiority_is_scipys_one_sided_test_against_the_margin() -> None:
+    base = {0: 70.0, 1: 71.5, 2: 69.0, 3: 72.0, 4: 70.5, 9: 1.0}
+    variant = {0: 69.8, 1: 71.0, 2: 69.5, 3: 71.2, 4: 70.0}
+    diffs = [variant[s] - base[s] for s in range(5)]
+    result = noninferiority(base, variant, margin=1.0)
+    expected = stats.ttest_1samp(diffs, -1.0, alternative="greater")
+    assert result.seeds == (0, 1, 2, 3, 4) and result.mean == pytest.approx(sum(diffs) / 5)
+    assert result.p == pytest.approx(expected.pvalue)
+    low = stats.ttest_1samp(diffs, 0.0, alternative="greater").confidence_interval(0.95).low
+    assert result.lower == pytest.approx(low) and result.noninferior == (result.p < 0.05) is True
+    # the same mean loss with more spread is not enough: the bound must clear the margin
+    noisy = {s: base[s] + d for s, d in zip(range(5), [-3.0, 2.5, -2.6, 2.4, -0.8])}
+    worse = noninferiority(base, noisy, margin=1.0)
+    assert worse.mean == pytest.approx(result.mean) and not worse.noninferior and worse.p > 0.05
+    assert noninferiority(base, {0: 1.0}, 1.0) is None
+    assert noninferiority({0: 5.0, 1: 6.0}, {0: 4.5, 1: 5.5}, 1.0).noninferior  # no spread: the mean decides
+    assert not noninferiority({0: 5.0, 1: 6.0}, {0: 3.0, 1: 4.0}, 1.0).noninferior
 
 
 def test_holm_steps_down_and_stays_monotone() -> None:

@@ -6,13 +6,15 @@ order, attack starts); their spread gives the t-interval and the paired test bel
 test set is one finite sample of images; its binomial standard error says how much the
 accuracy of one model would move on another sample of the same size. The paired test
 compares rows on the same test images, so it answers "does this row beat that one on
-this test set over training seeds", not "on any test set".
+this test set over training seeds", not "on any test set". The same pairing decides
+whether a cheaper variant of a method is non-inferior to it (:func:`noninferiority`).
 """
 from __future__ import annotations
 
 import math
 import statistics
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from scipy import stats
 
@@ -65,3 +67,44 @@ def holm(pvalues: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * pvalues[i]))
         adjusted[i] = running
     return adjusted
+
+
+@dataclass(frozen=True)
+class NonInferiority:
+    """Whether a variant is at most ``margin`` points worse than a base, paired over seeds."""
+
+    seeds: tuple[int, ...]
+    #: variant minus base, per seed
+    differences: tuple[float, ...]
+    mean: float
+    #: the one-sided (1 - alpha) lower confidence bound of the mean difference
+    lower: float
+    margin: float
+    #: one-sided p of "the variant is worse by the margin or more"
+    p: float
+
+    @property
+    def noninferior(self) -> bool:
+        """The lower bound lies above -margin: worse by less than the margin, at level alpha."""
+        return self.lower > -self.margin
+
+
+def noninferiority(base: Mapping[int, float], variant: Mapping[int, float], margin: float,
+                   alpha: float = ALPHA) -> NonInferiority | None:
+    """A paired one-sided t-test of the mean difference (variant - base) against
+    -``margin`` over the seeds both have; None below 2 shared seeds.
+
+    A small mean loss is not enough: with few seeds the bound is wide, and the variant
+    is called non-inferior only when the bound itself clears the margin."""
+    seeds = tuple(sorted(set(base) & set(variant)))
+    if len(seeds) < 2:
+        return None
+    diffs = tuple(variant[s] - base[s] for s in seeds)
+    mean, sd, n = statistics.fmean(diffs), statistics.stdev(diffs), len(diffs)
+    if sd == 0:
+        lower, p = mean, 0.0 if mean > -margin else 1.0
+    else:
+        se = sd / math.sqrt(n)
+        lower = mean - float(stats.t.ppf(1 - alpha, n - 1)) * se
+        p = float(stats.t.sf((mean + margin) / se, n - 1))
+    return NonInferiority(seeds, diffs, mean, lower, margin, p)
