@@ -7,7 +7,7 @@ or as Slurm jobs through submitit.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -237,9 +237,11 @@ def report_point(point: Any, result: Any) -> None:
                   soft_wrap=True)
 
 
-def run_local(todo: list[Any], jobs: int, nproc: int | None, quiet: bool, budget: Budget | None) -> list[Any]:
+def run_local(todo: list[Any], jobs: int, nproc: int | None, quiet: bool, budget: Budget | None,
+              on_result: Callable[[Any, Any], None] | None = None) -> list[Any]:
     """Run the points here with a progress bar; a stop signal exits (resumably), a spent
-    budget leaves out what it stopped or never started."""
+    budget leaves out what it stopped or never started. ``on_result(point, result)``
+    hears of each result as it lands, before any stop."""
     from robench.workflows.sweep.local import LocalRunner
 
     local = LocalRunner(jobs=jobs, gpus_each=nproc or 1, budget=budget)
@@ -250,6 +252,8 @@ def run_local(todo: list[Any], jobs: int, nproc: int | None, quiet: bool, budget
 
         def done(point: Any, result: Any) -> None:
             report_point(point, result)
+            if on_result is not None:
+                on_result(point, result)
             progress.advance(task)
 
         results = local.run(todo, done)

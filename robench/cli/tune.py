@@ -8,6 +8,7 @@ stages run on the sweep's local runner: rerun the same command to continue.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,8 +77,7 @@ def tune(
         _show(spec, plan, gather(spec, plan))
         return
     if todo:
-        results = run_local(todo, jobs, None, quiet, clock)
-        _note_diverged(plan, todo, results)
+        results = run_local(todo, jobs, None, quiet, clock, on_result=_diverged_noter(plan))
         summarize(results, outcomes=("diverged",))
     trials = gather(spec, plan)
     missing = sum(len(spec.tuning_seeds) - len(t.scores) - len(t.diverged) for ts in trials.values() for t in ts)
@@ -91,16 +91,18 @@ def tune(
     _final(spec, plan, chosen, flags, runs, jobs, quiet, clock)
 
 
-def _note_diverged(plan: TuningPlan, todo: list[Any], results: list[Any]) -> None:
-    """Keep the runs whose training diverged beside the tuning records: they count against
-    their setting, and are not trained again."""
+def _diverged_noter(plan: TuningPlan) -> Callable[[Any, Any], None]:
+    """Keeps each run whose training diverged beside the tuning records as it lands (a
+    later stop loses nothing): it counts against its setting, and is not trained again."""
     from robench.workflows.run import git_commit
     from robench.workflows.tune.divergence import Divergence, note_diverged
 
-    points = {p.key: p for p in todo}
     commit = git_commit()
-    note_diverged(plan.folder, [Divergence(points[r.key].config_hash, points[r.key].seed, r.reason, commit)
-                                for r in results if r.status == "diverged"])
+
+    def note(point: Any, result: Any) -> None:
+        if result.status == "diverged":
+            note_diverged(plan.folder, [Divergence(point.config_hash, point.seed, result.reason, commit)])
+    return note
 
 
 def _choose(spec: TuneSpec, plan: TuningPlan, trials: dict[str, list[Trial]]) -> dict[str, Trial]:
