@@ -226,13 +226,15 @@ def refresh_boards(plan: Any) -> None:
 
 
 def report_point(point: Any, result: Any) -> None:
+    from robench.workflows.sweep.point import UNRECORDED
+
     if result.status in ("done", "resumed", "recorded"):
         out.print(Text(f"{result.status:>8}  {point.label}: {_accuracy(result)}"), soft_wrap=True)
     elif result.status == "busy":
         err.print(Text(f"    busy  {point.label}: running in another process (its lock is held); skipped"), soft_wrap=True)
     elif result.status == "not started" and result.reason:
         err.print(Text(f" skipped  {point.label}: {result.reason}"), soft_wrap=True)
-    elif result.status in ("failed", "stopped", "diverged"):
+    elif result.status in UNRECORDED:
         err.print(Text(f"{result.status:>8}  {point.label}: exit {result.exit_code}: {result.reason} (log: {result.log})"),
                   soft_wrap=True)
 
@@ -287,10 +289,12 @@ class SweepFailed(RobenchError):
 def summarize(results: list[Any], outcomes: tuple[str, ...] = ()) -> None:
     """Count the results by status; fail if any run failed (a status in ``outcomes``, such as
     a tuning's diverged runs, is a result rather than a failure)."""
+    from robench.workflows.sweep.point import UNRECORDED
+
     counts: dict[str, int] = {}
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1
     out.print("sweep: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
-    failed = [r for r in results if r.status in ("failed", "stopped", "diverged") and r.status not in outcomes]
+    failed = [r for r in results if r.status in UNRECORDED and r.status not in outcomes]
     if failed:
         raise SweepFailed(f"{len(failed)} of {len(results)} run(s) failed; first log: {failed[0].log}")

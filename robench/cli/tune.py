@@ -8,7 +8,6 @@ stages run on the sweep's local runner: rerun the same command to continue.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,8 +54,10 @@ def tune(
 
     Safe to rerun: recorded runs are skipped, interrupted ones resume.
     """
+    from robench.workflows.run import git_commit
     from robench.workflows.sweep.budget import Budget
     from robench.workflows.tune import gather, plan_tuning
+    from robench.workflows.tune.divergence import diverged_noter
     from robench.workflows.tune.spec import load_tuning
 
     spec = load_tuning(tuning_file)
@@ -77,7 +78,7 @@ def tune(
         _show(spec, plan, gather(spec, plan))
         return
     if todo:
-        results = run_local(todo, jobs, None, quiet, clock, on_result=_diverged_noter(plan))
+        results = run_local(todo, jobs, None, quiet, clock, on_result=diverged_noter(plan.folder, git_commit()))
         summarize(results, outcomes=("diverged",))
     trials = gather(spec, plan)
     missing = sum(len(spec.tuning_seeds) - len(t.scores) - len(t.diverged) for ts in trials.values() for t in ts)
@@ -89,20 +90,6 @@ def tune(
     if tune_only:
         return
     _final(spec, plan, chosen, flags, runs, jobs, quiet, clock)
-
-
-def _diverged_noter(plan: TuningPlan) -> Callable[[Any, Any], None]:
-    """Keeps each run whose training diverged beside the tuning records as it lands (a
-    later stop loses nothing): it counts against its setting, and is not trained again."""
-    from robench.workflows.run import git_commit
-    from robench.workflows.tune.divergence import Divergence, note_diverged
-
-    commit = git_commit()
-
-    def note(point: Any, result: Any) -> None:
-        if result.status == "diverged":
-            note_diverged(plan.folder, [Divergence(point.config_hash, point.seed, result.reason, commit)])
-    return note
 
 
 def _choose(spec: TuneSpec, plan: TuningPlan, trials: dict[str, list[Trial]]) -> dict[str, Trial]:

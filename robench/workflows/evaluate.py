@@ -141,8 +141,7 @@ def plan_eval(
         out_path = out.expanduser().resolve()
         report_id = out_path.stem
     else:
-        report_id = (new_report_id(source.run_id, source.path.stem) if source.factory is None
-                     else new_report_id("model", source.factory.spec))
+        report_id = new_report_id(source.run_id or ("model" if source.factory else ""), source.label)
         out_path = report_dir(plan.results_root, plan.names["data"], plan.threat.slug) / f"{report_id}.json"
     if out_path.exists():
         raise UserError(f"{out_path} exists already; not overwriting (choose another --out)")
@@ -219,7 +218,7 @@ def execute_eval(
         checkpoint=str(source.path) if source.factory is None or source.state_dict else "",
         checkpoint_sha256=plan.digest,
         source_run_id=source.run_id,
-        source_checkpoint=source.path.stem if source.factory is None else source.label,
+        source_checkpoint=source.label,
         source_epoch=source.epoch,
         dataset=run.names["data"],
         arch=run.names["arch"],

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from robench.evaluation.sequential import WORST_CASE
-from robench.results.reports import EvalReport
+from robench.results.reports import EvalReport, load_reports
 
 #: what a report of a model robench did not build names as its defense
 EXTERNAL = "external"
@@ -67,7 +67,5 @@ def external_rows(reports: Sequence[EvalReport]) -> list[ExternalRow]:
 def external_in(reports_folder: Path) -> list[ExternalRow]:
     """The external rows of the reports below ``reports_folder`` (unreadable reports are
     the boards' own loaders' to report)."""
-    from robench.results.reports import load_reports
-
     reports, _ = load_reports(reports_folder)
     return external_rows(reports)

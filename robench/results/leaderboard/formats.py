@@ -219,19 +219,19 @@ def render_csv(records: Sequence[RunRecord], reported: Sequence[ReportedRow] = (
     df = run_table(records) if by_seed else experiment_table(records)
     df = df.rename(columns={m: f"{m} mean" for m in (metrics(records) if records else [])}) if not by_seed else df
     df.insert(0, "kind", "measured")
+    suffix = "" if by_seed else " mean"
     rep = pd.DataFrame([{
         "kind": "reported", "dataset": r.dataset, "threat": f"{r.norm} {r.eps}", "defense": r.defense,
-        "arch": r.arch, f"{CLEAN}{'' if by_seed else ' mean'}": r.clean,
-        f"{AUTOATTACK}{'' if by_seed else ' mean'}": r.autoattack,
-        **{f"{k}{'' if by_seed else ' mean'}": v for k, v in r.other.items()}, "source": r.source, "note": r.note,
+        "arch": r.arch, f"{CLEAN}{suffix}": r.clean, f"{AUTOATTACK}{suffix}": r.autoattack,
+        **{f"{k}{suffix}": v for k, v in r.other.items()}, "source": r.source, "note": r.note,
     } for r in reported])
-    suffix = "" if by_seed else " mean"
     ext = pd.DataFrame([{
         "kind": "external", "dataset": r.dataset, "threat": r.threat, "defense": "external", "arch": r.model,
         **{f"{k}{suffix}": v for k, v in r.accuracy.items()}, "n_test": r.n_test, "flags": len(r.flags),
         "source": r.report_id,
     } for r in external])
-    both = pd.concat([frame for frame in (df, ext, rep) if len(frame)], ignore_index=True) if len(ext) or len(rep) else df
+    frames = [frame for frame in (df, ext, rep) if len(frame)]
+    both = pd.concat(frames, ignore_index=True) if frames else df
     return both.to_csv(index=False, float_format="%.4f", lineterminator="\n")
 
 

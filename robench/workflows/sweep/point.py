@@ -27,6 +27,8 @@ LOG = "log.txt"
 #: exit codes of a run stopped by SIGINT/SIGTERM: after saving a checkpoint (130, 143), or
 #: outside training (before it, or while evaluating: the evaluation's own state resumes)
 STOPPED = (130, 143, -2, -15)
+#: the statuses of a run that ended without its record
+UNRECORDED = ("failed", "stopped", "diverged")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 from robench.api.errors import UserError
 from robench.workflows.sweep.plan import SweepPoint
-from robench.workflows.sweep.point import PointResult, run_point
+from robench.workflows.sweep.point import UNRECORDED, PointResult, run_point
 
 CLUSTERS = ("slurm", "local")
 #: seconds a run gets, after the job's time-limit signal, to save its checkpoint
@@ -47,7 +47,7 @@ class PointJob:
 
     def __call__(self) -> PointResult:
         result = run_point(self.point, started=self._started)
-        if result.status in ("failed", "stopped", "diverged"):
+        if result.status in UNRECORDED:
             raise RuntimeError(f"robench run exited with {result.exit_code}: {result.reason} (log: {result.log})")
         return result
 

@@ -8,9 +8,10 @@ from committed files), and a rerun does not train the same run again.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from robench.api.errors import ConfigError
 from robench.api.io import atomic_write_text
@@ -41,13 +42,18 @@ def load_diverged(folder: Path) -> dict[tuple[str, int], Divergence]:
     return {(d.config_hash, d.seed): d for d in found}
 
 
-def note_diverged(folder: Path, runs: Iterable[Divergence]) -> Mapping[tuple[str, int], Divergence]:
-    """Add ``runs`` to the folder's list (atomically); returns the whole list."""
+def note_diverged(folder: Path, run: Divergence) -> None:
+    """Add ``run`` to the folder's list (atomically)."""
     known = load_diverged(folder)
-    new = {(d.config_hash, d.seed): d for d in runs}
-    if not new:
-        return known
-    known.update(new)
+    known[run.config_hash, run.seed] = run
     entries = [asdict(d) for _, d in sorted(known.items())]
     atomic_write_text(folder / DIVERGED_FILE, json.dumps({"runs": entries}, indent=2) + "\n")
-    return known
+
+
+def diverged_noter(folder: Path, commit: str | None) -> Callable[[Any, Any], None]:
+    """For a sweep runner's ``on_result``: notes each sweep point whose run diverged as it
+    lands, so that a later stop loses nothing."""
+    def note(point: Any, result: Any) -> None:
+        if result.status == "diverged":
+            note_diverged(folder, Divergence(point.config_hash, point.seed, result.reason, commit))
+    return note
