@@ -1,7 +1,8 @@
 """Named run presets (entry-point group ``robench.presets``).
 
-``default`` is the base layer of every run: the embedded digits run and the standard
-evaluation suite (clean, FGSM, PGD-20, CW-20, AutoAttack standard). A preset named
+``default`` is the base layer of every run: the embedded digits run, the standard
+evaluation suite (clean, FGSM, PGD-20, CW-20, AutoAttack standard) and the JSON-lines
+epoch log in each run folder (``--logger`` adds others). A preset named
 after a dataset is layered on top when that dataset is chosen.
 
 ``digits`` keeps ``robench run`` with no arguments under a minute on a 2-core laptop
@@ -32,6 +33,7 @@ def default() -> dict[str, Any]:
         "defense": {"name": "pgd-at"},
         "attacks": ["fgsm", "pgd-20", "cw-20", "autoattack"],
         "eval": {"batch_size": 512},
+        "loggers": ["jsonl"],
     }
 
 

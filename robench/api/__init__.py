@@ -3,7 +3,7 @@
 ``robench.api`` re-exports the plugin contracts (:mod:`robench.api.contracts`). Beside
 them: ``params`` (typed plugin parameters), ``threat`` (the threat model), ``errors``,
 ``perturb`` (projections and random starts), ``features`` (penultimate features),
-``model`` (wrappers), ``data`` (tensor splits and augmentation) and ``io`` (atomic,
+``loggers`` (the logger contract), ``model`` (wrappers), ``data`` (tensor splits and augmentation) and ``io`` (atomic,
 locked writes). Nothing here imports the engine, the workflows or the CLI.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from robench.api.contracts import (
     TensorSplit,
     ThreatModel,
 )
+from robench.api.loggers import EpochLog, Logger, RunStart
 
 __all__ = [
     "AdversarialDefense",
@@ -30,8 +31,11 @@ __all__ = [
     "DataSplits",
     "Dataset",
     "Defense",
+    "EpochLog",
+    "Logger",
     "LossOutput",
     "Plugin",
+    "RunStart",
     "TensorSplit",
     "ThreatModel",
 ]

@@ -14,7 +14,7 @@ out = Console(highlight=False)
 
 
 def new(
-    kind: str = typer.Argument(..., metavar="KIND", help="defense, attack, architecture or dataset."),
+    kind: str = typer.Argument(..., metavar="KIND", help="defense, attack, architecture, dataset or logger."),
     name: str = typer.Argument(..., metavar="NAME", help="Plugin name: lowercase letters, digits and '-', e.g. my-at."),
     directory: Path | None = typer.Option(
         None, "--dir", metavar="DIR", help="Where to write the package (default: ./robench-NAME); must be new or empty.",

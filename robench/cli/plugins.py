@@ -13,13 +13,13 @@ KIND_ALIASES = {
     "defense": "defense", "defenses": "defense", "defence": "defense", "defences": "defense",
     "architecture": "architecture", "architectures": "architecture", "arch": "architecture",
     "archs": "architecture", "dataset": "dataset", "datasets": "dataset", "data": "dataset",
-    "attack": "attack", "attacks": "attack",
+    "attack": "attack", "attacks": "attack", "logger": "logger", "loggers": "logger",
 }
 
 
 def list_plugins(
     kind: str | None = typer.Argument(
-        None, help="defense, architecture, dataset or attack (plurals work); default: all."
+        None, help="defense, architecture, dataset, attack or logger (plurals work); default: all."
     ),
     name: str | None = typer.Argument(None, help="A plugin of that kind: show its hyperparameters."),
     input_size: int = typer.Option(
@@ -97,7 +97,8 @@ def _show_params(kind: str, name: str) -> None:
     cls = registry.load(name)
     entry = registry.entry(name)
     section = {k: s for s, k in PLUGIN_SECTIONS.items()}.get(kind)
-    how = f"--set {section}.KEY=VALUE" if section else f"attacks: [{{name: {entry.name}, KEY: VALUE}}] in a config"
+    listed = "loggers" if kind == "logger" else "attacks"
+    how = f"--set {section}.KEY=VALUE" if section else f"{listed}: [{{name: {entry.name}, KEY: VALUE}}] in a config"
     table = Table(title=f"{kind} {entry.name} ({entry.distribution}): {how}")
     for column in ("key", "type", "default", "help"):
         table.add_column(column, overflow="fold")

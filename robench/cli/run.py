@@ -70,6 +70,11 @@ def run(
     compile_model: bool = typer.Option(
         False, "--compile", help="torch.compile the training forward passes (UAD-AT's double backward stays eager).",
     ),
+    logger: list[str] | None = typer.Option(
+        None, "--logger", metavar="NAME",
+        help="Also log to NAME (repeatable): tensorboard, wandb, mlflow or a plugin's (robench list logger); "
+             "the JSON-lines epoch log is on by default.",
+    ),
     nproc: int | None = NPROC_OPT,
     quiet: bool = QUIET_OPT,
 ) -> None:
@@ -82,12 +87,12 @@ def run(
                        download=download, results_dir=results_dir, precision=precision,
                        channels_last=channels_last, compile_model=compile_model)
     if resume is not None:
-        plan, checkpoint = _plan_resume(resume, flags, config, overrides, nproc)
+        plan, checkpoint = _plan_resume(resume, flags, config, overrides, nproc, logger or [])
     else:
-        from robench.core.config import resolve, validate
+        from robench.core.config import resolve, validate, with_loggers
         from robench.workflows.run import plan_run
 
-        plan, checkpoint = plan_run(validate(resolve(config, flags, overrides))), None
+        plan, checkpoint = plan_run(validate(with_loggers(resolve(config, flags, overrides), logger or []))), None
     launch_torchrun(nproc, str(plan.device), plan.config.train.batch_size)  # every input is checked before processes start
     if checkpoint is None:
         procs = f", {plan.world.size} processes" if plan.world.active else ""
@@ -120,6 +125,7 @@ def _run_flags(
 
 def _plan_resume(
     resume: str, flags: dict[str, Any], config: Path | None, overrides: list[str], nproc: int | None,
+    loggers: list[str],
 ) -> tuple[RunPlan, Checkpoint]:
     """The plan of an interrupted run; only where and how it runs may change."""
     from robench.workflows.run import RESUME_SETTINGS, plan_resume, resume_point
@@ -130,7 +136,7 @@ def _plan_resume(
         raise typer.BadParameter(
             f"continues a run with its own config; it cannot change {', '.join(given)}", param_hint="--resume"
         )
-    plan, checkpoint = plan_resume(resume, flags)
+    plan, checkpoint = plan_resume(resume, flags, loggers)
     trained_on = (checkpoint.train_state or {}).get("world_size")
     if trained_on is not None and trained_on != (nproc or plan.world.size):
         raise typer.BadParameter(f"this run trained on {trained_on} process(es); resume it with --nproc {trained_on}",

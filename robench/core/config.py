@@ -40,6 +40,9 @@ PLUGIN_SECTIONS: dict[str, str] = {  # config section -> plugin kind
 }
 #: the evaluation suite: a list of attack plugins, run in order on the points still robust
 SUITE_SECTION, SUITE_KIND = "attacks", "attack"
+#: where a run's progress goes besides its record: a list of logger plugins, possibly
+#: empty; how a run is watched, not what it computes, so not part of the config hash
+LOGGER_SECTION, LOGGER_KIND = "loggers", "logger"
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,10 @@ class EngineConfig:
         help="deterministic kernels, no cuDNN autotuning; "
              "null (default): true on a CPU (bit-exact repeats), false on a GPU (fast)",
     )
+    log_every: int = param(
+        50, ge=0, help="steps between the training losses sent to loggers that take steps (reading one waits "
+                       "for the GPU); 0: epochs only",
+    )
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,7 @@ class RunConfig:
     train: TrainConfig
     eval: EvalConfig
     engine: EngineConfig = EngineConfig()
+    loggers: tuple[PluginChoice, ...] = ()
     data_root: str | None = None
     results_dir: str | None = None
     runs_dir: str | None = None
@@ -157,7 +165,7 @@ VALUE_SECTIONS = ("threat", "train", "eval", "engine")
 TOP_LEVEL_KEYS = (
     _SETTING_KEYS
     + list(PLUGIN_SECTIONS)
-    + [SUITE_SECTION, *VALUE_SECTIONS]
+    + [SUITE_SECTION, LOGGER_SECTION, *VALUE_SECTIONS]
 )
 
 
@@ -253,11 +261,15 @@ def _as_section(value: Any, key: str, origin: str) -> dict[str, Any]:
     return dict(value)
 
 
-def _as_suite(value: Any, origin: str) -> list[Any]:
+def _as_list(value: Any, origin: str, section: str = SUITE_SECTION) -> list[Any]:
+    """A list section (``attacks``, ``loggers``): one entry alone is a list of one."""
     if isinstance(value, (str, Mapping)):
         value = [value]
-    if not isinstance(value, Sequence) or not value:
-        raise ConfigError(f"{origin}: {SUITE_SECTION} must be a non-empty list of attacks, got {shown(value)}")
+    if section == LOGGER_SECTION and value is None:
+        value = []
+    if not isinstance(value, Sequence) or isinstance(value, str) or (section == SUITE_SECTION and not value):
+        what = "a non-empty list of attacks" if section == SUITE_SECTION else "a list of loggers (may be empty)"
+        raise ConfigError(f"{origin}: {section} must be {what}, got {shown(value)}")
     return [dict(item) if isinstance(item, Mapping) else item for item in value]
 
 
@@ -281,8 +293,8 @@ def merge(base: dict[str, Any], layer: Mapping[str, Any], origin: str) -> dict[s
                 out[key] = new
             else:
                 out[key] = {**old, **new}
-        elif key == SUITE_SECTION:
-            out[key] = _as_suite(value, origin)
+        elif key in (SUITE_SECTION, LOGGER_SECTION):
+            out[key] = _as_list(value, origin, key)
         elif key in VALUE_SECTIONS:
             out[key] = {**(out.get(key) or {}), **_as_section(value, key, origin)}
         else:
@@ -331,6 +343,20 @@ def resolve_over(
     return raw
 
 
+def with_loggers(raw: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """``raw`` with the loggers ``names`` added (``--logger``, repeatable): the configured
+    ones stay, so ``--logger tensorboard`` keeps the epoch log; one named twice is kept once."""
+    out = dict(raw)
+    current = _as_list(raw.get(LOGGER_SECTION), "config", LOGGER_SECTION)
+    have = {normalize_name(item if isinstance(item, str) else str(item.get("name", ""))) for item in current}
+    for name in names:
+        if normalize_name(name) not in have:
+            current.append(name.strip())
+            have.add(normalize_name(name))
+    out[LOGGER_SECTION] = current
+    return out
+
+
 # -------------------------------------------------------------------- validation
 def _check_budget(eps: str, where: str) -> str:
     """``eps`` stripped, refusing what ThreatModel cannot handle as it should.
@@ -352,20 +378,22 @@ def _check_budget(eps: str, where: str) -> str:
     return eps
 
 
-def _suite_choices(items: Any) -> list[PluginChoice]:
-    """The attack suite: names or ``{name: ..., param: value}`` mappings, at least one."""
-    suite = []
-    for i, item in enumerate(items if isinstance(items, list) else _as_suite(items, "config")):
+def _list_choices(items: Any, section: str = SUITE_SECTION) -> list[PluginChoice]:
+    """A list section's plugins: names or ``{name: ..., param: value}`` mappings (attacks: at least one)."""
+    kind = SUITE_KIND if section == SUITE_SECTION else LOGGER_KIND
+    chosen = []
+    for i, item in enumerate(items if isinstance(items, list) else _as_list(items, "config", section)):
         value = {"name": item} if isinstance(item, str) else dict(item) if isinstance(item, Mapping) else {}
         name = value.pop("name", None)
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(
-                f"{SUITE_SECTION}[{i}]: give an attack name or {{name: ..., param: value}}, got {shown(item)}"
+                f"{section}[{i}]: give {'an' if kind[0] in 'aeiou' else 'a'} {kind} name or "
+                f"{{name: ..., param: value}}, got {shown(item)}"
             )
-        suite.append(PluginChoice(name.strip(), value))
-    if not suite:
+        chosen.append(PluginChoice(name.strip(), value))
+    if not chosen and section == SUITE_SECTION:
         raise ConfigError(f"{SUITE_SECTION}: choose at least one attack (robench list attack)")
-    return suite
+    return chosen
 
 
 def validate(raw: Mapping[str, Any]) -> RunConfig:
@@ -393,7 +421,8 @@ def validate(raw: Mapping[str, Any]) -> RunConfig:
             if not isinstance(normalize, bool):
                 raise ConfigError(f"data.{NORMALIZE_KEY}: expected true or false, got {shown(normalize)}")
         choices[section] = PluginChoice(name.strip(), value)
-    suite = _suite_choices(raw.get(SUITE_SECTION) or [])
+    suite = _list_choices(raw.get(SUITE_SECTION) or [])
+    loggers = _list_choices(raw.get(LOGGER_SECTION) or [], LOGGER_SECTION)
     threat = build_params(ThreatConfig, raw.get("threat") or {}, "threat")
     if threat.eps is not None:
         threat = dataclasses.replace(threat, eps=_check_budget(threat.eps, "threat.eps"))
@@ -411,6 +440,7 @@ def validate(raw: Mapping[str, Any]) -> RunConfig:
         eval=evaluation,
         engine=engine,
         attacks=tuple(suite),
+        loggers=tuple(loggers),
         data_root=settings.data_root,
         results_dir=settings.results_dir,
         runs_dir=settings.runs_dir,
@@ -448,12 +478,12 @@ def _unhashed_defaults(params: Any) -> dict[str, Any]:
 
 
 def config_hash(resolved: Mapping[str, Any], world_size: int = 1) -> str:
-    """Identifies the experiment: the resolved config without seed, device, paths and engine settings.
+    """Identifies the experiment: the resolved config without seed, device, paths, engine settings and loggers.
 
     Training on several processes is another computation (BatchNorm statistics and
     UAD-AT's batch spread per shard, unless ``engine.sync_bn``), so a world size above 1
     and ``sync_bn`` enter the hash; one process hashes as it always has."""
-    ignore = {"seed", "device", "data_root", "results_dir", "runs_dir", "download", "engine"}
+    ignore = {"seed", "device", "data_root", "results_dir", "runs_dir", "download", "engine", LOGGER_SECTION}
     payload = {k: v for k, v in resolved.items() if k not in ignore}
     if world_size > 1:
         engine = resolved.get("engine")

@@ -21,6 +21,7 @@ from typing import Any, Generic, Literal, TypeVar, overload
 from robench import api_version
 from robench.api.contracts import Architecture, Attack, Dataset, Defense, Plugin
 from robench.api.errors import ConfigError, PluginLoadError, UnknownPluginError, UserError
+from robench.api.loggers import Logger
 from robench.api.params import build_params, suggest
 
 #: The distribution whose plugins win name conflicts.
@@ -45,6 +46,7 @@ KINDS: dict[str, PluginKind[Any]] = {
         PluginKind("architecture", "robench.architectures", Architecture),
         PluginKind("dataset", "robench.datasets", Dataset),
         PluginKind("attack", "robench.attacks", Attack),
+        PluginKind("logger", "robench.loggers", Logger),
     )
 }
 
@@ -315,9 +317,11 @@ def get_registry(kind: Literal["dataset"]) -> Registry[Dataset[Any]]: ...
 @overload
 def get_registry(kind: Literal["attack"]) -> Registry[Attack[Any]]: ...
 @overload
+def get_registry(kind: Literal["logger"]) -> Registry[Logger[Any]]: ...
+@overload
 def get_registry(kind: str) -> Registry[Any]: ...
 def get_registry(kind: str) -> Registry[Any]:
-    """The process-wide registry of one kind ('defense', 'architecture', 'dataset', 'attack')."""
+    """The process-wide registry of one kind ('defense', 'architecture', 'dataset', 'attack', 'logger')."""
     if kind not in KINDS:
         raise UnknownPluginError(
             f"unknown plugin kind {kind!r}{suggest(kind, KINDS)}; kinds: {', '.join(KINDS)}"

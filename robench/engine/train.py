@@ -14,7 +14,6 @@ computed; ``train.precision`` does, and is part of the experiment.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -28,7 +27,7 @@ from torch import Tensor, nn
 
 from robench.api.contracts import Defense, LossOutput, TensorSplit
 from robench.api.errors import CheckpointError, PluginLoadError, RobenchError
-from robench.api.io import atomic_write_text
+from robench.api.loggers import EpochLog
 from robench.api.perturb import attack_mode, cross_entropy_loss, default_step_size, pgd, random_start
 from robench.api.threat import ThreatModel
 from robench.core.config import EngineConfig, TrainConfig
@@ -46,11 +45,12 @@ from robench.engine.distributed import (
     convert_sync_bn,
     wrap,
 )
+from robench.engine.loggers import RunLoggers
 from robench.engine.precision import Precision
 from robench.engine.schedule import learning_rate, warmed_threat
 from robench.engine.signals import StopRequest
 
-LAST, BEST, LOG = "last.pt", "best.pt", "log.jsonl"
+LAST, BEST = "last.pt", "best.pt"
 #: the last.pt before the current one: what a resume falls back to if last.pt is damaged
 PREVIOUS = "last.prev.pt"
 
@@ -291,12 +291,13 @@ class _RunState:
     files: dict[str, Path]
     saver: _Saver | None
     progress: _Progress
+    loggers: RunLoggers
 
 
 def _start(
     model: nn.Module, split: TensorSplit, cfg: TrainConfig, engine: EngineConfig, world: World,
     device: torch.device, generator: torch.Generator, seed: int, run_dir: Path | None,
-    meta: Mapping[str, Any] | None, resume: Checkpoint | None,
+    meta: Mapping[str, Any] | None, resume: Checkpoint | None, loggers: RunLoggers | None,
 ) -> _RunState:
     """Prepare the model, optimizer, precision and generators, restoring ``resume`` if given."""
     if engine.channels_last:
@@ -313,10 +314,11 @@ def _start(
     progress = _Progress()
     if resume is not None:
         progress = _resumed(model, optimizer, precision, gens, resume, world, device)
-    files = {"last": run_dir / LAST, "best": run_dir / BEST, "log": run_dir / LOG} if run_dir else {}
+    files = {"last": run_dir / LAST, "best": run_dir / BEST} if run_dir else {}
     saver = _Saver(files, model, optimizer, gens, precision, meta or {}, world.size) if run_dir and world.is_main else None
     return _RunState(model, step_model, optimizer, precision, gens, engine, world, device,
-                     num_batches(len(split), cfg.batch_size), full.stop - full.start, files, saver, progress)
+                     num_batches(len(split), cfg.batch_size), full.stop - full.start, files, saver, progress,
+                     loggers if loggers is not None and world.is_main else RunLoggers())
 
 
 def _resumed(
@@ -355,6 +357,7 @@ def train(
     resume: Checkpoint | None = None,
     engine: EngineConfig | None = None,
     world: World = SINGLE,
+    loggers: RunLoggers | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``cfg.epochs`` epochs (from ``resume``'s epoch and step on).
 
@@ -362,8 +365,10 @@ def train(
     from a generator on ``device`` (the same one on a CPU), so that no step waits for
     a copy from the host. Both states are saved in ``last.pt``.
 
-    With ``run_dir``, writes ``last.pt`` (the previous one kept as ``last.prev.pt``),
-    ``best.pt`` and ``log.jsonl`` there after every epoch (rank 0 only); ``meta``
+    With ``run_dir``, writes ``last.pt`` (the previous one kept as ``last.prev.pt``)
+    and ``best.pt`` there after every epoch (rank 0 only), then tells ``loggers``
+    (started by the caller; rank 0's only) of the epoch, and of every
+    ``engine.log_every``-th step's loss if one of them takes steps; ``meta``
     (``config``, ``run_id``) goes into the checkpoints. SIGINT/SIGTERM stop at the next
     step boundary with a mid-epoch ``last.pt`` (:class:`TrainingStopped`); a NaN/inf
     loss stops without saving (:class:`NonFiniteLoss`). Every rank of ``world`` calls
@@ -371,7 +376,7 @@ def train(
     """
     reporter = reporter or NullReporter()
     engine = engine or EngineConfig()
-    run = _start(model, split, cfg, engine, world, device, generator, seed, run_dir, meta, resume)
+    run = _start(model, split, cfg, engine, world, device, generator, seed, run_dir, meta, resume, loggers)
     _restore_defense(defense, resume, world)
     done = run.progress
     task = reporter.task("train", cfg.epochs * run.steps)
@@ -418,8 +423,10 @@ def _train_epoch(
         step_threat = warmed_threat(threat, cfg, step, steps)
         ep.eps = step_threat.eps
         if not world.active or len(y) >= world.size:  # else a last batch too small to share
-            _step(run.step_model, defense, run.optimizer, x, y, step_threat, run.precision, world, run.engine, ep, i,
-                  run.full_shard)
+            loss = _step(run.step_model, defense, run.optimizer, x, y, step_threat, run.precision, world, run.engine,
+                         ep, i, run.full_shard)
+            if run.loggers.step_due(step + 1):  # the one place a step waits for the device, when asked
+                run.loggers.step(step + 1, {"loss": float(loss), "lr": run.optimizer.param_groups[0]["lr"]})
         ep.steps_done = i + 1
         task.advance(1, epoch=f"{epoch}/{cfg.epochs}")
         if ep.steps_done % NAN_CHECK_EVERY == 0:
@@ -472,14 +479,16 @@ def _end_epoch(
         done.best_epoch, done.best_score = ep.epoch, score
     if run.saver is not None:
         run.saver.save_epoch(done.history, done.best_epoch, done.best_score, done.elapsed, improved)
+    metrics = {k: v for k, v in asdict(stats).items() if k not in ("epoch", "eps")}
+    run.loggers.epoch(EpochLog(ep.epoch, metrics, tuple(asdict(h) for h in done.history), done.best_epoch))
 
 
 def _step(
     model: nn.Module, defense: Defense, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
     threat: ThreatModel, precision: Precision, world: World, engine: EngineConfig, ep: _Epoch, index: int,
     full_shard: int,
-) -> None:
-    """One step on this rank's shard; its metrics are added to ``ep`` on the device.
+) -> Tensor:
+    """One step on this rank's shard; its metrics are added to ``ep`` on the device, its loss returned there.
 
     ``full_shard``: this rank's part of a full batch, the one shape compiled graphs take."""
     weight = 1.0
@@ -497,6 +506,7 @@ def _step(
     ep.seen += y.shape[0]
     first = (ep.bad_step < 0) & ~torch.isfinite(loss)
     ep.bad_step.copy_(torch.where(first, torch.full_like(ep.bad_step, index), ep.bad_step))
+    return loss
 
 
 def _check_finite(ep: _Epoch, steps: int, files: Mapping[str, Path], world: World) -> None:
@@ -558,14 +568,12 @@ class _Saver:
 
     def save_epoch(self, history: list[EpochStats], best_epoch: int | None, best_score: float,
                    elapsed: float, improved: bool) -> None:
-        """best.pt (if improved), then last.pt, then the log."""
+        """best.pt (if improved), then last.pt."""
         stats = history[-1]
         metrics = {"val_clean": stats.val_clean, "val_pgd": stats.val_pgd}
         if improved:
             save_checkpoint(self.files["best"], self.model, metrics=metrics, epoch=stats.epoch, **self._common())
         self._save_last(stats.epoch, metrics, self._train_state(history, best_epoch, best_score, elapsed, None))
-        lines = [json.dumps({**asdict(h), "best": h.epoch == best_epoch}) for h in history]
-        atomic_write_text(self.files["log"], "\n".join(lines) + "\n")
 
     def save_partial(self, history: list[EpochStats], best_epoch: int | None, best_score: float,
                      elapsed: float, ranks: list[dict[str, Any]]) -> None:

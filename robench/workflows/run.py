@@ -12,7 +12,7 @@ import platform
 import subprocess
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -24,17 +24,21 @@ import robench
 from robench.api.contracts import Architecture, Dataset, DataSplits, Defense, Plugin, TensorSplit
 from robench.api.errors import ConfigError, DataNotFoundError, PluginLoadError, UserError
 from robench.api.io import atomic_write_text, ensure_writable
+from robench.api.loggers import Logger
 from robench.api.model import NormalizedClassifier, count_parameters
 from robench.api.params import params_to_dict
 from robench.api.threat import ThreatModel
 from robench.core.config import (
+    LOGGER_SECTION,
     NORMALIZE_KEY,
     PLUGIN_SECTIONS,
     SUITE_SECTION,
     PluginChoice,
     RunConfig,
     config_hash,
+    load_preset,
     validate,
+    with_loggers,
 )
 from robench.core.flops import count_macs
 from robench.core.paths import DataPlace, data_places, results_root, runs_root, source_checkout
@@ -52,6 +56,7 @@ from robench.engine.distributed import (
     init_process_group,
     world_from_env,
 )
+from robench.engine.loggers import RunLoggers
 from robench.engine.precision import evaluation_model
 from robench.engine.schedule import check_schedule
 from robench.engine.train import LAST as LAST_CHECKPOINT
@@ -61,6 +66,7 @@ from robench.evaluation.probe import probe_suite
 from robench.evaluation.protocol import SuiteEntry, check_sweep, create_suite, run_protocol
 from robench.results.leaderboard import refresh_leaderboard
 from robench.results.records import RunRecord, SkippedRecord, new_run_id, record_dir, write_record
+from robench.workflows.loggers import configured_loggers, create_loggers, finished_on_error, log_outcome, start_loggers
 
 #: validation accuracies a defense may pick its best checkpoint by
 SELECTION_METRICS = ("val_pgd", "val_clean")
@@ -90,6 +96,8 @@ class RunPlan:
     run_dir: Path = Path()
     #: the torchrun processes sharing the training (one by default)
     world: World = SINGLE
+    #: where progress goes besides the record, each with its registered name
+    loggers: list[tuple[str, Logger[Any]]] = field(default_factory=list)
 
     @property
     def trainer(self) -> Defense[Any]:
@@ -227,6 +235,7 @@ def plan_run(config: RunConfig, sections: tuple[str, ...] = tuple(PLUGIN_SECTION
     check_sweep(config.eval, threat)
     check_schedule(config.train)
     world, device = _machine(config)
+    loggers = create_loggers(config.loggers) if "defense" in sections else []  # only training is logged
     resolved: dict[str, Any] = {
         "seed": config.seed,
         "device": config.device,
@@ -237,6 +246,7 @@ def plan_run(config: RunConfig, sections: tuple[str, ...] = tuple(PLUGIN_SECTION
         "train": params_to_dict(config.train),
         "eval": params_to_dict(config.eval),
         "engine": params_to_dict(config.engine),
+        LOGGER_SECTION: [{"name": name, **params_to_dict(logger.params)} for name, logger in loggers],
         "data_root": config.data_root,
         "results_dir": config.results_dir,
         "runs_dir": config.runs_dir,
@@ -247,19 +257,21 @@ def plan_run(config: RunConfig, sections: tuple[str, ...] = tuple(PLUGIN_SECTION
     return RunPlan(
         config=config, dataset=dataset, arch=arch, defense=defense, suite=suite, names=names, threat=threat,
         device=device, results_root=ensure_writable(results_root(config.results_dir)), runs_root=runs,
-        resolved=resolved, run_id=run_id, run_dir=runs / run_id, world=world,
+        resolved=resolved, run_id=run_id, run_dir=runs / run_id, world=world, loggers=loggers,
     )
 
 
 #: settings a resumed run may change: where things are, the device and how the work is done
-RESUME_SETTINGS = ("device", "data_root", "results_dir", "runs_dir", "engine")
+RESUME_SETTINGS = ("device", "data_root", "results_dir", "runs_dir", "engine", LOGGER_SECTION)
 
 
-def plan_resume(target: str, settings: Mapping[str, Any] | None = None) -> tuple[RunPlan, Checkpoint]:
+def plan_resume(
+    target: str, settings: Mapping[str, Any] | None = None, add_loggers: Sequence[str] = (),
+) -> tuple[RunPlan, Checkpoint]:
     """Plan the continuation of an interrupted run, from its id, its folder or its last.pt.
 
     The configuration is the run's own (from the checkpoint); only ``RESUME_SETTINGS``
-    may change.
+    may change, and ``add_loggers`` are added to its loggers.
     """
     settings = dict(settings or {})
     unknown = sorted(set(settings) - set(RESUME_SETTINGS))
@@ -273,7 +285,8 @@ def plan_resume(target: str, settings: Mapping[str, Any] | None = None) -> tuple
     path, ckpt = _readable_last(path.resolve())
     if ckpt.train_state is None:
         raise UserError(f"--resume: {path} holds no training state (a best.pt or an older checkpoint); give the run's last.pt")
-    config = validate({**ckpt.config, **{k: v for k, v in settings.items() if v is not None}})
+    own = {**ckpt.config, LOGGER_SECTION: configured_loggers(ckpt.config, load_preset().get(LOGGER_SECTION, []))}
+    config = validate(with_loggers({**own, **{k: v for k, v in settings.items() if v is not None}}, add_loggers))
     plan = plan_run(config)
     plan.run_id, plan.run_dir = ckpt.run_id, path.resolve().parent
     finished = record_dir(plan.results_root, plan.names["data"], plan.threat.slug) / f"{ckpt.run_id}.json"
@@ -477,20 +490,30 @@ def execute(plan: RunPlan, reporter: Reporter | None = None, resume: Checkpoint 
     world = plan.world
     plan.device = init_process_group(world, plan.device)
     finished = False
+    loggers = RunLoggers()
     try:
         if world.active:  # rank 0's id: one run folder, one record
             plan.run_id = broadcast_object(plan.run_id, world)
             plan.run_dir = plan.run_dir.parent / plan.run_id if resume is None else plan.run_dir
-        trained = _train(plan, reporter, resume)
+        if world.is_main:
+            loggers = start_loggers(plan.loggers, plan.resolved, plan.run_id, plan.run_dir, world.size,
+                                    plan.config.engine.log_every, resume)
+        with finished_on_error(loggers):
+            trained = _train(plan, reporter, resume, loggers)
         finished = True
     finally:
         close_process_group(finished)  # no barrier after a failure: the other ranks may be gone
     if not world.is_main:
         return None
-    return _evaluate_and_record(plan, reporter, resume, trained)
+    with finished_on_error(loggers):
+        outcome = _evaluate_and_record(plan, reporter, resume, trained)
+        log_outcome(loggers, outcome.record.checkpoints, outcome.record.selected,
+                    [trained.result.files[k] for k in ("best", "last") if k in trained.result.files],
+                    outcome.record_path)
+    return outcome
 
 
-def _train(plan: RunPlan, reporter: Reporter, resume: Checkpoint | None) -> _Trained:
+def _train(plan: RunPlan, reporter: Reporter, resume: Checkpoint | None, loggers: RunLoggers) -> _Trained:
     cfg, names = plan.config, plan.names
     run_id, run_dir = plan.run_id, plan.run_dir
     started = time.perf_counter()
@@ -511,7 +534,7 @@ def _train(plan: RunPlan, reporter: Reporter, resume: Checkpoint | None) -> _Tra
         device=plan.device, generator=make_generator(cfg.seed), augment=plan.dataset.augment,
         reporter=reporter, val_split=splits.val, val_batch_size=cfg.eval.batch_size, seed=cfg.seed,
         run_dir=run_dir, meta={"config": plan.resolved, "run_id": run_id}, resume=resume,
-        engine=cfg.engine, world=plan.world,
+        engine=cfg.engine, world=plan.world, loggers=loggers,
     )
     return _Trained(trained, model, splits, data_dir, backend, started)
 

@@ -43,6 +43,7 @@ KINDS: dict[str, tuple[str, str, str]] = {
     "attack": ("robench.attacks", "attack", "--attack"),
     "architecture": ("robench.architectures", "architecture", "--arch"),
     "dataset": ("robench.datasets", "dataset", "--data"),
+    "logger": ("robench.loggers", "logger", "--logger"),
 }
 
 #: kind -> how a run changes its hyperparameters: the {{PARAMS_HINT}} sentence of README.md
@@ -52,6 +53,7 @@ PARAMS_HINT: dict[str, str] = {
               "(`attacks: [{name: {{NAME}}, steps: 20}]`).",
     "architecture": "a run changes them with `--set`, e.g. `--set arch.width=32`.",
     "dataset": "a run changes them with `--set`, e.g. `--set data.val_size=100`.",
+    "logger": "a config file sets them (`loggers: [jsonl, {name: {{NAME}}, file: x.csv}]`).",
 }
 
 

@@ -44,6 +44,8 @@ from hypothesis import strategies as st
 from robench.api.errors import UserError, WriteError
 from robench.api.io import atomic_write_bytes
 from robench.core.config import (
+    LOGGER_KIND,
+    LOGGER_SECTION,
     PLUGIN_SECTIONS,
     SUITE_KIND,
     SUITE_SECTION,
@@ -140,6 +142,7 @@ def _plugin_vocabulary(kind: str) -> tuple[list[str], dict[str, Any]]:
 
 PLUGIN_VOCAB = {section: _plugin_vocabulary(kind) for section, kind in PLUGIN_SECTIONS.items()}
 ATTACK_NAMES, ATTACK_KEYS = _plugin_vocabulary(SUITE_KIND)
+LOGGER_NAMES, LOGGER_KEYS = _plugin_vocabulary(LOGGER_KIND)
 #: section -> key -> type, for every key a section knows
 SECTION_KEYS: dict[str, dict[str, Any]] = {
     "train": _hints(TrainConfig),
@@ -148,7 +151,7 @@ SECTION_KEYS: dict[str, dict[str, Any]] = {
     "threat": _hints(ThreatConfig),
     **{section: {"name": str, **keys} for section, (_, keys) in PLUGIN_VOCAB.items()},
 }
-SETTING_KEYS = [k for k in TOP_LEVEL_KEYS if k not in SECTION_KEYS and k != SUITE_SECTION]
+SETTING_KEYS = [k for k in TOP_LEVEL_KEYS if k not in SECTION_KEYS and k not in (SUITE_SECTION, LOGGER_SECTION)]
 NAME_SPELLINGS = ["nope", "", " ", "PGD_AT", "pgd-20", "pgd-0", "pgd--1", "cw-20", "fgsm-3", "digits/x",
                   "timm/resnet18", "timm/nope", "timm/", "hf-hub:x", "Digits", " smallcnn ", "a\nb"]
 
@@ -245,12 +248,21 @@ attack_item = st.one_of(
     values,
 )
 suite = st.one_of(st.lists(attack_item, max_size=4), attack_item)
+logger_item = st.one_of(
+    st.sampled_from(LOGGER_NAMES + ["nope", "", "JSONL", "tensor_board"]),
+    st.fixed_dictionaries(
+        {"name": st.one_of(st.sampled_from(LOGGER_NAMES + ["nope"]), values)},
+        optional={k: st.one_of(plausible(tp), values) for k, tp in LOGGER_KEYS.items()},
+    ),
+    values,
+)
+logger_list = st.one_of(st.lists(logger_item, max_size=3), logger_item)
 
 
 @st.composite
 def edits(draw: st.DrawFn) -> tuple[str, str | None, Any]:
     """One change to a config: (top-level key, key inside it or None, new value or DELETE)."""
-    kind = draw(st.sampled_from(["key", "key", "key", "key", "section", "attacks", "delete", "junk"]))
+    kind = draw(st.sampled_from(["key", "key", "key", "key", "section", "attacks", "loggers", "delete", "junk"]))
     if kind == "key":
         section, key = draw(section_and_key)
         value = draw(value_for(section, key))
@@ -261,6 +273,8 @@ def edits(draw: st.DrawFn) -> tuple[str, str | None, Any]:
         return section, None, draw(st.one_of(st.sampled_from(names), values))
     if kind == "attacks":
         return SUITE_SECTION, None, draw(suite)
+    if kind == "loggers":
+        return LOGGER_SECTION, None, draw(logger_list)
     if kind == "delete":
         return draw(st.sampled_from(TOP_LEVEL_KEYS)), None, DELETE
     return draw(st.one_of(text, st.sampled_from(["Train", "defence", "attack", "epochs"]))), None, draw(values)

@@ -105,6 +105,28 @@ def test_config_hash_ignores_seed_and_paths() -> None:
     assert config_hash(a) == config_hash(b) != config_hash(c)
 
 
+def test_loggers_are_listed_added_and_left_out_of_the_hash() -> None:
+    """The epoch log by default; ``--logger`` adds (once), a config list replaces; no
+    logger choice changes the experiment's hash."""
+    from robench.core.config import with_loggers
+
+    default = plan_run(validate(resolve(None, None)))
+    assert [name for name, _ in default.loggers] == ["jsonl"]
+    added = plan_run(validate(with_loggers(resolve(None, None), ["TensorBoard", "tensorboard", "jsonl"])))
+    assert [name for name, _ in added.loggers] == ["jsonl", "tensorboard"]
+    assert added.resolved["loggers"] == [{"name": "jsonl", "file": "log.jsonl"}, {"name": "tensorboard", "log_dir": None}]
+    none = plan_run(validate(resolve(None, None, ["loggers=[]"])))
+    assert none.loggers == [] and none.resolved["loggers"] == []
+    quiet = plan_run(validate(resolve(None, None, ["engine.log_every=0"])))
+    assert len({config_hash(p.resolved) for p in (default, added, none, quiet)}) == 1
+    legacy = {k: v for k, v in default.resolved.items() if k != "loggers"}  # a record from before loggers
+    assert config_hash(legacy) == config_hash(default.resolved)
+    with pytest.raises(ConfigError, match="loggers must be a list"):
+        resolve(None, None, ["loggers=5"])
+    with pytest.raises(ConfigError, match=r"loggers\[0\]: give a logger name"):
+        validate(resolve(None, None, ["loggers=[{file: x}]"]))
+
+
 def test_several_processes_are_another_experiment_one_is_not() -> None:
     """Per-shard BatchNorm statistics: world size and sync_bn enter the hash above one process."""
     a = plan_run(validate(resolve(None, {}))).resolved

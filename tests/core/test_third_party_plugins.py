@@ -60,7 +60,7 @@ ACME_MLP_PARAMS = 64 * 64 + 64 + 64 * 10 + 10
 
 _KIND_OF_GROUP = {
     "robench.datasets": "dataset", "robench.architectures": "architecture",
-    "robench.defenses": "defense", "robench.attacks": "attack",
+    "robench.defenses": "defense", "robench.attacks": "attack", "robench.loggers": "logger",
 }
 # robench's own plugins, read from its installed distribution metadata
 BUILTINS = {

@@ -47,7 +47,8 @@ def test_two_processes_take_the_single_process_step(tmp_path: Path) -> None:
     env = {"ROBENCH_RUNS": str(runs)}
     single = run_cli("run", *ONE_STEP, "--results-dir", str(tmp_path / "one"), env=env)
     assert single.returncode == 0, single.stderr
-    double = run_cli("run", *ONE_STEP, "--nproc", "2", "--results-dir", str(tmp_path / "two"), env=env)
+    double = run_cli("run", *ONE_STEP, "--nproc", "2", "--results-dir", str(tmp_path / "two"),
+                     "--logger", "tensorboard", "--set", "engine.log_every=1", env=env)
     assert double.returncode == 0, double.stderr
     assert double.stdout.count("record:") == 1  # rank 0 alone reports
     (one,) = _records(tmp_path / "one")
@@ -56,6 +57,7 @@ def test_two_processes_take_the_single_process_step(tmp_path: Path) -> None:
     assert two["config_hash"] != one["config_hash"]  # per-shard BatchNorm: another computation
     assert (one["distributed"], two["distributed"]) == ({"world_size": 1, "sync_bn": False}, {"world_size": 2, "sync_bn": False})
     assert len(list(runs.iterdir())) == 2  # one run folder per run, not per process
+    assert len(list((runs / two["run_id"] / "tensorboard").glob("events.*"))) == 1  # rank 0 alone logs
 
     w1, w2 = _weights(one, runs), _weights(two, runs)
     torch.manual_seed(0)  # the initial weights, as the runs drew them (seed 0)

@@ -60,6 +60,9 @@ PYPROJECT = """
     zoo-far-whole-set = "broken_zoo.plugins:FarWholeSet"
     zoo-crashing-attack = "broken_zoo.plugins:Crashing"
     zoo-claims-all = "broken_zoo.plugins:ClaimsAll"
+
+    [project.entry-points."robench.loggers"]
+    zoo-missing-tool = "broken_zoo.needs_missing:Whatever"
 """
 
 PLUGINS = '''
@@ -251,14 +254,18 @@ def test_list_reports_the_import_failure_and_lists_everything_else(zoo_site: Pat
         ("attack", "zoo-list-attack"), ("attack", "zoo-cropped-attack"), ("attack", "zoo-label-flags"),
         ("attack", "zoo-outside-ball"), ("attack", "zoo-outside-box"), ("attack", "zoo-hidden-whole-set"),
         ("attack", "zoo-far-whole-set"), ("attack", "zoo-crashing-attack"), ("attack", "zoo-claims-all"),
+        ("logger", "zoo-missing-tool"),
     }
     assert set(rows) == BUILTINS | zoo
     broken = [key for key, row in rows.items() if row["status"] != "ok"]
-    assert broken == [("defense", "zoo-needs-missing")]  # only an import failure shows in a listing
-    (error,) = broken_lines(proc.stdout)
-    for text in ("'zoo-needs-missing'", DIST, "ModuleNotFoundError", "robench_zoo_missing_dependency"):
-        assert text in error, (text, error)
-    assert "1 broken plugin(s)" in proc.stderr
+    # only import failures show in a listing
+    assert broken == [("defense", "zoo-needs-missing"), ("logger", "zoo-missing-tool")]
+    errors = broken_lines(proc.stdout)
+    assert len(errors) == 2
+    for name, error in zip(("'zoo-needs-missing'", "'zoo-missing-tool'"), errors, strict=True):
+        for text in (name, DIST, "ModuleNotFoundError", "robench_zoo_missing_dependency"):
+            assert text in error, (text, error)
+    assert "2 broken plugin(s)" in proc.stderr
 
 
 def test_run_with_a_plugin_that_fails_to_import(zoo_site: Path, results: Path) -> None:
@@ -266,6 +273,18 @@ def test_run_with_a_plugin_that_fails_to_import(zoo_site: Path, results: Path) -
                    "--results-dir", str(results), "-q")
     one_error_line(proc, "zoo-needs-missing", "robench_zoo_missing_dependency")
     assert not list(results.rglob("*.json"))
+
+
+def test_a_logger_that_fails_to_import_is_left_out_and_the_run_goes_on(zoo_site: Path, results: Path) -> None:
+    """Unlike a defense, a logger is not what the run computes: one warning, then the run."""
+    proc = zoo_cli(zoo_site, "run", "--logger", "zoo-missing-tool", "--epochs", "1", "--attack", "fgsm",
+                   "--n-eval", "20", "--set", "eval.checks=false", "--results-dir", str(results), "-q")
+    assert proc.returncode == 0, proc.stderr
+    (warning,) = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert warning.startswith("warning: logger plugin 'zoo-missing-tool' from robench-broken-zoo 0.2 failed to load")
+    assert "robench_zoo_missing_dependency" in warning and warning.endswith("the run goes on without it")
+    (record,) = results.rglob("records/**/*.json")
+    assert json.loads(record.read_text())["config"]["loggers"] == [{"name": "jsonl", "file": "log.jsonl"}]
 
 
 # ---------------------------------------------------------------- fails before any work

@@ -25,7 +25,7 @@ from robench.workflows.scaffold import scaffold
 REPO = Path(__file__).resolve().parents[2]
 
 #: kind -> the plugin name each test package gets
-NAMES = {"defense": "my-at", "attack": "my-atk", "architecture": "my-net", "dataset": "my-ds"}
+NAMES = {"defense": "my-at", "attack": "my-atk", "architecture": "my-net", "dataset": "my-ds", "logger": "my-log"}
 
 #: the flags that make a run take seconds: 1 epoch, one cheap attack, no extra checks
 QUICK = ["--epochs", "1", "--attack", "fgsm", "--set", "eval.checks=false", "-q"]
@@ -69,7 +69,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "pip install -e" in proc.stdout and f"robench run --defense {NAMES['defense']}" in proc.stdout
     assert (packages["defense"] / "robench_my_at" / "defense.py").is_file()
-    for kind in ("attack", "architecture", "dataset"):
+    for kind in ("attack", "architecture", "dataset", "logger"):
         scaffold(kind, NAMES[kind], packages[kind])
     sites = {kind: tmp / f"site-{kind}" for kind in NAMES}
     for kind in NAMES:
@@ -100,7 +100,7 @@ def test_scaffold_writes_an_installable_defense_package(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind, group", [("attack", "robench.attacks"), ("architecture", "robench.architectures"),
-                                         ("dataset", "robench.datasets")])
+                                         ("dataset", "robench.datasets"), ("logger", "robench.loggers")])
 def test_scaffold_other_kinds(tmp_path: Path, kind: str, group: str) -> None:
     files = scaffold(kind, "x2-y", tmp_path / "pkg")
     assert len(files) == 5 and all(p.is_file() for p in files)
@@ -122,7 +122,7 @@ def test_templates_are_package_data() -> None:
 
     folder = resources.files("robench").joinpath("templates")
     names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmpl"))
-    kinds = ("architecture", "attack", "dataset", "defense")
+    kinds = ("architecture", "attack", "dataset", "defense", "logger")
     assert names == sorted(["README.md.tmpl", "__init__.py.tmpl", "pyproject.toml.tmpl",
                             *(f"{k}.py.tmpl" for k in kinds), *(f"test_{k}.py.tmpl" for k in kinds)])
     setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
@@ -163,14 +163,17 @@ def test_cli_refusals_are_one_line(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ installed, run
-def test_all_four_new_plugins_run_together(installed) -> None:
+def test_all_five_new_plugins_run_together(installed) -> None:
     tmp, _, sites = installed
-    proc = _robench("run", "--defense", "my-at", "--arch", "my-net", "--data", "my-ds",
+    proc = _robench("run", "--defense", "my-at", "--arch", "my-net", "--data", "my-ds", "--logger", "my-log",
                     "--attack", "my-atk-2", "--epochs", "1", "--set", "eval.checks=false", "--set", "defense.steps=2",
                     "--results-dir", str(tmp / "res-all"), "-q", env=_env(tmp, list(sites.values())))
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "warning" not in proc.stderr, proc.stderr
     [record] = _records(tmp / "res-all")
     assert (record["dataset"], record["arch"]["name"], record["defense"]["name"]) == ("my-ds", "my-net", "my-at")
+    rows = (tmp / "runs" / record["run_id"] / "my-log.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,lr,loss") and rows[1].startswith("1,")
 
 
 def _table(stdout: str) -> list[list[str]]:
