@@ -54,6 +54,7 @@ def tune(
 
     Safe to rerun: recorded runs are skipped, interrupted ones resume.
     """
+    from robench.core.paths import runs_root
     from robench.workflows.run import git_commit
     from robench.workflows.sweep.budget import Budget
     from robench.workflows.tune import gather, plan_tuning
@@ -78,7 +79,8 @@ def tune(
         _show(spec, plan, gather(spec, plan))
         return
     if todo:
-        results = run_local(todo, jobs, None, quiet, clock, on_result=diverged_noter(plan.folder, git_commit()))
+        commit = git_commit(outputs=(plan.folder.parents[1], runs_root()))  # <results>/tuning/<name>
+        results = run_local(todo, jobs, None, quiet, clock, on_result=diverged_noter(plan.folder, commit))
         summarize(results, outcomes=("diverged",))
     trials = gather(spec, plan)
     missing = sum(len(spec.tuning_seeds) - len(t.scores) - len(t.diverged) for ts in trials.values() for t in ts)

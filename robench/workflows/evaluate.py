@@ -214,7 +214,7 @@ def execute_eval(
         report_id=plan.report_id,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         robench_version=robench.__version__,
-        git_commit=git_commit(),
+        git_commit=git_commit(outputs=(run.results_root, run.runs_root)),
         checkpoint=str(source.path) if source.factory is None or source.state_dict else "",
         checkpoint_sha256=plan.digest,
         source_run_id=source.run_id,

@@ -411,12 +411,17 @@ def build_model(plan: RunPlan) -> NormalizedClassifier:
 COMMIT_ENV = "ROBENCH_COMMIT"
 
 
-def git_commit(root: Path | None = None) -> str | None:
+def git_commit(root: Path | None = None, outputs: Sequence[Path] = ()) -> str | None:
     """The checkout's commit (``+dirty`` with uncommitted changes to tracked files); where
-    the source has no ``.git``, ``$ROBENCH_COMMIT`` as given, else None."""
+    the source has no ``.git``, ``$ROBENCH_COMMIT`` as given, else None.
+
+    Files under ``outputs`` (the results and runs folders) do not count: a results folder
+    inside the checkout, such as this repository's ``leaderboards/``, is rewritten by every
+    run, and the code that made the next record is still the commit's."""
     root = root if root is not None else source_checkout()
     if root is None or not (root / ".git").exists():
         return os.environ.get(COMMIT_ENV) or None
+    excluded = [f":(exclude){rel}" for rel in _inside(root, outputs)]
     try:
         head = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
@@ -424,12 +429,26 @@ def git_commit(root: Path | None = None) -> str | None:
         if head.returncode != 0:
             return None
         dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", ".", *excluded],
             capture_output=True, text=True, timeout=10,
         )
         return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def _inside(root: Path, folders: Sequence[Path]) -> list[str]:
+    """The ``folders`` inside ``root``, relative to it (posix); the checkout itself never."""
+    top = root.resolve()
+    inside = []
+    for folder in folders:
+        try:
+            rel = Path(folder).resolve().relative_to(top)
+        except ValueError:
+            continue
+        if rel.parts:
+            inside.append(rel.as_posix())
+    return inside
 
 
 def device_label(device: torch.device) -> str:
@@ -600,7 +619,7 @@ def _evaluate_and_record(plan: RunPlan, reporter: Reporter, resume: Checkpoint |
         run_id=run_id,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         robench_version=robench.__version__,
-        git_commit=git_commit(),
+        git_commit=git_commit(outputs=(plan.results_root, plan.runs_root)),
         dataset=names["data"],
         data_dir=None if done.data_dir is None else str(done.data_dir),
         backend=done.backend.to_dict(),

@@ -85,5 +85,13 @@ def test_commit_comes_from_git_or_from_the_environment(tmp_path: Path, monkeypat
     head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     monkeypatch.setenv("ROBENCH_COMMIT", "ignored-where-git-knows")
     assert git_commit(tmp_path) == head
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "board.md").write_text("a")  # a results folder in the checkout, committed
+    subprocess.run([*git, "add", "results/board.md"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "y"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    (tmp_path / "results" / "board.md").write_text("b")  # rewritten by a run: the code is still the commit's
+    assert git_commit(tmp_path, outputs=[tmp_path / "results", tmp_path.parent]) == head
+    assert git_commit(tmp_path) == head + "+dirty"  # not named as an output: it counts
     (tmp_path / "f.txt").write_text("b")
-    assert git_commit(tmp_path) == head + "+dirty"
+    assert git_commit(tmp_path, outputs=[tmp_path / "results"]) == head + "+dirty"
