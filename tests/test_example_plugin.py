@@ -117,7 +117,7 @@ def test_the_tutorial_shows_the_example_module_verbatim() -> None:
 
 
 def test_the_tutorial_copies_the_contracts_signatures_from_the_contracts_module() -> None:
-    api = _squeeze((REPO / "robench" / "api" / "contracts.py").read_text())
+    api = "".join(_squeeze((REPO / "robench" / "api" / name).read_text()) for name in ("contracts.py", "loggers.py"))
     contracts = TUTORIAL.read_text().split("## 2. The contracts")[1].split("## 3.")[0]
     signatures = re.findall(r"def \w+\(.*?\) -> [^:]+:", contracts, re.S)
     assert len(signatures) >= 10, signatures
