@@ -36,8 +36,8 @@ from robench.results.records import RunRecord
 _CSS = (
     "body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;font-size:13px}"
     "h2{margin-top:2em;border-bottom:2px solid #ccc}.scroll{overflow-x:auto;max-width:100%}"
-    "table{border-collapse:collapse;margin:.6em 0}th,td{padding:.25em .5em;border-bottom:1px solid #ddd;"
-    "white-space:nowrap}td.text{white-space:normal;min-width:8em;max-width:18em}th{background:#f4f4f4;text-align:left}td.num{text-align:right;"
+    "table{border-collapse:collapse;margin:.6em 0}th,td{padding:.25em .35em;border-bottom:1px solid #ddd;"
+    "white-space:nowrap}td.text{white-space:normal;min-width:7em;max-width:14em}th{background:#f4f4f4;text-align:left;vertical-align:bottom;white-space:normal}td.num{text-align:right;"
     "font-variant-numeric:tabular-nums}caption{text-align:left;color:#555;caption-side:top;white-space:normal}"
     "th.sortable{cursor:pointer}th[aria-sort=ascending]::after{content:' \\25B2'}"
     "th[aria-sort=descending]::after{content:' \\25BC'}p.note{color:#555;max-width:70em}"
