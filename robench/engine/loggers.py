@@ -39,7 +39,8 @@ class RunLoggers:
 
     def step_due(self, step: int) -> bool:
         """Whether global step ``step`` (from 1) is one whose loss is sent."""
-        return self.wants_steps and step % self.log_every == 0
+        # the modulo first: this runs every training step, the scan of the loggers only on due ones
+        return self.log_every > 0 and step % self.log_every == 0 and self.wants_steps
 
     def _call(self, method: str, *args: Any) -> None:
         for name, logger in list(self._active):
