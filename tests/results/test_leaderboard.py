@@ -185,6 +185,21 @@ def test_flagged_evaluations_are_marked_potentially_unreliable(results: Path) ->
     assert UNRELIABLE in text
 
 
+def test_rows_that_saw_other_data_say_so(results: Path) -> None:
+    """A board whose rows differ in a data setting (a training subset here) names it per row."""
+    records = _records(results)
+    assert "| Data" not in render_markdown(records, "t", "src")  # all the same: no column
+    subset = [dataclasses.replace(r, config={**r.config, "data": {**r.config["data"], "train_subset": 500}})
+              if r.defense["name"] == "pgd-at" else r for r in records]
+    df = experiment_table(subset)
+    assert dict(zip(df["defense"], df["data"])) == {PGD: "train_subset=500", "standard": ""}
+    text = render_markdown(subset, "t", "src")
+    assert "| Data" in text and "train_subset=500" in text and "a blank cell means the dataset's default" in text
+    page = render_html(subset, plots=False)
+    # on the page the data settings go into the defense's cell
+    assert "pgd-at (steps=<wbr>1) [train_subset=<wbr>500]" in page and "<th scope=col>Data</th>" not in page
+
+
 def test_robustbench_entry_uses_its_field_names_and_refuses_runs_without_autoattack(results: Path) -> None:
     records = _records(results)
     aa = _by(records, "standard", autoattack=True)[0]

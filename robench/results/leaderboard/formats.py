@@ -20,6 +20,7 @@ from robench.results.leaderboard.table import (
     AUTOATTACK,
     CLEAN,
     UNRELIABLE,
+    differing_data,
     experiment_table,
     flags,
     metrics,
@@ -30,7 +31,7 @@ from robench.results.records import RunRecord
 
 FORMATS = ("markdown", "csv", "latex", "html")
 _TEXT = {"Rank": False, "Dataset": True, "Threat": True, "Defense": True, "Architecture": True, "Seed": False,
-         "Seeds": False, "Epochs": False, "Checkpoint": True, "Ranked by": True, "Evaluation": True,
+         "Seeds": False, "Epochs": False, "Data": True, "Checkpoint": True, "Ranked by": True, "Evaluation": True,
          "Config": True, "Run": True, "Source": True, "Note": True, "vs top": True, "Model": True, "Report": True}
 
 
@@ -101,7 +102,10 @@ def measured_display(records: Sequence[RunRecord], by_seed: bool = False) -> pd.
         _noise_columns(out, df, "AutoAttack" if (df["ranked_by"] == AUTOATTACK).all() else "Ranking accuracy")
     flops, seconds = ("train_flops", "train_s") if by_seed else ("train flops", "train s")
     out["Train FLOP/img"], out["Train time"] = df[flops].map(_flops), df[seconds].map(_duration)
-    out["Epochs"], out["Checkpoint"] = df["epochs"].astype(str), df["checkpoint"]
+    out["Epochs"] = df["epochs"].astype(str)
+    if (df["data"] != "").any():
+        out["Data"] = df["data"]
+    out["Checkpoint"] = df["checkpoint"]
     if (df["ranked_by"] != AUTOATTACK).any():
         out["Ranked by"] = df["ranked_by"]
     out["Evaluation"] = df["flags"].map(lambda k: UNRELIABLE if k else "ok")
@@ -183,6 +187,10 @@ NOISE_SENTENCE = (
     "time of the epochs on the device named in the records."
 )
 
+#: how to read the Data column, which a board has when its rows saw different data settings
+DATA_SENTENCE = ("Data names the data settings in which the board's rows differ, with each row's value; a blank "
+                 "cell means the dataset's default (null) for all of them, e.g. all its training images.")
+
 
 def render_markdown(records: Sequence[RunRecord], title: str, source: str,
                     reported: Sequence[ReportedRow] = (), by_seed: bool = False,
@@ -199,6 +207,8 @@ def render_markdown(records: Sequence[RunRecord], title: str, source: str,
         ]
         if not by_seed:
             lines += ["", NOISE_SENTENCE]
+        if differing_data(records):
+            lines += ["", DATA_SENTENCE]
         flagged = sorted((r for r in records if flags(r)), key=lambda r: r.run_id)
         if flagged:
             lines += ["", f"**{UNRELIABLE}**: these runs' evaluations raised flags:", ""]

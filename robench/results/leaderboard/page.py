@@ -102,7 +102,8 @@ def _table(df: pd.DataFrame, caption: str, sortable: bool = True) -> list[str]:
             number = None if _TEXT.get(column, False) else sort_value(text)
             attrs = (" class=text" if _TEXT.get(column, False) else " class=num") + (
                 f' data-v="{number!r}"' if number is not None else "")
-            cells.append(f"<td{attrs}>{html.escape(text)}</td>")
+            shown = html.escape(text).replace("=", "=<wbr>") if _TEXT.get(column, False) else html.escape(text)
+            cells.append(f"<td{attrs}>{shown}</td>")  # a long setting may break after its "="
         rows.append("<tr>" + "".join(cells) + "</tr>")
     kind = " class=sortable" if sortable else ""
     return [f"<div class=scroll><table{kind}><caption>{html.escape(caption)}</caption>",
@@ -115,8 +116,8 @@ _DESCRIBING = ("Architecture", "Seeds", "Epochs", "Checkpoint", "Evaluation", "R
 
 def _compact(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """The board's table without the describing columns that are the same in every row
-    (said once, in the caption) and without the config hash (in each run's detail), so
-    that a board fits a 1,400-pixel window."""
+    (said once, in the caption), without the config hash (in each run's detail) and with
+    the data settings in the defense's cell, so that a board fits a 1,400-pixel window."""
     same = [c for c in _DESCRIBING if c in df.columns and len(df) > 1 and df[c].nunique() == 1]
     said = [f"{c.lower()}: {df[c].iloc[0]}" for c in same]
     worst, aa = "Worst case (%)", "AutoAttack (%)"
@@ -124,6 +125,8 @@ def _compact(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         same.append(worst)  # AutoAttack ran last, so it is the worst case
         said.append("worst case: the AutoAttack column")
     out = df.drop(columns=[*same, *(["Config"] if "Config" in df.columns else [])])
+    if "Data" in out.columns:  # in the defense's cell, which wraps, so the table stays narrow
+        out["Defense"] = [f"{d} [{x}]" if x else d for d, x in zip(out["Defense"], out.pop("Data"))]
     return out.rename(columns={c: "95% CI" for c in out.columns if c.endswith(" 95% CI")}), "; ".join(said)
 
 

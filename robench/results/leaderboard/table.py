@@ -51,6 +51,21 @@ def defense_label(rec: RunRecord) -> str:
     return f"{rec.defense['name']} ({values})"
 
 
+def differing_data(records: Iterable[RunRecord]) -> list[str]:
+    """The ``data`` settings whose values differ between these records (a key a record
+    lacks counts as null), so that a board can say which rows saw other data, e.g. a
+    training subset, without knowing any dataset's options."""
+    settings = [(r.config or {}).get("data") or {} for r in records]
+    keys = sorted({k for s in settings for k in s} - {"name"})
+    return [k for k in keys if len({repr(s.get(k)) for s in settings}) > 1]
+
+
+def data_label(rec: RunRecord, keys: Sequence[str]) -> str:
+    """``train_subset=10000``: this record's non-null values of the differing ``keys``."""
+    data = (rec.config or {}).get("data") or {}
+    return ", ".join(f"{k}={data[k]}" for k in keys if data.get(k) is not None)
+
+
 def threat_label(rec: RunRecord) -> str:
     return f"{rec.threat['norm']} {rec.threat['eps']}"
 
@@ -133,7 +148,7 @@ def train_seconds(rec: RunRecord) -> float | None:
 
 def runs_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
     """One row per run with numeric accuracies (NaN where a run's suite lacked an attack)."""
-    keys = metrics(records)
+    keys, data_keys = metrics(records), differing_data(records)
     rows = []
     for rec in records:
         rank_key, ranked_by = ranking_rule([rec])
@@ -146,6 +161,7 @@ def runs_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
             "seed": rec.seed,
             "run_id": rec.run_id,
             "epochs": rec.train.get("epochs"),
+            "data": data_label(rec, data_keys),
             "checkpoint": checkpoint_label(rec),
             "flags": len(flags(rec)),
             "ranked_by": ranked_by,
@@ -186,7 +202,7 @@ def _experiment_row(ident: tuple[str, ...], group: pd.DataFrame, keys: Sequence[
     nan = float("nan")
     row: dict[str, object] = dict(zip(EXPERIMENT, ident))
     row.update(
-        seeds=group["seed"].nunique(), epochs=group["epochs"].iloc[0],
+        seeds=group["seed"].nunique(), epochs=group["epochs"].iloc[0], data=group["data"].iloc[0],
         checkpoint=", ".join(sorted(set(group["checkpoint"]))), flags=int(group["flags"].sum()),
         ranked_by=without_aa.iloc[0] if len(without_aa) else AUTOATTACK,
         _rank=by_seed.mean() if len(by_seed) else nan, _by_seed=dict(by_seed),
