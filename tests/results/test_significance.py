@@ -107,6 +107,22 @@ def test_board_marks_ties_with_the_top_row_and_shows_the_noise() -> None:
     assert f"{1.2e8 * records[0].train['epochs'] / 1e9:.2f} G" in far_line
 
 
+def test_rows_are_compared_with_the_top_row_on_the_same_data() -> None:
+    """A row trained on other data (here: a training subset) is not tested against the
+    board's top row but against the top row on its own data."""
+    subset = ("close", "far")
+    records = [dataclasses.replace(r, config={**r.config, "data": {**r.config["data"], "train_subset": 1000}})
+               if r.defense["name"] in subset else r for r in _variants()]
+    df = experiment_table(records).set_index("defense")
+    assert list(df.index) == ["top", "close", "far"] and list(df["top"]) == [True, True, False]
+    assert math.isnan(df.loc["close", "vs top p"])
+    raw = paired_t_pvalue(*({r.seed: r.accuracy["AutoAttack"] for r in records if r.defense["name"] == n} for n in subset))
+    assert df.loc["far", "vs top p"] == pytest.approx(raw) and not bool(df.loc["far", "tied"])  # one test: no Holm factor
+    lines = render_markdown(records, "t", "src").splitlines()
+    close_line, far_line = (next(line for line in lines if f"| {n} " in line) for n in subset)
+    assert "| top " in close_line and "below (p=" in far_line and "train_subset=1000" in far_line
+
+
 def test_rows_without_a_shared_seed_or_a_cost_show_a_dash() -> None:
     records = [r for r in _variants() if r.seed == 0 or r.defense["name"] == "top"]
     records = [dataclasses.replace(r, cost=None) if r.defense["name"] == "far" else r for r in records]

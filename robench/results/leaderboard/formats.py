@@ -51,9 +51,9 @@ def _interval(low: float, high: float) -> str:
     return "–" if math.isnan(low) else f"[{low:.2f}, {high:.2f}]"
 
 
-def _versus_top(rank: int, p: float, tied: bool) -> str:
+def _versus_top(top: bool, p: float, tied: bool) -> str:
     """``top``, ``tied (p=0.14)``, ``below (p=0.0007)``, or – where no test was possible."""
-    if rank == 1:
+    if top:
         return "top"
     if math.isnan(p):
         return "–"
@@ -77,7 +77,7 @@ def _noise_columns(out: pd.DataFrame, df: pd.DataFrame, rank_label: str) -> None
     comparison with the top row."""
     out[f"{rank_label} 95% CI"] = [_interval(lo, hi) for lo, hi in zip(df["ci low"], df["ci high"])]
     out["Test SE"] = df["test se"].map(lambda se: "–" if math.isnan(se) else f"± {se:.2f}")
-    out["vs top"] = [_versus_top(r, p, t) for r, p, t in zip(df["rank"], df["vs top p"], df["tied"])]
+    out["vs top"] = [_versus_top(r, p, t) for r, p, t in zip(df["top"], df["vs top p"], df["tied"])]
 
 
 def measured_display(records: Sequence[RunRecord], by_seed: bool = False) -> pd.DataFrame:
@@ -189,7 +189,9 @@ NOISE_SENTENCE = (
 
 #: how to read the Data column, which a board has when its rows saw different data settings
 DATA_SENTENCE = ("Data names the data settings in which the board's rows differ, with each row's value; a blank "
-                 "cell means the dataset's default (null) for all of them, e.g. all its training images.")
+                 "cell means the dataset's default (null) for all of them, e.g. all its training images. Rows on "
+                 "different data are no like-for-like comparison: each row's vs top compares it with the "
+                 "top-ranked row on the same data, which says top.")
 
 
 def render_markdown(records: Sequence[RunRecord], title: str, source: str,

@@ -188,10 +188,6 @@ def run_table(records: Sequence[RunRecord]) -> pd.DataFrame:
     return _ordered(runs_frame(records)) if records else pd.DataFrame()
 
 
-def _nan_if_none(value: float | None) -> float:
-    return float("nan") if value is None else value
-
-
 def _experiment_row(ident: tuple[str, ...], group: pd.DataFrame, keys: Sequence[str]) -> dict[str, object]:
     """Means and stds over seeds; the ranking accuracy's 95% interval and test-set error;
     the cost; and the per-seed ranking accuracies (``_by_seed``) for the paired tests."""
@@ -219,16 +215,21 @@ def _experiment_row(ident: tuple[str, ...], group: pd.DataFrame, keys: Sequence[
 
 
 def compare_with_top(df: pd.DataFrame) -> pd.DataFrame:
-    """``vs top p``: the Holm-adjusted p of a paired t-test of each row's ranking accuracy
-    against the top row's over their shared seeds (NaN below 2 shared seeds and for the
-    top row); ``tied``: not distinguishable from the top at level ALPHA."""
-    top = df["_by_seed"].iloc[0] if len(df) else {}
-    raw = {i: paired_t_pvalue(top, other) for i, other in enumerate(df["_by_seed"]) if i > 0}
-    tested = {i: p for i, p in raw.items() if p is not None}
-    adjusted = dict(zip(tested, holm(list(tested.values()))))
-    df = df.assign(**{"vs top p": [_nan_if_none(adjusted.get(i)) for i in range(len(df))]})
-    tied = [False] + [i in adjusted and adjusted[i] >= ALPHA for i in range(1, len(df))]
-    return df.assign(tied=tied).drop(columns="_by_seed")
+    """``top``: the top-ranked row among those trained on the same data (the ``data``
+    column; rows on other data are no like-for-like comparison); ``vs top p``: the
+    Holm-adjusted p of a paired t-test of each other row's ranking accuracy against its
+    top row's over their shared seeds (NaN below 2 shared seeds), Holm over the rows
+    compared with the same top; ``tied``: not distinguishable from it at level ALPHA."""
+    n, by_seed = len(df), list(df["_by_seed"])
+    top, p_values, tied = [False] * n, [float("nan")] * n, [False] * n
+    for rows in df.groupby("data", sort=False).indices.values():
+        first, rest = int(rows[0]), [int(i) for i in rows[1:]]
+        top[first] = True
+        raw = {i: paired_t_pvalue(by_seed[first], by_seed[i]) for i in rest}
+        tested = {i: p for i, p in raw.items() if p is not None}
+        for i, p in zip(tested, holm(list(tested.values()))):
+            p_values[i], tied[i] = p, p >= ALPHA
+    return df.assign(top=top, **{"vs top p": p_values}, tied=tied).drop(columns="_by_seed")
 
 
 def experiment_table(records: Sequence[RunRecord]) -> pd.DataFrame:
