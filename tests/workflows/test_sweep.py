@@ -6,6 +6,7 @@ only) so that the sweep machinery, not training, is what these tests spend time 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import signal
@@ -21,6 +22,7 @@ from conftest import REPO, run_cli
 from robench.api.errors import ConfigError
 from robench.core.config import parse_set
 from robench.results.records import load_records
+from robench.workflows.sweep.budget import estimate_seconds
 from robench.workflows.sweep.grid import SweepSpec, expand, load_sweep, override, set_item
 from robench.workflows.sweep.local import slot_env
 from robench.workflows.sweep.plan import plan_sweep
@@ -222,6 +224,29 @@ def test_a_budget_starts_only_what_its_records_say_can_finish(tmp_path: Path) ->
     assert sorted(r.seed for r in _records(results)) == [0, 1]
     slurm = run_cli("sweep", "--seeds", "0", *common, "--budget", "5", "--runner", "slurm")
     assert slurm.returncode == 2 and "--budget is for the local runner" in slurm.stderr
+
+
+def test_a_budget_estimates_a_new_experiment_from_runs_on_the_same_data(tmp_path: Path) -> None:
+    """An experiment with no record of its own takes the time of its kind trained on the
+    same data settings and epochs (the committed 10,000-image PGD-AT run, 16 minutes),
+    not of one on all 60,000 images (62 minutes); with no such run, the longest of its kind."""
+    results = tmp_path / "results"
+    common = ["data.train_subset=10000", "defense.steps=16", "seed=0"]
+    config = REPO / "configs" / "fashion-mnist" / "pgd-at-trades-smallcnn.yaml"
+    points = {epochs: plan_sweep(SweepSpec("estimate", config, ((),), (*common, f"train.epochs={epochs}")),
+                                 flags={"results_dir": results}, runs_dir=tmp_path / "runs").points[0]
+              for epochs in (10, 5)}
+    source = REPO / "leaderboards" / "records" / "fashion-mnist" / "linf-0.1"
+    walls = {}
+    for path in sorted(source.glob("*-pgd-at-*.json")):
+        record = json.loads(path.read_text())
+        record["device"] = points[10].machine  # as if made on this machine
+        walls[record["config"]["data"].get("train_subset")] = record["wall_time_s"]
+        (points[10].record_dir / path.name).parent.mkdir(parents=True, exist_ok=True)
+        (points[10].record_dir / path.name).write_text(json.dumps(record))
+    assert set(walls) == {None, 10000} and walls[None] > 3 * walls[10000]
+    assert estimate_seconds(points[10]) == walls[10000]
+    assert estimate_seconds(points[5]) == walls[None]
 
 
 def test_a_spent_budget_stops_the_running_run_resumably(tmp_path: Path) -> None:

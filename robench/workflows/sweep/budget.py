@@ -2,7 +2,8 @@
 
 A run's duration is estimated from the records already in its board's folder, made on
 the same kind of machine: the longest wall time of the same experiment (any seed), or
-else of the same defense, architecture and dataset. A run with no such record starts
+else of the same defense, architecture and dataset with the same data settings and
+epochs, or else of the same defense, architecture and dataset. A run with no such record starts
 while any time is left, since nothing says it cannot finish. When the budget is spent,
 the runs still going are stopped as by SIGTERM: they save ``last.pt``, and the next
 ``robench sweep`` resumes them.
@@ -13,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from robench.results.records import RunRecord, load_records
-from robench.workflows.sweep.plan import SweepPoint, machine
+from robench.workflows.sweep.plan import SweepPoint, machine, run_shape
 
 
 def estimate_seconds(point: SweepPoint) -> float | None:
@@ -22,7 +23,9 @@ def estimate_seconds(point: SweepPoint) -> float | None:
     here = [r for r in records if machine(r.device) == point.machine]
     same = [r.wall_time_s for r in here if r.config_hash == point.config_hash]
     if not same:
-        same = [r.wall_time_s for r in here if _kind(r) == point.kind]
+        kind = [r for r in here if _kind(r) == point.kind]
+        same = [r.wall_time_s for r in kind if run_shape(r.config.get("data"), r.train.get("epochs")) == point.shape]
+        same = same or [r.wall_time_s for r in kind]
     return max(same, default=None)
 
 

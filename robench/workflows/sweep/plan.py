@@ -6,6 +6,7 @@ the point's config hash and seed, which identify its record, are known up front.
 """
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ class SweepPoint:
     machine: str = ""
     #: (defense, architecture, dataset)
     kind: tuple[str, str, str] = ("", "", "")
+    #: the data settings and epochs, which scale a run's time (``--budget`` estimates)
+    shape: str = ""
 
     def argv(self, resume: Path | None = None) -> list[str]:
         """The ``robench`` arguments that start this run, or continue it from ``resume``."""
@@ -125,6 +128,7 @@ def plan_sweep(
             common=(*common, "--runs-dir", str(base / key), "--quiet"), folder=base / key,
             record_dir=folder, config_hash=ident[0], seed=ident[1],
             machine=_machine(run.device, nproc), kind=(names.get("defense", ""), names["arch"], names["data"]),
+            shape=run_shape(run.resolved.get("data"), run.resolved.get("train", {}).get("epochs")),
         )
         plan.points.append(planned)
         if ident in known[folder]:
@@ -135,6 +139,12 @@ def plan_sweep(
 def machine(device_label: str) -> str:
     """A record's ``device`` without the thread count, which a sweep's workers change."""
     return re.sub(r", \d+ threads\)$", ")", device_label)
+
+
+def run_shape(data: Any, epochs: Any) -> str:
+    """A run's data settings and epochs as one comparable text: runs of one kind with the
+    same shape take about as long (a training subset or fewer epochs take less)."""
+    return json.dumps({"data": data or {}, "epochs": epochs}, sort_keys=True, default=str)
 
 
 def _machine(device: Any, nproc: int | None) -> str:
