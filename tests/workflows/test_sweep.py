@@ -239,12 +239,12 @@ def test_a_budget_estimates_a_new_experiment_from_runs_on_the_same_data(tmp_path
               for epochs in (10, 5)}
     source = REPO / "leaderboards" / "records" / "fashion-mnist" / "linf-0.1"
     walls = {}
+    points[10].record_dir.mkdir(parents=True, exist_ok=True)
     for path in sorted(source.glob("*-pgd-at-*.json")):
         record = json.loads(path.read_text())
         record["device"] = points[10].machine  # as if made on this machine
         subset = record["config"]["data"].get("train_subset")
         walls[subset] = max(walls.get(subset, 0.0), record["wall_time_s"])
-        (points[10].record_dir / path.name).parent.mkdir(parents=True, exist_ok=True)
         (points[10].record_dir / path.name).write_text(json.dumps(record))
     assert set(walls) == {None, 10000} and walls[None] > 3 * walls[10000]
     assert estimate_seconds(points[10]) == walls[10000]

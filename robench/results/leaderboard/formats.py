@@ -182,9 +182,9 @@ NOISE_SENTENCE = (
     "The 95% CI is the Student-t interval of the ranking accuracy's mean over seeds; Test SE is that "
     "accuracy's binomial standard error on the test points (the noise of the test sample itself); vs top is a "
     "paired t-test of each row against the top row over the seeds both have, Holm-corrected over the rows "
-    "compared with that top row: tied rows are not distinguishable from the top at the 5% level. Train FLOP/img is the training "
-    "cost per training image over all epochs as the defense counts it; Train time is the measured wall "
-    "time of the epochs on the device named in the records."
+    "compared with that top row: tied rows are not distinguishable from the top at the 5% level. "
+    "Train FLOP/img is the training cost per training image over all epochs as the defense counts it; "
+    "Train time is the measured wall time of the epochs on the device named in the records."
 )
 
 #: how to read the Data column, which a board has when its rows saw different data settings

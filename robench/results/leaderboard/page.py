@@ -98,11 +98,11 @@ def _table(df: pd.DataFrame, caption: str, sortable: bool = True) -> list[str]:
     for row in df.itertuples(index=False):
         cells = []
         for column, value in zip(df.columns, row):
-            text = str(value).replace("`", "")
-            number = None if _TEXT.get(column, False) else sort_value(text)
-            attrs = (" class=text" if _TEXT.get(column, False) else " class=num") + (
+            text, is_text = str(value).replace("`", ""), _TEXT.get(column, False)
+            number = None if is_text else sort_value(text)
+            attrs = (" class=text" if is_text else " class=num") + (
                 f' data-v="{number!r}"' if number is not None else "")
-            shown = html.escape(text).replace("=", "=<wbr>") if _TEXT.get(column, False) else html.escape(text)
+            shown = html.escape(text).replace("=", "=<wbr>") if is_text else html.escape(text)
             cells.append(f"<td{attrs}>{shown}</td>")  # a long setting may break after its "="
         rows.append("<tr>" + "".join(cells) + "</tr>")
     kind = " class=sortable" if sortable else ""

@@ -51,18 +51,22 @@ def defense_label(rec: RunRecord) -> str:
     return f"{rec.defense['name']} ({values})"
 
 
+def _data_settings(rec: RunRecord) -> dict[str, object]:
+    return (rec.config or {}).get("data") or {}
+
+
 def differing_data(records: Iterable[RunRecord]) -> list[str]:
     """The ``data`` settings whose values differ between these records (a key a record
     lacks counts as null), so that a board can say which rows saw other data, e.g. a
     training subset, without knowing any dataset's options."""
-    settings = [(r.config or {}).get("data") or {} for r in records]
+    settings = [_data_settings(r) for r in records]
     keys = sorted({k for s in settings for k in s} - {"name"})
     return [k for k in keys if len({repr(s.get(k)) for s in settings}) > 1]
 
 
 def data_label(rec: RunRecord, keys: Sequence[str]) -> str:
     """``train_subset=10000``: this record's non-null values of the differing ``keys``."""
-    data = (rec.config or {}).get("data") or {}
+    data = _data_settings(rec)
     return ", ".join(f"{k}={data[k]}" for k in keys if data.get(k) is not None)
 
 
