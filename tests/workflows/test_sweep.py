@@ -228,9 +228,9 @@ def test_a_budget_starts_only_what_its_records_say_can_finish(tmp_path: Path) ->
 
 def test_a_budget_estimates_a_new_experiment_from_runs_on_the_same_data(tmp_path: Path) -> None:
     """An experiment with no record of its own takes the time of its kind trained on the
-    same data settings and epochs (the longest committed 10,000-image PGD-AT run, about
-    20 minutes), not of one on all 60,000 images (62 minutes); with no such run, the
-    longest of its kind."""
+    same data settings and epochs (the longest committed 10,000-image PGD-AT run), not of
+    one on all 60,000 images (which takes longer); with no such run, the longest of its
+    kind."""
     results = tmp_path / "results"
     common = ["data.train_subset=10000", "defense.steps=16", "seed=0"]
     config = REPO / "configs" / "fashion-mnist" / "pgd-at-trades-smallcnn.yaml"
@@ -246,7 +246,7 @@ def test_a_budget_estimates_a_new_experiment_from_runs_on_the_same_data(tmp_path
         subset = record["config"]["data"].get("train_subset")
         walls[subset] = max(walls.get(subset, 0.0), record["wall_time_s"])
         (points[10].record_dir / path.name).write_text(json.dumps(record))
-    assert set(walls) == {None, 10000} and walls[None] > 3 * walls[10000]
+    assert set(walls) == {None, 10000} and walls[None] > walls[10000]
     assert estimate_seconds(points[10]) == walls[10000]
     assert estimate_seconds(points[5]) == walls[None]
 
