@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from importlib import metadata as _metadata
 
-from robench import _moved
-
 try:
     __version__: str = _metadata.version("robench")
 except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
@@ -19,5 +17,3 @@ except _metadata.PackageNotFoundError:  # running from a source tree that is not
 api_version: str = "1.4"
 
 __all__ = ["__version__", "api_version"]
-
-_moved.install()

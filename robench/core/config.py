@@ -30,19 +30,20 @@ import yaml
 from robench.api.errors import ConfigError, UserError, one_line
 from robench.api.params import build_params, check_exponent, param, shown, suggest
 from robench.api.threat import parse_fraction
-from robench.core.registry import HOME_DISTRIBUTION, get_registry, normalize_name
+from robench.core.registry import HOME_DISTRIBUTION, KINDS, get_registry, normalize_name
 
 PRESET_GROUP = "robench.presets"
-PLUGIN_SECTIONS: dict[str, str] = {  # config section -> plugin kind
-    "data": "dataset",
-    "arch": "architecture",
-    "defense": "defense",
-}
+#: config section -> plugin kind, for the sections that choose one plugin with its params,
+#: in the order configs, records and validation's messages take them (``robench list``
+#: shows the kinds in another); a test checks that every such kind of KINDS is here
+PLUGIN_SECTIONS: dict[str, str] = {KINDS[kind].section: kind for kind in ("dataset", "architecture", "defense")}
+#: config section -> plugin kind, for the sections that list plugins
+LIST_SECTIONS: dict[str, str] = {k.section: k.name for k in KINDS.values() if k.listed}
 #: the evaluation suite: a list of attack plugins, run in order on the points still robust
-SUITE_SECTION, SUITE_KIND = "attacks", "attack"
+SUITE_SECTION, SUITE_KIND = KINDS["attack"].section, KINDS["attack"].name
 #: where a run's progress goes besides its record: a list of logger plugins, possibly
 #: empty; how a run is watched, not what it computes, so not part of the config hash
-LOGGER_SECTION, LOGGER_KIND = "loggers", "logger"
+LOGGER_SECTION, LOGGER_KIND = KINDS["logger"].section, KINDS["logger"].name
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ VALUE_SECTIONS = ("threat", "train", "eval", "engine")
 TOP_LEVEL_KEYS = (
     _SETTING_KEYS
     + list(PLUGIN_SECTIONS)
-    + [SUITE_SECTION, LOGGER_SECTION, *VALUE_SECTIONS]
+    + [*LIST_SECTIONS, *VALUE_SECTIONS]
 )
 
 
@@ -293,7 +294,7 @@ def merge(base: dict[str, Any], layer: Mapping[str, Any], origin: str) -> dict[s
                 out[key] = new
             else:
                 out[key] = {**old, **new}
-        elif key in (SUITE_SECTION, LOGGER_SECTION):
+        elif key in LIST_SECTIONS:
             out[key] = _as_list(value, origin, key)
         elif key in VALUE_SECTIONS:
             out[key] = {**(out.get(key) or {}), **_as_section(value, key, origin)}
@@ -319,7 +320,10 @@ def resolve_over(
     *,
     dataset_preset: bool = True,
 ) -> dict[str, Any]:
-    """``base`` < the chosen dataset's preset (if ``dataset_preset``) < YAML < flags < ``--set``."""
+    """``base`` < the chosen dataset's preset (if ``dataset_preset``) < YAML < flags < ``--set``.
+
+    The dataset is the one the layers above the preset choose, so it is read from their
+    ``data`` sections alone before the one merge of every layer."""
     layers: list[tuple[Mapping[str, Any], str]] = []
     if config_file is not None:
         layers.append((load_yaml(config_file), str(config_file)))
@@ -328,19 +332,30 @@ def resolve_over(
     if overrides:
         layers.append((parse_set(overrides), "--set"))
     raw = dict(base)
+    name = _chosen_dataset(base, layers) if dataset_preset else None
+    if name is not None:
+        preset = load_preset(name)
+        if preset and name != "default":
+            raw = merge(raw, preset, f"preset '{name}'")
     for layer, origin in layers:
         raw = merge(raw, layer, origin)
-    if not dataset_preset:
-        return raw
-    name = (raw.get("data") or {}).get("name") if isinstance(raw.get("data"), Mapping) else None
-    if not (isinstance(name, str) and name.strip()):
-        return raw
-    preset = load_preset(normalize_name(name))
-    if preset and normalize_name(name) != "default":
-        raw = merge(dict(base), preset, f"preset '{normalize_name(name)}'")
-        for layer, origin in layers:
-            raw = merge(raw, layer, origin)
     return raw
+
+
+def _chosen_dataset(base: Mapping[str, Any], layers: Sequence[tuple[Mapping[str, Any], str]]) -> str | None:
+    """The dataset ``layers`` over ``base`` choose (normalized), merged as :func:`merge` does;
+    None where they choose none, or where a ``data`` section is malformed: the merge of
+    every layer then says so, in the order of the layers."""
+    data: dict[str, Any] = {"data": base["data"]} if "data" in base else {}
+    try:
+        for layer, origin in layers:
+            if "data" in layer:
+                data = merge(data, {"data": layer["data"]}, origin)
+    except ConfigError:
+        return None
+    section = data.get("data")
+    name = section.get("name") if isinstance(section, Mapping) else None
+    return normalize_name(name) if isinstance(name, str) and name.strip() else None
 
 
 def with_loggers(raw: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
@@ -380,7 +395,7 @@ def _check_budget(eps: str, where: str) -> str:
 
 def _list_choices(items: Any, section: str = SUITE_SECTION) -> list[PluginChoice]:
     """A list section's plugins: names or ``{name: ..., param: value}`` mappings (attacks: at least one)."""
-    kind = SUITE_KIND if section == SUITE_SECTION else LOGGER_KIND
+    kind = LIST_SECTIONS[section]
     chosen = []
     for i, item in enumerate(items if isinstance(items, list) else _as_list(items, "config", section)):
         value = {"name": item} if isinstance(item, str) else dict(item) if isinstance(item, Mapping) else {}

@@ -34,19 +34,31 @@ T = TypeVar("T", bound=Plugin[Any])
 
 @dataclass(frozen=True)
 class PluginKind(Generic[T]):
+    """One kind of plugin, everything robench knows about it: the run configuration
+    (:mod:`robench.core.config`) derives its plugin sections from these, so a kind is
+    described once."""
+
     name: str
+    #: the entry-point group its plugins register in
     group: str
+    #: the contract its plugins subclass
     base: type[T]
+    #: the run config's section that chooses its plugins
+    section: str
+    #: the section is a list of plugins (``attacks: [fgsm, pgd-20]``), not
+    #: one plugin with its params (``defense: {name: trades, beta: 6}``)
+    listed: bool = False
 
 
+#: every plugin kind, in the order ``robench list`` shows them
 KINDS: dict[str, PluginKind[Any]] = {
     k.name: k
     for k in (
-        PluginKind("defense", "robench.defenses", Defense),
-        PluginKind("architecture", "robench.architectures", Architecture),
-        PluginKind("dataset", "robench.datasets", Dataset),
-        PluginKind("attack", "robench.attacks", Attack),
-        PluginKind("logger", "robench.loggers", Logger),
+        PluginKind("defense", "robench.defenses", Defense, section="defense"),
+        PluginKind("architecture", "robench.architectures", Architecture, section="arch"),
+        PluginKind("dataset", "robench.datasets", Dataset, section="data"),
+        PluginKind("attack", "robench.attacks", Attack, section="attacks", listed=True),
+        PluginKind("logger", "robench.loggers", Logger, section="loggers", listed=True),
     )
 }
 

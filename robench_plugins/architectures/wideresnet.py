@@ -64,7 +64,7 @@ class WideBasicBlock(nn.Module):
         self.relu2 = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(out_planes, out_planes, 3, stride=1, padding=1, bias=False)
         self.dropout = dropout
-        self.convShortcut: nn.Module | None = None  # noqa: N815 (checkpoint key name)
+        self.convShortcut: nn.Module | None = None  # camelCase: the TRADES checkpoints' key name
         if stride != 1 or in_planes != out_planes:
             self.convShortcut = nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
 
@@ -227,19 +227,19 @@ class WideResNetArchitecture(Architecture[WideResNetParams]):
         )
 
 
-class WRN34_10(WideResNetArchitecture):  # noqa: N801
+class WRN34_10(WideResNetArchitecture):
     """``wrn-34-10``: about 46.16 M parameters for 10 classes."""
 
     depth, widen_factor = 34, 10
 
 
-class WRN28_10(WideResNetArchitecture):  # noqa: N801
+class WRN28_10(WideResNetArchitecture):
     """``wrn-28-10``: about 36.48 M parameters for 10 classes."""
 
     depth, widen_factor = 28, 10
 
 
-class WRN34_20(WideResNetArchitecture):  # noqa: N801
+class WRN34_20(WideResNetArchitecture):
     """``wrn-34-20``: about 184 M parameters for 10 classes."""
 
     depth, widen_factor = 34, 20

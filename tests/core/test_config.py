@@ -155,3 +155,61 @@ def test_data_normalize_is_robench_s_key_and_recorded_only_when_off() -> None:
         plan = plan_run(validate(resolve(None, {"data": {"name": "fashion-mnist"}}, [f"data.normalize={value}"])))
         assert plan.dataset.params.normalize is value and plan.resolved["data"]["normalize"] is value
         assert plan.config.normalize is value
+
+
+def test_every_layer_resolves_over_the_chosen_dataset_s_preset(tmp_path: Path) -> None:
+    """default preset < the dataset's preset < YAML < flags < ``--set``, pinned key by key
+    and in order: a plugin named anew drops the earlier layers' params (the preset's
+    ``trades-smallcnn``, the YAML's PGD-AT steps), one named again keeps them."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("seed: 2\n"
+                   "data: {name: fashion-mnist, val_size: 500}\n"
+                   "arch: {name: smallcnn, width: 16}\n"
+                   "train: {epochs: 4, lr: 0.02}\n"
+                   "defense: {name: pgd-at, steps: 4}\n"
+                   "attacks: [fgsm, pgd-20]\n")
+    flags = {"defense": {"name": "trades", "beta": 3.0}, "train": {"epochs": 6}, "threat": {"eps": "0.2"}}
+    raw = resolve(cfg, flags, ["defense.beta=2", "train.batch_size=32", "arch.hidden=64", "eval.n_eval=100"])
+    assert list(raw.items()) == [
+        ("seed", 2),
+        ("device", "auto"),
+        ("data", {"name": "fashion-mnist", "val_size": 500}),
+        ("arch", {"name": "smallcnn", "width": 16, "hidden": 64}),
+        ("defense", {"name": "trades", "beta": 2}),
+        ("attacks", ["fgsm", "pgd-20"]),
+        ("eval", {"batch_size": 512, "n_eval": 100}),
+        ("loggers", ["jsonl"]),
+        ("train", {"epochs": 6, "batch_size": 32, "lr": 0.02, "momentum": 0.9, "weight_decay": 0.0,
+                   "schedule": "cosine"}),
+        ("threat", {"eps": "0.2"}),
+    ]
+    # the dataset the last layer names picks the preset: digits', not Fashion-MNIST's
+    # (no trades-smallcnn, no weight_decay 0), under every layer
+    raw = resolve(cfg, {"train": {"epochs": 6}}, ["data=digits"])
+    assert list(raw.items()) == [
+        ("seed", 2),
+        ("device", "auto"),
+        ("data", {"name": "digits"}),
+        ("arch", {"name": "smallcnn", "width": 16}),
+        ("defense", {"name": "pgd-at", "steps": 4}),
+        ("attacks", ["fgsm", "pgd-20"]),
+        ("eval", {"batch_size": 512, "checkpoints": "selected"}),
+        ("loggers", ["jsonl"]),
+        ("train", {"epochs": 6, "batch_size": 64, "lr": 0.02, "schedule": "cosine"}),
+    ]
+
+
+def test_the_config_sections_are_the_registry_s_kinds() -> None:
+    """The plugin kinds are described once, in the registry; the config's section names
+    derive from it, in the order configs and records take them, and cover every kind."""
+    from robench.core import config
+    from robench.core.registry import KINDS
+
+    assert list(config.PLUGIN_SECTIONS.items()) == [("data", "dataset"), ("arch", "architecture"), ("defense", "defense")]
+    assert (config.SUITE_SECTION, config.SUITE_KIND, config.LOGGER_SECTION, config.LOGGER_KIND) == (
+        "attacks", "attack", "loggers", "logger")
+    assert config.TOP_LEVEL_KEYS == ["seed", "device", "data_root", "results_dir", "runs_dir", "download", "data",
+                                     "arch", "defense", "attacks", "loggers", "threat", "train", "eval", "engine"]
+    sections = {**config.PLUGIN_SECTIONS, **config.LIST_SECTIONS}
+    assert sections == {kind.section: name for name, kind in KINDS.items()}
+    assert list(KINDS) == ["defense", "architecture", "dataset", "attack", "logger"]  # robench list's order
