@@ -21,15 +21,21 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
-PAGES = sorted(DOCS.glob("*.md"))
+PAGES = sorted(DOCS.rglob("*.md"))  # the user pages and docs/measurements/
 
 #: entry-point groups, not modules
 GROUPS = {"robench.defenses", "robench.attacks", "robench.datasets", "robench.architectures",
           "robench.presets", "robench.loggers"}
 
 
+def _name(page: Path) -> str:
+    """A page's path under docs/ without ``.md``, as the nav and the built site name it."""
+    return page.relative_to(DOCS).with_suffix("").as_posix()
+
+
 def test_there_are_pages() -> None:
     assert len(PAGES) >= 10, PAGES
+    assert (DOCS / "measurements" / "index.md") in PAGES
 
 
 # ------------------------------------------------------------------ the site builds
@@ -45,14 +51,14 @@ def test_mkdocs_build_strict_passes(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (site / "index.html").is_file()
-    built = {p.stem for p in site.glob("*.html")} | {p.parent.name for p in site.glob("*/index.html")}
-    missing = [p.stem for p in PAGES if p.stem not in built]
+    built = {p.relative_to(site).with_suffix("").as_posix() for p in site.rglob("*.html")}
+    missing = [_name(p) for p in PAGES if _name(p) not in built]
     assert not missing, f"pages not built: {missing}"
 
 
 def test_every_page_is_in_the_nav() -> None:
     config = (REPO / "mkdocs.yml").read_text()
-    missing = [p.name for p in PAGES if not re.search(rf":\s*{re.escape(p.name)}\s*$", config, re.M)]
+    missing = [f"{_name(p)}.md" for p in PAGES if not re.search(rf":\s*{re.escape(_name(p))}\.md\s*$", config, re.M)]
     assert not missing, f"not in mkdocs.yml's nav: {missing}"
 
 
@@ -67,12 +73,33 @@ FORBIDDEN = [
 ]
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+@pytest.mark.parametrize("page", PAGES, ids=_name)
 def test_page_cites_nothing_outside_the_repository(page: Path) -> None:
     text = page.read_text()
     found = [f"{what}: {m.group(0)!r} (line {text.count(chr(10), 0, m.start()) + 1})"
              for pattern, what in FORBIDDEN for m in pattern.finditer(text)]
     assert not found, found
+
+
+#: pages a user reads: what a thing is, how to use it, what it measures now
+USER_PAGES = [p for p in PAGES if p.parent == DOCS] + [REPO / "README.md"]
+#: a word of hex digits with a letter among them: a commit hash, if git knows it as one
+HEX = re.compile(r"(?<![\w-])(?=[0-9a-f]*[a-f])[0-9a-f]{7,40}(?![\w-])")
+
+
+def _commits(text: str) -> list[str]:
+    return sorted(token for token in set(HEX.findall(text)) if subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet", f"{token}^{{commit}}"],
+        capture_output=True).returncode == 0)
+
+
+def test_user_pages_name_no_commit() -> None:
+    """Which code measured what, and the runs before, belong to docs/measurements/."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    found = {page.name: commits for page in USER_PAGES if (commits := _commits(page.read_text()))}
+    assert not found, found
+    assert _commits((DOCS / "measurements" / "uadat.md").read_text()), "the check finds commits where they are"
 
 
 # ------------------------------------------------------------- named modules exist
@@ -126,7 +153,7 @@ def _dotted_problem(name: str) -> str | None:
 
 
 def _named(pattern: re.Pattern[str]) -> list[tuple[str, str]]:
-    return [(page.name, m.group(1)) for page in PAGES for m in pattern.finditer(page.read_text())]
+    return [(_name(page), m.group(1)) for page in PAGES for m in pattern.finditer(page.read_text())]
 
 
 def test_the_pages_name_paths_and_modules() -> None:

@@ -215,7 +215,7 @@ def test_pgd_at_preact_resnet18_on_real_format_cifar10(tmp_path: Path, results: 
 def test_list_shows_one_plugins_hyperparameters() -> None:
     proc = run_cli("list", "defense", "TRADES")
     assert proc.returncode == 0, proc.stderr
-    assert "defense trades (robench 0.1.0): --set defense.KEY=VALUE" in proc.stdout
+    assert f"defense trades (robench {robench.__version__}): --set defense.KEY=VALUE" in proc.stdout
     row = next(line for line in proc.stdout.splitlines() if "beta" in line)
     assert "a number >= 0" in row and "6.0" in row and "weight of the KL term" in row
     attack = run_cli("list", "attack", "pgd")
