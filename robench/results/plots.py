@@ -24,8 +24,7 @@ from matplotlib.transforms import Bbox
 
 from robench.api.errors import UserError
 from robench.api.io import atomic_write_bytes
-from robench.results.leaderboard import defense_label, ranking_rule
-from robench.results.leaderboard.table import threat_label
+from robench.results.labels import defense_label, ranking_rule, threat_label
 from robench.results.records import RunRecord
 
 DPI = 120

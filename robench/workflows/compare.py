@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from robench.api.errors import UserError
-from robench.results.leaderboard import Filters, load_shown, ranking_rule
+from robench.results.labels import defense_label, ranking_rule
+from robench.results.leaderboard import Filters, load_shown
 from robench.results.leaderboard.significance import NonInferiority, noninferiority
-from robench.results.leaderboard.table import EXPERIMENT, defense_label, runs_frame
+from robench.results.leaderboard.table import EXPERIMENT, runs_frame
 from robench.results.records import RunRecord
 from robench.results.reports import REPORTS_FOLDER
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from robench.api.io import atomic_write_text, exclusive_lock
 from robench.api.threat import ThreatModel
+from robench.results.labels import AUTOATTACK, defense_label, ranking_rule, threat_title
 from robench.results.leaderboard.evaluations import with_reports
 from robench.results.leaderboard.external import ExternalRow, external_in
 from robench.results.leaderboard.formats import (
@@ -26,16 +27,7 @@ from robench.results.leaderboard.formats import (
 )
 from robench.results.leaderboard.page import render_html
 from robench.results.leaderboard.reference import ReportedRow, load_reported
-from robench.results.leaderboard.table import (
-    AUTOATTACK,
-    UNRELIABLE,
-    Filters,
-    defense_label,
-    experiment_table,
-    ranking_rule,
-    run_table,
-    threat_title,
-)
+from robench.results.leaderboard.table import UNRELIABLE, Filters, experiment_table, run_table
 from robench.results.records import RunRecord, SkippedRecord, load_records, record_dir
 from robench.results.reports import REPORTS_FOLDER, load_reports, report_dir
 

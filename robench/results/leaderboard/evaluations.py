@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from robench.api.threat import parse_fraction
-from robench.results.leaderboard.table import AUTOATTACK
+from robench.results.labels import AUTOATTACK
 from robench.results.records import RunRecord
 from robench.results.reports import EvalReport
 

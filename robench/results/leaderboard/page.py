@@ -18,19 +18,20 @@ from collections.abc import Iterable, Sequence
 import pandas as pd
 
 from robench.api.threat import ThreatModel
+from robench.results.labels import defense_label, threat_title
 from robench.results.leaderboard.external import ExternalRow
 from robench.results.leaderboard.formats import (
-    _TEXT,
     EXTERNAL_SENTENCE,
     EXTERNAL_TITLE,
     NOISE_SENTENCE,
-    _ranking_sentence,
+    TEXT_COLUMNS,
     external_display,
     measured_display,
+    ranking_sentence,
     reported_display,
 )
 from robench.results.leaderboard.reference import ReportedRow
-from robench.results.leaderboard.table import UNRELIABLE, defense_label, flags, threat_title
+from robench.results.leaderboard.table import UNRELIABLE, flags
 from robench.results.records import RunRecord
 
 _CSS = (
@@ -98,7 +99,7 @@ def _table(df: pd.DataFrame, caption: str, sortable: bool = True) -> list[str]:
     for row in df.itertuples(index=False):
         cells = []
         for column, value in zip(df.columns, row):
-            text, is_text = str(value).replace("`", ""), _TEXT.get(column, False)
+            text, is_text = str(value).replace("`", ""), TEXT_COLUMNS.get(column, False)
             number = None if is_text else sort_value(text)
             attrs = (" class=text" if is_text else " class=num") + (
                 f' data-v="{number!r}"' if number is not None else "")
@@ -131,7 +132,7 @@ def _compact(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
 
 
 def _figures(records: Sequence[RunRecord], title: str) -> list[str]:
-    from robench.results.plots import clean_vs_robust_png, eps_sweep_png  # plots import the boards
+    from robench.results.plots import clean_vs_robust_png, eps_sweep_png  # matplotlib loads only for a page
 
     out = []
     for what, png in (("clean vs robust accuracy", clean_vs_robust_png(records, title)),
@@ -172,7 +173,7 @@ def _board(title: str, records: Sequence[RunRecord], reported: Sequence[Reported
     if records:
         table, said = _compact(measured_display(records, by_seed))
         body += _table(table, f"Measured by robench from {len(records)} run record(s); "
-                              f"{_ranking_sentence(records, by_seed)}." + (f" Every row: {said}." if said else ""))
+                              f"{ranking_sentence(records, by_seed)}." + (f" Every row: {said}." if said else ""))
         if not by_seed:
             body.append(f"<p class=note>{html.escape(NOISE_SENTENCE)}</p>")
         flagged = sorted((r for r in records if flags(r)), key=lambda r: r.run_id)

@@ -16,8 +16,9 @@ from typing import Any
 
 from robench.api.errors import UserError
 from robench.evaluation.sequential import WORST_CASE
+from robench.results.labels import AUTOATTACK, CLEAN
 from robench.results.leaderboard.evaluations import reported_epoch
-from robench.results.leaderboard.table import AUTOATTACK, CLEAN, flags
+from robench.results.leaderboard.table import flags
 from robench.results.records import RunRecord
 
 

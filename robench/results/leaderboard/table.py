@@ -18,14 +18,12 @@ import pandas as pd
 
 from robench.api.threat import ThreatModel
 from robench.evaluation.sequential import WORST_CASE
+from robench.results.labels import AUTOATTACK, CLEAN, defense_label, ranking_rule, threat_label
 from robench.results.leaderboard.external import EXTERNAL, ExternalRow
 from robench.results.leaderboard.reference import ReportedRow
 from robench.results.leaderboard.significance import ALPHA, binomial_se, holm, paired_t_pvalue, t_interval
 from robench.results.records import RunRecord
 
-#: the accuracy key of AutoAttack's standard version in a record
-AUTOATTACK = "AutoAttack"
-CLEAN = "clean"
 UNRELIABLE = "⚠ potentially unreliable"
 #: the columns that identify an experiment
 EXPERIMENT = ["dataset", "threat", "defense", "arch", "config"]
@@ -40,15 +38,6 @@ def checkpoint_label(rec: RunRecord) -> str:
     """``best``, or ``best (eval report)`` where a ``robench eval`` report evaluated it
     (:mod:`robench.results.leaderboard.evaluations`)."""
     return f"{rec.selected} (eval report)" if rec.eval.get("report") else rec.selected
-
-
-def defense_label(rec: RunRecord) -> str:
-    """``trades`` or, with hyperparameters away from the defaults, ``trades (beta=1.0)``."""
-    changed = rec.defense.get("changed") or {}
-    if not isinstance(changed, dict) or not changed:
-        return rec.defense["name"]
-    values = ", ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in sorted(changed.items()))
-    return f"{rec.defense['name']} ({values})"
 
 
 def _data_settings(rec: RunRecord) -> dict[str, object]:
@@ -70,15 +59,6 @@ def data_label(rec: RunRecord, keys: Sequence[str]) -> str:
     return ", ".join(f"{k}={data[k]}" for k in keys if data.get(k) is not None)
 
 
-def threat_label(rec: RunRecord) -> str:
-    return f"{rec.threat['norm']} {rec.threat['eps']}"
-
-
-def threat_title(rec: RunRecord) -> str:
-    """``Linf eps=3/16``, as a board's title writes the threat model."""
-    return str(ThreatModel(rec.threat["norm"], str(rec.threat["eps"])))
-
-
 def metrics(records: Iterable[RunRecord]) -> list[str]:
     """Accuracy keys in suite order: clean first, the worst case last."""
     found: list[str] = []
@@ -89,15 +69,6 @@ def metrics(records: Iterable[RunRecord]) -> list[str]:
     if CLEAN in found:
         found.insert(0, found.pop(found.index(CLEAN)))
     return [*found, WORST_CASE]
-
-
-def ranking_rule(records: Iterable[RunRecord]) -> tuple[str, str]:
-    """(accuracy key, label) that ranks these runs: AutoAttack when every run has it."""
-    recs = list(records)
-    if recs and all(AUTOATTACK in r.accuracy for r in recs):
-        return AUTOATTACK, AUTOATTACK
-    last = [a for r in recs for a in r.accuracy if a not in (CLEAN, WORST_CASE)][-1:] or ["clean"]
-    return WORST_CASE, f"worst case ({last[0]}; no AutoAttack)"
 
 
 def _lower(names: Iterable[str]) -> set[str]:
