@@ -33,6 +33,7 @@ from robench.api.threat import ThreatModel
 from robench.core.config import EngineConfig, TrainConfig
 from robench.core.progress import NullReporter, Reporter, Task
 from robench.core.registry import plugin_origin
+from robench.core.seeding import augmentation_seed, make_generator, rank_noise_seed, validation_seed
 from robench.engine.batches import iterate_batches, num_batches
 from robench.engine.checkpoint import Checkpoint, load_weights, save_checkpoint
 from robench.engine.compiled import compile_step_model, eager_if, graphs_released, no_silent_fallback
@@ -158,7 +159,7 @@ class _Generators:
     def for_device(cls, order: torch.Generator, device: torch.device, seed: int) -> _Generators:
         if device.type == "cpu":  # one stream, as CPU runs have always drawn it
             return cls(order, order)
-        return cls(order, torch.Generator(device).manual_seed(seed * 1_000_033 + 7))
+        return cls(order, make_generator(augmentation_seed(seed), device))
 
 
 def _rng_state(gens: _Generators) -> dict[str, Any]:
@@ -272,19 +273,36 @@ class _Progress:
     current: _Epoch | None = None
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What this training is: :func:`train`'s arguments, fixed for the whole call."""
+
+    defense: Defense[Any]
+    split: TensorSplit
+    threat: ThreatModel
+    cfg: TrainConfig
+    #: draws each epoch's batch order (on the CPU), and augmentation's on a CPU device
+    generator: torch.Generator
+    augment: Callable[[Tensor, torch.Generator], Tensor] | None
+    seed: int
+    val_split: TensorSplit | None
+    val_batch_size: int
+    engine: EngineConfig
+    world: World
+    device: torch.device
+
+
 @dataclass
 class _RunState:
     """One training call's parts, built once by :func:`_start` and passed to each epoch."""
 
+    job: _Job
     model: nn.Module
     #: the model the defense sees: under DDP and/or compiled (in this order); ``model`` keeps the weights
     step_model: nn.Module
     optimizer: torch.optim.Optimizer
     precision: Precision
     gens: _Generators
-    engine: EngineConfig
-    world: World
-    device: torch.device
     steps: int
     #: this rank's part of a full batch, the one shape compiled graphs take
     full_shard: int
@@ -295,29 +313,29 @@ class _RunState:
 
 
 def _start(
-    model: nn.Module, split: TensorSplit, cfg: TrainConfig, engine: EngineConfig, world: World,
-    device: torch.device, generator: torch.Generator, seed: int, run_dir: Path | None,
-    meta: Mapping[str, Any] | None, resume: Checkpoint | None, loggers: RunLoggers | None,
+    model: nn.Module, job: _Job, run_dir: Path | None, meta: Mapping[str, Any] | None,
+    resume: Checkpoint | None, loggers: RunLoggers | None,
 ) -> _RunState:
     """Prepare the model, optimizer, precision and generators, restoring ``resume`` if given."""
+    cfg, engine, world, device = job.cfg, job.engine, job.world, job.device
     if engine.channels_last:
         model.to(memory_format=torch.channels_last)
     if engine.sync_bn:
         model = convert_sync_bn(model, world, device)
     optimizer = make_optimizer(model, cfg, device)
     precision = Precision(cfg.precision, device)
-    gens = _Generators.for_device(generator, device, seed)
+    gens = _Generators.for_device(job.generator, device, job.seed)
     step_model = wrap(model, world, device)
     if engine.compile:
         step_model = compile_step_model(step_model)
-    full = world.shard(min(cfg.batch_size, len(split)))
+    full = world.shard(min(cfg.batch_size, len(job.split)))
     progress = _Progress()
     if resume is not None:
         progress = _resumed(model, optimizer, precision, gens, resume, world, device)
     files = {"last": run_dir / LAST, "best": run_dir / BEST} if run_dir else {}
     saver = _Saver(files, model, optimizer, gens, precision, meta or {}, world.size) if run_dir and world.is_main else None
-    return _RunState(model, step_model, optimizer, precision, gens, engine, world, device,
-                     num_batches(len(split), cfg.batch_size), full.stop - full.start, files, saver, progress,
+    return _RunState(job, model, step_model, optimizer, precision, gens,
+                     num_batches(len(job.split), cfg.batch_size), full.stop - full.start, files, saver, progress,
                      loggers if loggers is not None and world.is_main else RunLoggers())
 
 
@@ -375,22 +393,23 @@ def train(
     this with the same arguments.
     """
     reporter = reporter or NullReporter()
-    engine = engine or EngineConfig()
-    run = _start(model, split, cfg, engine, world, device, generator, seed, run_dir, meta, resume, loggers)
+    job = _Job(defense, split, threat, cfg, generator, augment, seed, val_split, val_batch_size,
+               engine or EngineConfig(), world, device)
+    run = _start(model, job, run_dir, meta, resume, loggers)
     _restore_defense(defense, resume, world)
     done = run.progress
     task = reporter.task("train", cfg.epochs * run.steps)
     task.advance(len(done.history) * run.steps + (done.current.steps_done if done.current else 0))
-    with StopRequest() as stop, graphs_released(engine.compile), no_silent_fallback(engine.compile):
+    with StopRequest() as stop, graphs_released(job.engine.compile), no_silent_fallback(job.engine.compile):
         for epoch in range(len(done.history) + 1, cfg.epochs + 1):
             start = time.perf_counter()
-            ep = _train_epoch(run, defense, split, threat, cfg, epoch, start, generator, augment, seed, stop, task)
-            _end_epoch(run, defense, ep, start, threat, cfg, val_split, val_batch_size, seed)
+            ep = _train_epoch(run, epoch, start, stop, task)
+            _end_epoch(run, ep, start)
             task.advance(0, epoch=f"{epoch}/{cfg.epochs}", val=_val_label(done.history[-1]))
         if stop.signum is not None:  # arrived after the last step: last.pt holds the finished training
             raise TrainingStopped(f"stopped by {stop.name} after training, before evaluation", stop.signum)
     task.done()
-    if engine.channels_last:  # evaluation and users get the usual layout back
+    if job.engine.channels_last:  # evaluation and users get the usual layout back
         run.model.to(memory_format=torch.contiguous_format)
     return TrainResult(done.history, done.best_epoch, run.files)
 
@@ -399,98 +418,88 @@ def _val_label(stats: EpochStats) -> str:
     return f"{stats.val_clean:.1f}/{stats.val_pgd:.1f}" if stats.val_pgd is not None else "-"
 
 
-def _train_epoch(
-    run: _RunState, defense: Defense[Any], split: TensorSplit, threat: ThreatModel, cfg: TrainConfig, epoch: int,
-    start: float, generator: torch.Generator, augment: Callable[[Tensor, torch.Generator], Tensor] | None, seed: int,
-    stop: StopRequest, task: Task,
-) -> _Epoch:
+def _train_epoch(run: _RunState, epoch: int, start: float, stop: StopRequest, task: Task) -> _Epoch:
     """The steps of one epoch (from where a stopped one left off); metrics stay on the device."""
-    world, steps = run.world, run.steps
+    job, steps = run.job, run.steps
+    cfg, world, augment = job.cfg, job.world, job.augment
     run.step_model.train()  # and the model it wraps
     if world.active and run.progress.current is None:  # attack noise differs per rank, repeatably
-        torch.manual_seed((seed * 1_000_003 + epoch) * 1009 + world.rank)
+        torch.manual_seed(rank_noise_seed(job.seed, epoch, world.rank))
     if run.progress.current is None:
-        run.progress.current = _Epoch.fresh(epoch, torch.randperm(len(split), generator=generator), run.device)
-        defense.restore_epoch_state(None)  # what earlier batches left belongs to the last epoch
+        run.progress.current = _Epoch.fresh(epoch, torch.randperm(len(job.split), generator=job.generator), job.device)
+        job.defense.restore_epoch_state(None)  # what earlier batches left belongs to the last epoch
     ep, gens = run.progress.current, run.gens
-    batches = iterate_batches(split, cfg.batch_size, device=run.device,
+    batches = iterate_batches(job.split, cfg.batch_size, device=job.device,
                               augment=None if augment is None else lambda x: augment(x, gens.augment),
                               indices=ep.order[ep.steps_done * cfg.batch_size:])
     for i, (x, y) in enumerate(batches, start=ep.steps_done):
         step = (epoch - 1) * steps + i
         for group in run.optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step, steps)
-        step_threat = warmed_threat(threat, cfg, step, steps)
+        step_threat = warmed_threat(job.threat, cfg, step, steps)
         ep.eps = step_threat.eps
         if not world.active or len(y) >= world.size:  # else a last batch too small to share
-            loss = _step(run.step_model, defense, run.optimizer, x, y, step_threat, run.precision, world, run.engine,
-                         ep, i, run.full_shard)
+            loss = _step(run, x, y, step_threat, ep, i)
             if run.loggers.step_due(step + 1):  # the one place a step waits for the device, when asked
                 run.loggers.step(step + 1, {"loss": float(loss), "lr": run.optimizer.param_groups[0]["lr"]})
         ep.steps_done = i + 1
         task.advance(1, epoch=f"{epoch}/{cfg.epochs}")
         if ep.steps_done % NAN_CHECK_EVERY == 0:
-            _check_finite(ep, steps, run.files, world)
+            _check_finite(run, ep)
         stop_check = not world.active or ep.steps_done % STOP_CHECK_EVERY_DDP == 0
-        if ep.steps_done < steps and stop_check and stop.agreed(world, run.device):
+        if ep.steps_done < steps and stop_check and stop.agreed(world, job.device):
             ep.seconds += time.perf_counter() - start
-            _stop_mid_epoch(run, defense, ep, stop)
-    _check_finite(ep, steps, run.files, world)
+            _stop_mid_epoch(run, ep, stop)
+    _check_finite(run, ep)
     return ep
 
 
-def _stop_mid_epoch(run: _RunState, defense: Defense[Any], ep: _Epoch, stop: StopRequest) -> None:
+def _stop_mid_epoch(run: _RunState, ep: _Epoch, stop: StopRequest) -> None:
     """Save a mid-epoch ``last.pt`` with each rank's attack noise, metrics and defense state so far, then stop."""
-    mine = {"rng": _rng_state(run.gens), "partial": ep.state(), "defense": _on_cpu(defense.epoch_state())}
-    ranks = all_gather_object(mine, run.world)
-    done = run.progress
+    mine = {"rng": _rng_state(run.gens), "partial": ep.state(), "defense": _on_cpu(run.job.defense.epoch_state())}
+    ranks = all_gather_object(mine, run.job.world)
     if run.saver is not None:
-        run.saver.save_partial(done.history, done.best_epoch, done.best_score, done.elapsed, ranks)
+        run.saver.save_partial(run.progress, ranks)
     raise TrainingStopped(
         f"stopped by {stop.name} after step {ep.steps_done} of {run.steps} in epoch {ep.epoch}", stop.signum or 15
     )
 
 
-def _end_epoch(
-    run: _RunState, defense: Defense[Any], ep: _Epoch, start: float, threat: ThreatModel, cfg: TrainConfig,
-    val_split: TensorSplit | None, val_batch_size: int, seed: int,
-) -> None:
+def _end_epoch(run: _RunState, ep: _Epoch, start: float) -> None:
     """Reduce the epoch's metrics, validate, pick the best epoch and save (rank 0)."""
+    job, done = run.job, run.progress
     all_reduce_sum(ep.loss_sum, ep.correct, ep.seen)
-    average_buffers(run.model, run.world)
+    average_buffers(run.model, job.world)
     n_seen = max(int(ep.seen.item()), 1)
     val_clean = val_pgd = None
-    if val_split is not None and len(val_split):
+    if job.val_split is not None and len(job.val_split):
         val_clean, val_pgd = validation_accuracy(
-            run.model, val_split, threat, steps=cfg.val_steps, batch_size=val_batch_size, device=run.device,
-            generator=torch.Generator(run.device).manual_seed(seed * 100_003 + ep.epoch), world=run.world,
+            run.model, job.val_split, job.threat, steps=job.cfg.val_steps, batch_size=job.val_batch_size,
+            device=job.device, generator=make_generator(validation_seed(job.seed, ep.epoch), job.device),
+            world=job.world,
         )
-    done = run.progress
     seconds = ep.seconds + time.perf_counter() - start
     done.elapsed += seconds
-    first_lr = learning_rate(cfg, (ep.epoch - 1) * run.steps, run.steps)
+    first_lr = learning_rate(job.cfg, (ep.epoch - 1) * run.steps, run.steps)
     stats = EpochStats(ep.epoch, first_lr, ep.loss_sum.item() / n_seen, 100.0 * ep.correct.item() / n_seen,
-                       val_clean, val_pgd, round(seconds, 3), ep.eps or threat.eps)
+                       val_clean, val_pgd, round(seconds, 3), ep.eps or job.threat.eps)
     done.history.append(stats)
     done.current = None
-    score = getattr(stats, defense.selection_metric, None)
+    score = getattr(stats, job.defense.selection_metric, None)
     improved = score is not None and score > done.best_score
     if improved and score is not None:
         done.best_epoch, done.best_score = ep.epoch, score
     if run.saver is not None:
-        run.saver.save_epoch(done.history, done.best_epoch, done.best_score, done.elapsed, improved)
+        run.saver.save_epoch(done, improved)
     metrics = {k: v for k, v in asdict(stats).items() if k not in ("epoch", "eps")}
     run.loggers.epoch(EpochLog(ep.epoch, metrics, tuple(asdict(h) for h in done.history), done.best_epoch))
 
 
-def _step(
-    model: nn.Module, defense: Defense, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
-    threat: ThreatModel, precision: Precision, world: World, engine: EngineConfig, ep: _Epoch, index: int,
-    full_shard: int,
-) -> Tensor:
+def _step(run: _RunState, x: Tensor, y: Tensor, threat: ThreatModel, ep: _Epoch, index: int) -> Tensor:
     """One step on this rank's shard; its metrics are added to ``ep`` on the device, its loss returned there.
 
-    ``full_shard``: this rank's part of a full batch, the one shape compiled graphs take."""
+    ``threat``: this step's (below the run's during eps warm-up); ``index``: the step within the epoch."""
+    world, engine = run.job.world, run.job.engine
     weight = 1.0
     if world.active:
         part = world.shard(len(y))
@@ -498,8 +507,8 @@ def _step(
         x, y = x[part], y[part]
     if engine.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
-    with eager_if(engine.compile and y.shape[0] != full_shard):  # an epoch's smaller last batch
-        out = train_step(model, defense, optimizer, x, y, threat, precision, weight)
+    with eager_if(engine.compile and y.shape[0] != run.full_shard):  # an epoch's smaller last batch
+        out = train_step(run.step_model, run.job.defense, run.optimizer, x, y, threat, run.precision, weight)
     loss = out.loss.detach().float()
     ep.loss_sum += loss * y.shape[0]
     ep.correct += (out.logits.detach().argmax(1) == y).sum()
@@ -509,10 +518,11 @@ def _step(
     return loss
 
 
-def _check_finite(ep: _Epoch, steps: int, files: Mapping[str, Path], world: World) -> None:
+def _check_finite(run: _RunState, ep: _Epoch) -> None:
     """Stop on a NaN/inf loss: name the epoch and step, and the checkpoint that stays good.
 
     Under DDP every rank stops when any rank saw one (they all call this at the same step)."""
+    world = run.job.world
     if world.active:
         anywhere = (ep.bad_step >= 0).long()
         all_reduce_sum(anywhere)
@@ -521,10 +531,10 @@ def _check_finite(ep: _Epoch, steps: int, files: Mapping[str, Path], world: Worl
     bad = int(ep.bad_step.item())
     if bad < 0 and not world.active:
         return
-    last = files.get("last")
+    last = run.files.get("last")
     kept = (f"the last good checkpoint is {last} (the end of epoch {ep.epoch - 1})"
             if last is not None and last.is_file() else "no checkpoint was saved before it")
-    where = f"step {bad + 1} of {steps}" if bad >= 0 else "a step of another process"
+    where = f"step {bad + 1} of {run.steps}" if bad >= 0 else "a step of another process"
     raise NonFiniteLoss(
         f"the training loss became NaN or inf in epoch {ep.epoch}, {where}; stopped without "
         f"writing a record; {kept}. Try a lower train.lr, or bf16/fp32 instead of fp16"
@@ -539,18 +549,17 @@ class _Saver:
         self.files, self.model, self.optimizer = files, model, optimizer
         self.gens, self.precision, self.meta, self.world_size = gens, precision, meta, world_size
 
-    def _train_state(self, history: list[EpochStats], best_epoch: int | None, best_score: float,
-                     elapsed: float, ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    def _train_state(self, progress: _Progress, ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         return {
             "optimizer": self.optimizer.state_dict(),
             "rng": _rng_state(self.gens),
             "world_size": self.world_size,
             #: each rank's {"rng", "partial"} after a mid-epoch stop under torchrun
             "ranks": ranks if ranks is not None and len(ranks) > 1 else None,
-            "history": [asdict(h) for h in history],
-            "best_epoch": best_epoch,
-            "best_score": best_score,
-            "elapsed_s": elapsed,
+            "history": [asdict(h) for h in progress.history],
+            "best_epoch": progress.best_epoch,
+            "best_score": progress.best_score,
+            "elapsed_s": progress.elapsed,
             "grad_scaler": self.precision.state_dict(),
             "partial": ranks[0]["partial"] if ranks else None,
             "defense": ranks[0].get("defense") if ranks else None,
@@ -566,19 +575,16 @@ class _Saver:
     def _common(self) -> dict[str, Any]:
         return {"config": dict(self.meta.get("config", {})), "run_id": str(self.meta.get("run_id", ""))}
 
-    def save_epoch(self, history: list[EpochStats], best_epoch: int | None, best_score: float,
-                   elapsed: float, improved: bool) -> None:
-        """best.pt (if improved), then last.pt."""
-        stats = history[-1]
+    def save_epoch(self, progress: _Progress, improved: bool) -> None:
+        """best.pt (if improved), then last.pt, at the end of ``progress``'s last epoch."""
+        stats = progress.history[-1]
         metrics = {"val_clean": stats.val_clean, "val_pgd": stats.val_pgd}
         if improved:
             save_checkpoint(self.files["best"], self.model, metrics=metrics, epoch=stats.epoch, **self._common())
-        self._save_last(stats.epoch, metrics, self._train_state(history, best_epoch, best_score, elapsed, None))
+        self._save_last(stats.epoch, metrics, self._train_state(progress, None))
 
-    def save_partial(self, history: list[EpochStats], best_epoch: int | None, best_score: float,
-                     elapsed: float, ranks: list[dict[str, Any]]) -> None:
+    def save_partial(self, progress: _Progress, ranks: list[dict[str, Any]]) -> None:
         """last.pt in the middle of an epoch: resuming finishes that epoch as if never stopped.
 
         ``ranks``: every rank's generator states and epoch so far (one entry in one process)."""
-        state = self._train_state(history, best_epoch, best_score, elapsed, ranks)
-        self._save_last(len(history), {}, state)
+        self._save_last(len(progress.history), {}, self._train_state(progress, ranks))

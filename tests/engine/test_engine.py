@@ -154,6 +154,32 @@ def test_eps_warmup_reaches_the_defense_and_the_log() -> None:
     assert [h.eps for h in result.history] == [str(Fraction(3, 16) * Fraction(steps, ramp)), "3/16", "3/16"]
 
 
+def test_validation_leaves_trainings_random_streams_alone() -> None:
+    """PGD-AT draws its attack's random starts from torch's global generator, validation
+    from a generator of its own per epoch: validating on 20 or 60 images between the two
+    epochs trains the same weights."""
+    from robench.api import TensorSplit
+    from robench.core.config import TrainConfig
+    from robench.engine.train import train
+
+    plan = plan_run(validate(resolve(None, {"defense": {"name": "pgd-at", "steps": 2}})))
+    splits = plan.dataset.load(None, 0)
+    train_part = TensorSplit(splits.train.x[:128], splits.train.y[:128])
+    defense = get_registry("defense").create("pgd-at", {"steps": 2})
+
+    def trained(n_val: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = build_model(plan)
+        result = train(model, defense, train_part, plan.threat, TrainConfig(epochs=2, batch_size=64, val_steps=2),
+                       device=torch.device("cpu"), generator=torch.Generator().manual_seed(0), seed=4,
+                       val_split=TensorSplit(splits.test.x[:n_val], splits.test.y[:n_val]))
+        assert all(h.val_pgd is not None for h in result.history)
+        return model.state_dict()
+
+    short, long = trained(20), trained(60)
+    assert all(torch.equal(short[k], long[k]) for k in short)
+
+
 def test_a_warning_belongs_to_the_evaluation_that_raised_it() -> None:
     """One AutoAttack suite object evaluates two models: the first outputs probabilities
     (AutoAttack's sanity check warns), the second logits. Only the first is flagged, as
