@@ -32,10 +32,11 @@ _THREAT = typer.Option(None, "--threat", metavar="THREAT",
 def _selected(
     results_dir: Path | None, data: list[str] | None, arch: list[str] | None,
     defense: list[str] | None, threat: list[str] | None, every_board: bool = False,
+    command: str = "robench leaderboard",
 ) -> tuple[Path, list[RunRecord], list[ReportedRow], list[ExternalRow]]:
     """(results root, filtered records, reported rows and external models for the same
     datasets and threats; with ``every_board`` and no filter, those of boards without
-    runs as well)."""
+    runs as well). ``command`` is the one an error line suggests again with the folder."""
     from robench.core.paths import results_root
     from robench.results.leaderboard import Filters, external_in, load_reported, load_shown
     from robench.results.reports import REPORTS_FOLDER
@@ -56,9 +57,24 @@ def _selected(
     external = [row for row in outside if filters.keep_external(row)
                 and (not chosen or (row.dataset, row.threat_slug) in wanted)]
     if not chosen and not shown and not external:
-        what = "match the filters" if records or reported else "exist"
-        raise UserError(f"no run records or reported rows {what} in {root}")
+        if records or reported:
+            raise UserError(f"no run records or reported rows match the filters in {root}")
+        raise UserError(f"no run records or reported rows exist in {root}{_committed_boards_hint(root, command)}")
     return root, chosen, shown, external
+
+
+#: where a clone of the robench repository keeps its committed boards and their records
+COMMITTED_BOARDS = "leaderboards"
+
+
+def _committed_boards_hint(root: Path, command: str) -> str:
+    """In a clone of the repository the committed boards are one flag away, and a
+    newcomer who runs the command there first meets an empty default folder: say where."""
+    here = Path.cwd() / COMMITTED_BOARDS
+    if not (here / "records").is_dir() or here.resolve() == root.resolve():
+        return ""
+    return (f"; this checkout's committed boards are in ./{COMMITTED_BOARDS}: "
+            f"{command} --results-dir {COMMITTED_BOARDS}")
 
 
 def _emit(text: str, output: Path | None) -> None:
@@ -173,7 +189,7 @@ def plot_run_curves(
     """Training curves of one run: validation clean and PGD accuracy, training accuracy and loss per epoch."""
     from robench.results.plots import plot_run
 
-    root, records, _, _ = _selected(results_dir, None, None, None, None)
+    root, records, _, _ = _selected(results_dir, None, None, None, None, command=f"robench plot run {run}")
     record = _find_run(records, run, root / "records")
     path = plot_run(record, output.expanduser() if output else root / "plots" / f"{record.run_id}.png")
     sys.stdout.write(f"{path}\n")
@@ -193,7 +209,7 @@ def plot_board(
     from robench.results.leaderboard.formats import board_title
     from robench.results.plots import plot_clean_vs_robust, plot_eps_sweep
 
-    root, records, _, _ = _selected(results_dir, data, arch, defense, threat)
+    root, records, _, _ = _selected(results_dir, data, arch, defense, threat, command="robench plot board")
     if not records:
         raise UserError(f"no run records match the filters in {root / 'records'}")
     folder = output.expanduser() if output else root / "plots"

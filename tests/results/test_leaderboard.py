@@ -185,19 +185,32 @@ def test_flagged_evaluations_are_marked_potentially_unreliable(results: Path) ->
     assert UNRELIABLE in text
 
 
-def test_rows_that_saw_other_data_say_so(results: Path) -> None:
-    """A board whose rows differ in a data setting (a training subset here) names it per row."""
+def test_each_data_setting_has_a_table_of_its_own(results: Path) -> None:
+    """Rows that trained on other data (a training subset here) are no like-for-like
+    comparison: in every format they get their own table, ranking and top row, under a
+    sub-heading that names the setting, and no Data column."""
     records = _records(results)
-    assert "| Data" not in render_markdown(records, "t", "src")  # all the same: no column
+    one = render_markdown(records, "t", "src")
+    assert "## Data" not in one and "| Data" not in one and one.count("| top ") == 1  # one setting: one table
     subset = [dataclasses.replace(r, config={**r.config, "data": {**r.config["data"], "train_subset": 500}})
               if r.defense["name"] == "pgd-at" else r for r in records]
     df = experiment_table(subset)
-    assert dict(zip(df["defense"], df["data"])) == {PGD: "train_subset=500", "standard": ""}
+    assert list(zip(df["data"], df["rank"], df["top"])) == [("", 1, True), ("", 2, False), ("train_subset=500", 1, True)]
+    assert list(run_table(subset)["rank"]) == [1, 2, 1, 2]
     text = render_markdown(subset, "t", "src")
-    assert "| Data" in text and "train_subset=500" in text and "a blank cell means the dataset's default" in text
+    defaults, _, small = text.partition("\n## Data: train_subset=500\n")
+    assert "\n## Data: dataset defaults (train_subset unset)\n" in defaults and "| Data" not in text
+    assert "trained on 2 data settings, which differ in train_subset" in defaults
+    assert defaults.count("| top ") == 1 and "| standard " in defaults and PGD not in defaults
+    assert small.count("| top ") == 1 and f"|      1 | {PGD} " in small and "standard" not in small
+    measured = pd.read_csv(io.StringIO(render_csv(subset))).query("kind == 'measured'")
+    assert list(zip(measured["data"].fillna(""), measured["rank"])) == [("", 1), ("", 2), ("train_subset=500", 1)]
+    latex = render_latex(subset, "t")
+    assert latex.count(r"\begin{tabular}") == 2 and r"\caption{t, Data: train\_subset=500. Measured" in latex
     page = render_html(subset, plots=False)
-    # on the page the data settings go into the defense's cell
-    assert "pgd-at (steps=<wbr>1) [train_subset=<wbr>500]" in page and "<th scope=col>Data</th>" not in page
+    assert page.count("<h3>Data: ") == 2 and "<th scope=col>Data</th>" not in page
+    assert page.index("<h3>Data: dataset defaults (train_subset unset)</h3>") < page.index(
+        "<h3>Data: train_subset=500</h3>") < page.index("pgd-at (steps=<wbr>1)")
 
 
 def test_robustbench_entry_uses_its_field_names_and_refuses_runs_without_autoattack(results: Path) -> None:
@@ -237,6 +250,21 @@ def test_cli_formats_filters_and_reports_malformed_records(results: Path, tmp_pa
     for bad in (["--by", "epoch"], ["-f", "pdf"], ["--arch", "nope"], ["--refresh", "--data", "digits"]):
         out = run_cli("leaderboard", "--results-dir", str(results), *bad)
         assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, (bad, out.stderr)
+
+
+def test_an_empty_results_folder_in_a_clone_points_at_the_committed_boards(tmp_path: Path) -> None:
+    """run_cli runs in this checkout, whose leaderboards/ holds the committed boards and
+    records: the one error line names the flag that shows them, and the flag works."""
+    empty = tmp_path / "robench-results"
+    out = run_cli("leaderboard", "--results-dir", str(empty))
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert out.stderr.strip().endswith(f"no run records or reported rows exist in {empty}; this checkout's committed "
+                                       "boards are in ./leaderboards: robench leaderboard --results-dir leaderboards")
+    shown = run_cli("leaderboard", "--results-dir", "leaderboards", "--data", "digits")
+    assert shown.returncode == 0 and shown.stdout.startswith("# digits, Linf eps=3/16"), shown.stderr
+    elsewhere = subprocess.run([sys.executable, "-m", "robench", "leaderboard", "--results-dir", str(empty)],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert elsewhere.returncode == 2 and elsewhere.stderr.strip().endswith(f"exist in {empty}")  # no checkout here
 
 
 def test_two_runs_writing_at_the_same_moment_both_land(tmp_path: Path) -> None:

@@ -85,6 +85,20 @@ def test_a_click_on_a_header_sorts_its_column_both_ways(browser, page_file: Path
     assert seconds == sorted(seconds)
 
 
+def test_a_board_on_two_data_settings_ranks_each_in_its_own_table(browser, page_file: Path) -> None:
+    page = _open(browser, page_file)
+    board = page.locator('section[id="board-fashion-mnist-linf-0.1"]')
+    headings = board.locator("h3", has_text="Data: ").all_inner_texts()
+    assert headings == ["Data: dataset defaults (train_subset unset)", "Data: train_subset=10000"]
+    tables = board.evaluate("""section => Array.from(section.querySelectorAll("table.sortable")).map(t => {
+        const col = Array.from(t.tHead.rows[0].cells).findIndex(c => c.textContent === "vs top");
+        return Array.from(t.tBodies[0].rows).map(r => [r.cells[0].textContent, r.cells[col].textContent]); })""")
+    assert len(tables) == 2 and all(len(rows) > 1 for rows in tables)
+    for rows in tables:  # ranked from 1, one top row each
+        assert [rank for rank, _ in rows] == [str(i) for i in range(1, len(rows) + 1)]
+        assert [versus for _, versus in rows].count("top") == 1 and rows[0][1] == "top"
+
+
 def test_without_javascript_the_tables_still_show(browser, page_file: Path) -> None:
     page = _open(browser, page_file, javascript=False)
     rows = page.locator("section#board-digits-linf-3_16 table.sortable tbody tr")

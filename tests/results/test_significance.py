@@ -115,12 +115,12 @@ def test_rows_are_compared_with_the_top_row_on_the_same_data() -> None:
                if r.defense["name"] in subset else r for r in _variants()]
     df = experiment_table(records).set_index("defense")
     assert list(df.index) == ["top", "close", "far"] and list(df["top"]) == [True, True, False]
-    assert math.isnan(df.loc["close", "vs top p"])
+    assert list(df["rank"]) == [1, 1, 2] and math.isnan(df.loc["close", "vs top p"])
     raw = paired_t_pvalue(*({r.seed: r.accuracy["AutoAttack"] for r in records if r.defense["name"] == n} for n in subset))
     assert df.loc["far", "vs top p"] == pytest.approx(raw) and not bool(df.loc["far", "tied"])  # one test: no Holm factor
-    lines = render_markdown(records, "t", "src").splitlines()
-    close_line, far_line = (next(line for line in lines if f"| {n} " in line) for n in subset)
-    assert "| top " in close_line and "below (p=" in far_line and "train_subset=1000" in far_line
+    _, _, table = render_markdown(records, "t", "src").partition("## Data: train_subset=1000")
+    close_line, far_line = (next(line for line in table.splitlines() if f"| {n} " in line) for n in subset)
+    assert "| top " in close_line and "below (p=" in far_line
 
 
 def test_rows_without_a_shared_seed_or_a_cost_show_a_dash() -> None:

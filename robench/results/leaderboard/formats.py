@@ -17,14 +17,23 @@ from robench.evaluation.sequential import WORST_CASE
 from robench.results.labels import AUTOATTACK, CLEAN, threat_title
 from robench.results.leaderboard.external import ExternalRow
 from robench.results.leaderboard.reference import ReportedRow
-from robench.results.leaderboard.table import UNRELIABLE, differing_data, experiment_table, flags, metrics, run_table
+from robench.results.leaderboard.table import (
+    UNRELIABLE,
+    data_settings,
+    differing_data,
+    experiment_table,
+    flags,
+    metrics,
+    run_table,
+)
 from robench.results.records import RunRecord
 
 FORMATS = ("markdown", "csv", "latex", "html")
 #: whether a column holds text (left-aligned, may wrap) rather than a number, in every format
 TEXT_COLUMNS = {"Rank": False, "Dataset": True, "Threat": True, "Defense": True, "Architecture": True, "Seed": False,
-         "Seeds": False, "Epochs": False, "Data": True, "Checkpoint": True, "Ranked by": True, "Evaluation": True,
-         "Config": True, "Run": True, "Source": True, "Note": True, "vs top": True, "Model": True, "Report": True}
+                "Seeds": False, "Epochs": False, "Checkpoint": True, "Ranked by": True, "Evaluation": True,
+                "Config": True, "Run": True, "Source": True, "Note": True, "vs top": True, "Model": True,
+                "Report": True}
 
 
 def _name(metric: str) -> str:
@@ -73,8 +82,9 @@ def _noise_columns(out: pd.DataFrame, df: pd.DataFrame, rank_label: str) -> None
 
 
 def measured_display(records: Sequence[RunRecord], by_seed: bool = False) -> pd.DataFrame:
-    """The measured table with formatted cells; dataset and threat columns only when the
-    records span more than one of them, a "Ranked by" column only when a row lacks AutoAttack."""
+    """The measured table of one data setting (:func:`by_data_setting` splits a board)
+    with formatted cells; dataset and threat columns only when the records span more
+    than one of them, a "Ranked by" column only when a row lacks AutoAttack."""
     df = run_table(records) if by_seed else experiment_table(records)
     if df.empty:
         return df
@@ -95,8 +105,6 @@ def measured_display(records: Sequence[RunRecord], by_seed: bool = False) -> pd.
     flops, seconds = ("train_flops", "train_s") if by_seed else ("train flops", "train s")
     out["Train FLOP/img"], out["Train time"] = df[flops].map(_flops), df[seconds].map(_duration)
     out["Epochs"] = df["epochs"].astype(str)
-    if (df["data"] != "").any():
-        out["Data"] = df["data"]
     out["Checkpoint"] = df["checkpoint"]
     if (df["ranked_by"] != AUTOATTACK).any():
         out["Ranked by"] = df["ranked_by"]
@@ -179,11 +187,46 @@ NOISE_SENTENCE = (
     "Train time is the measured wall time of the epochs on the device named in the records."
 )
 
-#: how to read the Data column, which a board has when its rows saw different data settings
-DATA_SENTENCE = ("Data names the data settings in which the board's rows differ, with each row's value; a blank "
-                 "cell means the dataset's default (null) for all of them, e.g. all its training images. Rows on "
-                 "different data are no like-for-like comparison: each row's vs top compares it with the "
-                 "top-ranked row on the same data, which says top.")
+def by_data_setting(records: Sequence[RunRecord]) -> list[tuple[str, list[RunRecord]]]:
+    """(heading, records) per table of a board: one table per data setting, each ranked
+    and tested on its own; a board whose runs all share one setting has one table and
+    no heading ("")."""
+    settings = data_settings(records)
+    if len(settings) == 1:
+        return [("", list(records))]
+    keys = ", ".join(differing_data(records))
+    return [(f"Data: {label}" if label else f"Data: dataset defaults ({keys} unset)", mine) for label, mine in settings]
+
+
+def data_sentence(records: Sequence[RunRecord]) -> str:
+    """Why a board has one table per data setting (said above the tables)."""
+    return (f"These runs trained on {len(data_settings(records))} data settings, which differ in "
+            f"{', '.join(differing_data(records))}. Rows on different data are no like-for-like comparison, so each "
+            "setting has its own table: its own ranking, intervals and tests against its own top row. Dataset "
+            "defaults are the dataset's own values of these settings (null in the config), e.g. all its training "
+            "images.")
+
+
+def _flagged_markdown(records: Sequence[RunRecord]) -> list[str]:
+    flagged = sorted((r for r in records if flags(r)), key=lambda r: r.run_id)
+    if not flagged:
+        return []
+    return ["", f"**{UNRELIABLE}**: these runs' evaluations raised flags:", "",
+            *(f"- `{r.run_id}` ({r.defense['name']}, {r.arch['name']}, config {r.config_hash}): "
+              f"{' '.join(flag.split())}" for r in flagged for flag in flags(r))]
+
+
+def _measured_markdown(records: Sequence[RunRecord], by_seed: bool) -> list[str]:
+    """The measured table(s) and their notes: one table, or one per data setting under
+    a sub-heading of its own, each followed by its flagged runs."""
+    tables = by_data_setting(records)
+    noise = [] if by_seed else ["", NOISE_SENTENCE]
+    if len(tables) == 1:
+        return ["", _markdown_table(measured_display(records, by_seed)), *noise, *_flagged_markdown(records)]
+    lines = ["", data_sentence(records), *noise]
+    for heading, mine in tables:
+        lines += ["", f"## {heading}", "", _markdown_table(measured_display(mine, by_seed)), *_flagged_markdown(mine)]
+    return lines
 
 
 def render_markdown(records: Sequence[RunRecord], title: str, source: str,
@@ -197,17 +240,8 @@ def render_markdown(records: Sequence[RunRecord], title: str, source: str,
             f"Measured by robench from {len(records)} run record(s) in `{source}`; "
             f"{ranking_sentence(records, by_seed)}.{_reports_sentence(records)} "
             "Generated by robench from these records: do not edit by hand.",
-            "", _markdown_table(measured_display(records, by_seed)),
+            *_measured_markdown(records, by_seed),
         ]
-        if not by_seed:
-            lines += ["", NOISE_SENTENCE]
-        if differing_data(records):
-            lines += ["", DATA_SENTENCE]
-        flagged = sorted((r for r in records if flags(r)), key=lambda r: r.run_id)
-        if flagged:
-            lines += ["", f"**{UNRELIABLE}**: these runs' evaluations raised flags:", ""]
-            lines += [f"- `{r.run_id}` ({r.defense['name']}, {r.arch['name']}, config {r.config_hash}): "
-                      f"{' '.join(flag.split())}" for r in flagged for flag in flags(r)]
     if external:
         lines += ["", f"## {EXTERNAL_TITLE}", "", EXTERNAL_SENTENCE, "", _markdown_table(external_display(external))]
     if reported:
@@ -260,9 +294,10 @@ def render_latex(records: Sequence[RunRecord], title: str, reported: Sequence[Re
                  by_seed: bool = False, external: Sequence[ExternalRow] = ()) -> str:
     """booktabs tables (``\\usepackage{booktabs}``): measured, then reported in a table of its own."""
     lines = [f"% {title}: generated by robench from run records; do not edit by hand"]
-    if records:
-        lines += _latex_tabular(measured_display(records, by_seed).drop(columns=["Config"]),
-                                f"{title}. Measured by robench; {ranking_sentence(records, by_seed)}.")
+    for i, (heading, mine) in enumerate(by_data_setting(records)):
+        lines += [""] * (i > 0) + _latex_tabular(measured_display(mine, by_seed).drop(columns=["Config"]),
+                                             f"{title}{f', {heading}' if heading else ''}. Measured by robench; "
+                                             f"{ranking_sentence(mine, by_seed)}.")
     if external:
         lines += [""] + _latex_tabular(external_display(external).drop(columns=["Report"]),
                                        f"{title}: {EXTERNAL_TITLE}. {EXTERNAL_SENTENCE}")

@@ -25,6 +25,8 @@ from robench.results.leaderboard.formats import (
     EXTERNAL_TITLE,
     NOISE_SENTENCE,
     TEXT_COLUMNS,
+    by_data_setting,
+    data_sentence,
     external_display,
     measured_display,
     ranking_sentence,
@@ -117,8 +119,8 @@ _DESCRIBING = ("Architecture", "Seeds", "Epochs", "Checkpoint", "Evaluation", "R
 
 def _compact(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """The board's table without the describing columns that are the same in every row
-    (said once, in the caption), without the config hash (in each run's detail) and with
-    the data settings in the defense's cell, so that a board fits a 1,400-pixel window."""
+    (said once, in the caption) and without the config hash (in each run's detail), so
+    that a board fits a 1,400-pixel window."""
     same = [c for c in _DESCRIBING if c in df.columns and len(df) > 1 and df[c].nunique() == 1]
     said = [f"{c.lower()}: {df[c].iloc[0]}" for c in same]
     worst, aa = "Worst case (%)", "AutoAttack (%)"
@@ -126,8 +128,6 @@ def _compact(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         same.append(worst)  # AutoAttack ran last, so it is the worst case
         said.append("worst case: the AutoAttack column")
     out = df.drop(columns=[*same, *(["Config"] if "Config" in df.columns else [])])
-    if "Data" in out.columns:  # in the defense's cell, which wraps, so the table stays narrow
-        out["Defense"] = [f"{d} [{x}]" if x else d for d, x in zip(out["Defense"], out.pop("Data"))]
     return out.rename(columns={c: "95% CI" for c in out.columns if c.endswith(" 95% CI")}), "; ".join(said)
 
 
@@ -167,22 +167,37 @@ def _cell(value: object) -> str:
     return "–" if value is None else str(value)
 
 
+def _flagged(records: Sequence[RunRecord]) -> list[str]:
+    flagged = sorted((r for r in records if flags(r)), key=lambda r: r.run_id)
+    if not flagged:
+        return []
+    return [f"<p class=flags><strong>{html.escape(UNRELIABLE)}</strong>: these runs' evaluations raised flags:</p>"
+            "<ul class=flags>",
+            *(f"<li><code>{html.escape(r.run_id)}</code>: {html.escape(' '.join(flag.split()))}</li>"
+              for r in flagged for flag in flags(r)),
+            "</ul>"]
+
+
+def _measured(records: Sequence[RunRecord], by_seed: bool) -> list[str]:
+    """The measured table, or one per data setting under a sub-heading of its own (the
+    notes first, then each table with its flagged runs), as in the markdown board."""
+    tables = by_data_setting(records)
+    noise = [] if by_seed else [f"<p class=note>{html.escape(NOISE_SENTENCE)}</p>"]
+    body = [] if len(tables) == 1 else [f"<p class=note>{html.escape(data_sentence(records))}</p>", *noise]
+    for heading, mine in tables:
+        table, said = _compact(measured_display(mine, by_seed))
+        body += [f"<h3>{html.escape(heading)}</h3>"] if heading else []
+        body += _table(table, f"Measured by robench from {len(mine)} run record(s); "
+                              f"{ranking_sentence(mine, by_seed)}." + (f" Every row: {said}." if said else ""))
+        body += (noise if len(tables) == 1 else []) + _flagged(mine)
+    return body
+
+
 def _board(title: str, records: Sequence[RunRecord], reported: Sequence[ReportedRow],
            external: Sequence[ExternalRow], by_seed: bool, plots: bool) -> list[str]:
     body = []
     if records:
-        table, said = _compact(measured_display(records, by_seed))
-        body += _table(table, f"Measured by robench from {len(records)} run record(s); "
-                              f"{ranking_sentence(records, by_seed)}." + (f" Every row: {said}." if said else ""))
-        if not by_seed:
-            body.append(f"<p class=note>{html.escape(NOISE_SENTENCE)}</p>")
-        flagged = sorted((r for r in records if flags(r)), key=lambda r: r.run_id)
-        if flagged:
-            body.append(f"<p class=flags><strong>{html.escape(UNRELIABLE)}</strong>: these runs' evaluations "
-                        "raised flags:</p><ul class=flags>")
-            body += [f"<li><code>{html.escape(r.run_id)}</code>: {html.escape(' '.join(flag.split()))}</li>"
-                     for r in flagged for flag in flags(r)]
-            body.append("</ul>")
+        body += _measured(records, by_seed)
         if plots:
             body += _figures(records, title)
     else:

@@ -3,8 +3,9 @@
 An experiment is a (dataset, threat model, defense, architecture, config hash) group:
 the same settings under different seeds. Each run reports one checkpoint (``best`` by
 validation accuracy or ``last``, per ``train.select``; the record keeps both). Rows
-rank by AutoAttack accuracy; an experiment whose suite had no AutoAttack ranks by its
-worst case instead, and the ``ranked_by`` column says so. Each experiment row carries
+rank within their data setting (the ``data`` settings in which runs differ, e.g. a
+training subset), by AutoAttack accuracy; an experiment whose suite had no AutoAttack
+ranks by its worst case instead, and the ``ranked_by`` column says so. Each experiment row carries
 the noise of its ranking accuracy (:mod:`robench.results.leaderboard.significance`) and
 its training cost. Numbers stay numeric here; :mod:`robench.results.leaderboard.formats`
 formats them.
@@ -57,6 +58,19 @@ def data_label(rec: RunRecord, keys: Sequence[str]) -> str:
     """``train_subset=10000``: this record's non-null values of the differing ``keys``."""
     data = _data_settings(rec)
     return ", ".join(f"{k}={data[k]}" for k in keys if data.get(k) is not None)
+
+
+def data_settings(records: Sequence[RunRecord]) -> list[tuple[str, list[RunRecord]]]:
+    """The records split by the data they trained on: (label, records) per setting of
+    the ``data`` keys that differ, the dataset's defaults (label "") first. Rows on
+    different data are no like-for-like comparison, so a board ranks and tests each
+    setting on its own; what a defense brings along (extra data of its own) is part of
+    its config, not of a data setting, and stays in its setting's table."""
+    keys = differing_data(records)
+    settings: dict[str, list[RunRecord]] = {}
+    for rec in records:
+        settings.setdefault(data_label(rec, keys), []).append(rec)
+    return sorted(settings.items(), key=lambda setting: setting[0])
 
 
 def metrics(records: Iterable[RunRecord]) -> list[str]:
@@ -150,16 +164,21 @@ def runs_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
 
 
 def _ordered(df: pd.DataFrame) -> pd.DataFrame:
-    """Best first: ranking accuracy, then clean accuracy, then names (stable for ties)."""
-    df = df.sort_values(["_rank", CLEAN, "defense", "arch", "config", *(["seed"] if "seed" in df else [])],
-                        ascending=[False, False, True, True, True, *([True] if "seed" in df else [])],
-                        na_position="last", kind="mergesort")
-    df.insert(0, "rank", range(1, len(df) + 1))
-    return df.drop(columns="_rank").reset_index(drop=True)
+    """Ranked within each data setting (the ``data`` column; the defaults first, as in
+    :func:`data_settings`). Best first: ranking accuracy, then clean accuracy, then names
+    (stable for ties)."""
+    by = ["_rank", CLEAN, "defense", "arch", "config", *(["seed"] if "seed" in df else [])]
+    ascending = [False, False, True, True, True, *([True] if "seed" in df else [])]
+    parts = []
+    for _, part in df.groupby("data", sort=True):
+        part = part.sort_values(by, ascending=ascending, na_position="last", kind="mergesort")
+        part.insert(0, "rank", range(1, len(part) + 1))
+        parts.append(part)
+    return pd.concat(parts).drop(columns="_rank").reset_index(drop=True)
 
 
 def run_table(records: Sequence[RunRecord]) -> pd.DataFrame:
-    """``--by seed``: every run on its own row, ranked."""
+    """``--by seed``: every run on its own row, ranked within its data setting."""
     return _ordered(runs_frame(records)) if records else pd.DataFrame()
 
 
@@ -190,8 +209,8 @@ def _experiment_row(ident: tuple[str, ...], group: pd.DataFrame, keys: Sequence[
 
 
 def compare_with_top(df: pd.DataFrame) -> pd.DataFrame:
-    """``top``: the top-ranked row among those trained on the same data (the ``data``
-    column; rows on other data are no like-for-like comparison); ``vs top p``: the
+    """``top``: the top-ranked row of each data setting (the ``data`` column; rows on
+    other data are no like-for-like comparison); ``vs top p``: the
     Holm-adjusted p of a paired t-test of each other row's ranking accuracy against its
     top row's over their shared seeds (NaN below 2 shared seeds), Holm over the rows
     compared with the same top; ``tied``: not distinguishable from it at level ALPHA."""
@@ -208,10 +227,11 @@ def compare_with_top(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def experiment_table(records: Sequence[RunRecord]) -> pd.DataFrame:
-    """One row per experiment: ``<metric>`` is the mean over seeds and ``<metric> std``
-    the sample standard deviation (NaN for one seed); ``ci low``/``ci high`` the 95%
-    t-interval of the ranking accuracy over seeds, ``test se`` its binomial standard
-    error on the test set, ``vs top p`` and ``tied`` the comparison with the top row."""
+    """One row per experiment, ranked within its data setting: ``<metric>`` is the mean
+    over seeds and ``<metric> std`` the sample standard deviation (NaN for one seed);
+    ``ci low``/``ci high`` the 95% t-interval of the ranking accuracy over seeds, ``test
+    se`` its binomial standard error on the test set, ``vs top p`` and ``tied`` the
+    comparison with its setting's top row."""
     if not records:
         return pd.DataFrame()
     runs = runs_frame(records)
