@@ -59,12 +59,13 @@ from torch import Tensor, nn
 
 from robench.api import TensorSplit
 from robench.core.config import resolve, resolve_over, validate
+from robench.core.datasets import load_data
 from robench.core.paths import data_root
 from robench.core.registry import get_registry
 from robench.core.seeding import make_generator, seed_everything
 from robench.engine.train import train
 from robench.evaluation.sequential import evaluate, percent, subset_indices
-from robench.workflows.run import RunPlan, build_model, load_data, plan_run
+from robench.workflows.plans import ProtocolPlan, build_model, plan_protocol, plan_run
 
 VARIANTS = ("robench", "direct", "direct-frozen")
 AA_LOGGER = "auto-attack"
@@ -123,7 +124,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def prepare(args: argparse.Namespace) -> tuple[RunPlan, nn.Module, TensorSplit, str]:
+def prepare(args: argparse.Namespace) -> tuple[ProtocolPlan, nn.Module, TensorSplit, str]:
     """The model (trained here the way ``robench run`` does, or from a checkpoint)."""
     if args.checkpoint is not None:
         from robench.engine.checkpoint import load_checkpoint
@@ -131,7 +132,7 @@ def prepare(args: argparse.Namespace) -> tuple[RunPlan, nn.Module, TensorSplit, 
         ckpt = load_checkpoint(args.checkpoint.expanduser().resolve())
         base = {k: ckpt.config[k] for k in ("seed", "data", "arch", "defense", "threat", "train") if k in ckpt.config}
         raw = resolve_over(base, None, {"device": "cpu", "attacks": ["autoattack"]}, dataset_preset=False)
-        plan = plan_run(validate(raw), sections=("data", "arch"))
+        plan = plan_protocol(validate(raw))
         model = build_model(plan)
         model.load_state_dict(ckpt.state_dict)
         splits, _ = load_data(plan.dataset, plan.names["data"], data_root(plan.config.data_root))
@@ -161,7 +162,7 @@ def reset_dynamic_check() -> None:
         checks.funcs[key] = 0
 
 
-def run_robench(model: nn.Module, test: TensorSplit, plan: RunPlan, args: argparse.Namespace,
+def run_robench(model: nn.Module, test: TensorSplit, plan: ProtocolPlan, args: argparse.Namespace,
                 out: Measured) -> None:
     params: dict[str, object] = {"seed": args.seed, "batch_size": args.batch_size, "version": args.version}
     if args.version == "custom":
@@ -178,7 +179,7 @@ def run_robench(model: nn.Module, test: TensorSplit, plan: RunPlan, args: argpar
     out.warnings.extend(m for m in result.flags if m not in out.warnings)
 
 
-def run_direct(model: nn.Module, x: Tensor, y: Tensor, plan: RunPlan, args: argparse.Namespace,
+def run_direct(model: nn.Module, x: Tensor, y: Tensor, plan: ProtocolPlan, args: argparse.Namespace,
                out: Measured, *, frozen: bool) -> None:
     from pyautoattack import AutoAttack
 

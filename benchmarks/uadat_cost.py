@@ -31,11 +31,12 @@ from torch import nn
 from robench.api.model import NormalizedClassifier
 from robench.api.threat import ThreatModel
 from robench.core.config import parse_set, resolve, validate
+from robench.core.datasets import load_data
 from robench.core.paths import data_root
 from robench.core.registry import get_registry
 from robench.core.seeding import make_generator, seed_everything
 from robench.engine.train import make_optimizer, train
-from robench.workflows.run import build_model, load_data, plan_run
+from robench.workflows.plans import build_model, plan_run
 
 DEFENSES = ("pgd-at", "uadat")
 

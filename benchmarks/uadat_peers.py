@@ -27,10 +27,11 @@ import torch
 import robench_plugins.defenses.uadat as uadat_module
 from robench.api.contracts import TensorSplit
 from robench.core.config import resolve, validate
+from robench.core.datasets import load_data
 from robench.core.paths import data_root
 from robench.core.seeding import make_generator, seed_everything
 from robench.engine.train import train
-from robench.workflows.run import build_model, load_data, plan_run
+from robench.workflows.plans import build_model, plan_run
 
 
 def simulate(batch: int, classes: int, accuracy: float, trials: int = 20_000, seed: int = 0, memory: int = 0) -> float:

@@ -56,7 +56,7 @@ def standard_digits():
 
     from robench.core.config import TrainConfig, resolve, validate
     from robench.engine.train import train
-    from robench.workflows.run import build_model, plan_run
+    from robench.workflows.plans import build_model, plan_run
 
     plan = plan_run(validate(resolve(None, {"defense": {"name": "standard"}})))
     torch.manual_seed(0)

@@ -36,8 +36,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report  # noqa: E402  (this folder's module; the script is run by path)
 
+from robench.core.provenance import git_commit  # noqa: E402
 from robench.workflows.bench import REFERENCE_SWITCHES, ROBENCH_SWITCHES, BenchRow, bench  # noqa: E402
-from robench.workflows.run import git_commit  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 DEFENSES = ["pgd-at", "trades", "mart", "uadat"]

@@ -38,7 +38,7 @@ class ThreatModel:
     """An Lp ball of radius ``eps`` around each input, intersected with the [0,1] box.
 
     eps 0 is allowed (the clean point of an eps sweep, a sanity check); a run's threat
-    model must have eps > 0, which :func:`robench.workflows.run.plan_run` enforces.
+    model must have eps > 0, which :func:`robench.workflows.plans.plan_run` enforces.
     """
 
     norm: str

@@ -40,10 +40,10 @@ def bench(
 
     from robench.api.errors import UserError
     from robench.core.registry import get_registry
+    from robench.engine.machine import resolve_device
     from robench.engine.precision import PRECISIONS
     from robench.workflows.bench import bench as run_bench
     from robench.workflows.bench import defense_variant
-    from robench.workflows.run import resolve_device
 
     if precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")

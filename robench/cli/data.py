@@ -17,9 +17,9 @@ def data_fetch(
     data_root: Path | None = typer.Option(None, "--data-root", metavar="DIR", help="Where to put it."),
 ) -> None:
     """Download a dataset (the only command, with `run --download`, that downloads)."""
+    from robench.core.datasets import fetch_data, load_data
     from robench.core.paths import data_root as resolve_root
     from robench.core.registry import get_registry
-    from robench.workflows.run import fetch_data, load_data
 
     registry = get_registry("dataset")
     dataset = registry.create(name, where="data")
@@ -43,9 +43,9 @@ def data_where(
     A run reads a dataset from the first folder of the order that holds its files
     (its record keeps that folder as data_dir). Downloads go to the first folder.
     """
+    from robench.core.datasets import find_data
     from robench.core.paths import data_places
     from robench.core.registry import get_registry
-    from robench.workflows.run import find_data
 
     if name is None:
         for i, place in enumerate(data_places(data_root), 1):
@@ -63,6 +63,6 @@ def data_where(
         mark = "  <- used" if place == found else ""
         out.print(Text(f"{i}. {place}{mark}"), soft_wrap=True)
     if found is None:
-        from robench.workflows.run import load_data
+        from robench.core.datasets import load_data
 
         load_data(dataset, canonical, data_root)  # raises the one-line "not found" message

@@ -36,7 +36,8 @@ from robench.cli.torchrun import NPROC_OPT, launch_torchrun
 if TYPE_CHECKING:
     from robench.engine.checkpoint import Checkpoint
     from robench.results.records import RunRecord
-    from robench.workflows.run import RunOutcome, RunPlan
+    from robench.workflows.plans import RunPlan
+    from robench.workflows.run import RunOutcome
 
 
 def run(
@@ -90,7 +91,7 @@ def run(
         plan, checkpoint = _plan_resume(resume, flags, config, overrides, nproc, logger or [])
     else:
         from robench.core.config import resolve, validate, with_loggers
-        from robench.workflows.run import plan_run
+        from robench.workflows.plans import plan_run
 
         plan, checkpoint = plan_run(validate(with_loggers(resolve(config, flags, overrides), logger or []))), None
     launch_torchrun(nproc, str(plan.device), plan.config.train.batch_size)  # every input is checked before processes start
@@ -128,7 +129,7 @@ def _plan_resume(
     loggers: list[str],
 ) -> tuple[RunPlan, Checkpoint]:
     """The plan of an interrupted run; only where and how it runs may change."""
-    from robench.workflows.run import RESUME_SETTINGS, plan_resume, resume_point
+    from robench.workflows.resume import RESUME_SETTINGS, plan_resume, resume_point
 
     changed = sorted(k for k in flags if k not in RESUME_SETTINGS)
     if config is not None or overrides or changed:

@@ -55,7 +55,7 @@ def tune(
     Safe to rerun: recorded runs are skipped, interrupted ones resume.
     """
     from robench.core.paths import runs_root
-    from robench.workflows.run import git_commit
+    from robench.core.provenance import git_commit
     from robench.workflows.sweep.budget import Budget
     from robench.workflows.tune import gather, plan_tuning
     from robench.workflows.tune.divergence import diverged_noter

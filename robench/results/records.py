@@ -6,13 +6,14 @@ are the only input of leaderboards, so every number shown can be traced to a run
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from robench.api.io import atomic_write_text, file_safe
 
@@ -68,6 +69,9 @@ class RunRecord:
     #: the reported checkpoint's validation scores, {"epoch", "val_clean", "val_pgd"};
     #: what ``robench tune`` selects by (None in older records and without a validation split)
     validation: dict[str, Any] | None = None
+    #: the machine the run ran on (robench.engine.machine.describe_machine): CPU model,
+    #: SIMD features, threads, torch version, GPU; None in older records
+    machine: dict[str, Any] | None = None
 
     @property
     def evaluated(self) -> bool:
@@ -115,6 +119,28 @@ def _from_v1(data: dict[str, Any]) -> dict[str, Any]:
     epochs = (data.get("train") or {}).get("epochs") if isinstance(data.get("train"), dict) else None
     data["checkpoints"] = {"last": {"epoch": epochs, "accuracy": data.get("accuracy"), "eval": data.get("eval")}}
     return data
+
+
+class _RanOnAMachine(Protocol):
+    """A run record or an evaluation report: both name the machine they were made on."""
+
+    @property
+    def machine(self) -> dict[str, Any] | None: ...
+
+
+def machine_kind(result: _RanOnAMachine) -> str | None:
+    """A short, stable name of the hardware a record or report was made on: the CPU model,
+    a digest of its SIMD features and the GPU. Two results compare as made on the same
+    kind exactly when those agree, since the same seed and config can give other numbers
+    on other hardware; the thread count and the torch build are left out. None where the
+    result does not say (written before robench recorded the machine)."""
+    machine = result.machine
+    if not isinstance(machine, dict) or not machine:
+        return None
+    simd = " ".join(sorted(str(f) for f in machine.get("simd") or ()))
+    kind = f"{machine.get('cpu') or 'unknown CPU'} (SIMD {hashlib.sha256(simd.encode()).hexdigest()[:8]})"
+    gpu = machine.get("gpu")
+    return f"{kind} + {gpu}" if gpu else kind
 
 
 def new_run_id(defense: str, arch: str, seed: int) -> str:

@@ -51,6 +51,8 @@ class EvalReport:
     schema_version: int = REPORT_SCHEMA_VERSION
     #: numerics switches in force (robench.engine.backend)
     backend: dict[str, Any] | None = None
+    #: the machine the evaluation ran on, as in a run record's; None in older reports
+    machine: dict[str, Any] | None = None
 
     @property
     def threat_slug(self) -> str:

@@ -20,7 +20,7 @@ from robench.core.config import config_hash, resolve, validate
 from robench.core.paths import results_root
 from robench.core.registry import get_registry
 from robench.results.records import record_dir, recorded_runs
-from robench.workflows.run import RunPlan, plan_run
+from robench.workflows.plans import RunPlan, plan_run
 
 
 @dataclass(frozen=True)

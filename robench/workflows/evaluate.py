@@ -10,6 +10,7 @@ where it stopped when rerun with the same settings (state under the runs folder)
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -24,11 +25,14 @@ import robench
 from robench.api.errors import UserError
 from robench.api.io import atomic_write_text
 from robench.core.config import NORMALIZE_KEY, SUITE_SECTION, load_preset, resolve_over, validate
+from robench.core.datasets import load_data
 from robench.core.progress import NullReporter, Reporter
+from robench.core.provenance import git_commit
 from robench.core.registry import get_registry
 from robench.engine.backend import configure as configure_backend
 from robench.engine.backend import exact_fp32
 from robench.engine.checkpoint import file_digest, load_checkpoint, load_state_dict_file, load_weights
+from robench.engine.machine import describe_machine, device_label
 from robench.evaluation.probe import probe_suite
 from robench.evaluation.protocol import ProtocolResult, run_protocol
 from robench.results.leaderboard import refresh_leaderboard
@@ -36,7 +40,7 @@ from robench.results.leaderboard.external import EXTERNAL
 from robench.results.records import record_dir
 from robench.results.reports import EvalReport, new_report_id, report_dir
 from robench.workflows.model_factory import FactoryModel, load_factory
-from robench.workflows.run import RunPlan, build_model, device_label, git_commit, load_data, plan_run
+from robench.workflows.plans import ProtocolPlan, build_model, plan_protocol
 
 #: what a checkpoint's config contributes; the rest comes from the defaults and flags
 _FROM_CHECKPOINT = ("seed", "data", "arch", "defense", "threat", "train")
@@ -99,7 +103,7 @@ class EvalSource:
 class EvalPlan:
     source: EvalSource
     digest: str
-    run: RunPlan
+    run: ProtocolPlan
     out_path: Path
     state_dir: Path
     report_id: str
@@ -126,10 +130,12 @@ def plan_eval(
     if source.factory is not None:  # nor an architecture for the factory's network
         base["arch"] = {"name": EXTERNAL}
     raw = resolve_over(base, config_file, flags, overrides, dataset_preset=False)
-    plan = plan_run(validate(raw), sections=("data",) if source.factory is not None else ("data", "arch"))
+    plan = plan_protocol(validate(raw), arch=source.factory is None)
     if source.factory is not None:  # the factory's network, not an architecture plugin
-        plan.names["arch"] = source.factory.spec
-        plan.resolved["arch"] = {"name": EXTERNAL, "model": source.factory.spec}
+        plan = dataclasses.replace(
+            plan, names={**plan.names, "arch": source.factory.spec},
+            resolved={**plan.resolved, "arch": {"name": EXTERNAL, "model": source.factory.spec}},
+        )
     digest = source.digest()
     key = json.dumps(
         [digest, plan.resolved[SUITE_SECTION], plan.resolved["threat"], plan.resolved["eval"], plan.resolved["seed"],
@@ -148,7 +154,7 @@ def plan_eval(
     return EvalPlan(source, digest, plan, out_path, state_dir, report_id)
 
 
-def built_for(config: Mapping[str, Any], run: RunPlan) -> str:
+def built_for(config: Mapping[str, Any], run: ProtocolPlan) -> str:
     """What a checkpoint's model was built for next to what ``run`` asks for, where they differ.
 
     Weights that do not fit usually mean an override (``--set arch.width=...``, another
@@ -229,6 +235,7 @@ def execute_eval(
         accuracy=outcome.result.accuracy,
         wall_time_s=round(time.perf_counter() - started, 3),
         device=device_label(run.device),
+        machine=describe_machine(run.device),
         config=run.resolved,
         backend={**backend.to_dict(), "tf32_training": None},
     )
@@ -236,7 +243,7 @@ def execute_eval(
     return report, path, outcome, _refresh_board(run, report, path)
 
 
-def _model(source: EvalSource, run: RunPlan) -> nn.Module:
+def _model(source: EvalSource, run: ProtocolPlan) -> nn.Module:
     """The network to evaluate, its weights loaded: robench's model (the dataset's
     normalisation in front, unless turned off), or the factory's as it is."""
     if source.factory is not None:
@@ -252,7 +259,7 @@ def _model(source: EvalSource, run: RunPlan) -> nn.Module:
     return model
 
 
-def _refresh_board(run: RunPlan, report: EvalReport, path: Path) -> Path | None:
+def _refresh_board(run: ProtocolPlan, report: EvalReport, path: Path) -> Path | None:
     """A report beside the records of its run's board changes that board (it may add
     the AutoAttack column a run lacked), and a report of a network robench did not train
     is that board's external row; reports elsewhere (``--out``) change nothing."""

@@ -58,7 +58,7 @@ from robench.core.config import (
     validate,
 )
 from robench.core.registry import get_registry
-from robench.workflows.run import plan_run
+from robench.workflows.plans import plan_run
 
 # ------------------------------------------------------------------ bookkeeping
 #: examples tried per property, and how they ended ("valid" or the error class)

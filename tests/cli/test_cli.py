@@ -8,9 +8,11 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import REPO, run_cli
 
 import robench
+from robench.engine.machine import describe_machine
 
 
 def _single_record(results: Path) -> dict:
@@ -39,6 +41,8 @@ def test_short_run_writes_record_and_leaderboard(results: Path) -> None:
         assert f"{value:.2f}" in board  # the leaderboard holds the measured numbers
         assert f"{value:.2f}" in proc.stdout  # and so does the printed table
     assert "pgd-at" in board and "smallcnn" in board
+    here, kind = describe_machine(torch.device("cpu")), ("cpu", "simd", "torch", "gpu")  # the machine that ran it
+    assert {k: rec["machine"][k] for k in kind} == {k: here[k] for k in kind} and rec["machine"]["threads"] >= 1
 
 
 @pytest.mark.parametrize("select", ["best", "last"])

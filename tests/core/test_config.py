@@ -9,7 +9,7 @@ from conftest import REPO
 
 from robench.api.errors import ConfigError
 from robench.core.config import config_hash, load_preset, parse_set, resolve, validate
-from robench.workflows.run import plan_run
+from robench.workflows.plans import plan_run
 
 
 def test_default_yaml_reproduces_the_default_run() -> None:
@@ -138,7 +138,7 @@ def test_several_processes_are_another_experiment_one_is_not() -> None:
 def test_data_normalize_is_robench_s_key_and_recorded_only_when_off() -> None:
     """``data.normalize`` is read by robench, not by the dataset plugin (unless its Params
     declare it); off, it is another experiment; on, configs keep the hash they had."""
-    from robench.workflows.run import build_model
+    from robench.workflows.plans import build_model
 
     on = plan_run(validate(resolve(None, None)))
     off = plan_run(validate(resolve(None, None, ["data.normalize=false"])))

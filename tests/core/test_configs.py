@@ -7,7 +7,7 @@ import pytest
 from conftest import REPO
 
 from robench.core.config import resolve, validate
-from robench.workflows.run import plan_run
+from robench.workflows.plans import plan_run
 
 CIFAR10 = sorted((REPO / "configs" / "cifar10").glob("*.yaml"))
 

@@ -71,7 +71,7 @@ def test_commit_comes_from_git_or_from_the_environment(tmp_path: Path, monkeypat
     """A copy of the source without .git (as on a GPU machine) records $ROBENCH_COMMIT."""
     import subprocess
 
-    from robench.workflows.run import git_commit
+    from robench.core.provenance import git_commit
 
     monkeypatch.setenv("ROBENCH_COMMIT", "abc123")
     assert git_commit(tmp_path) == "abc123"

@@ -62,7 +62,7 @@ def test_two_processes_take_the_single_process_step(tmp_path: Path) -> None:
     w1, w2 = _weights(one, runs), _weights(two, runs)
     torch.manual_seed(0)  # the initial weights, as the runs drew them (seed 0)
     from robench.core.config import resolve, validate
-    from robench.workflows.run import build_model, plan_run
+    from robench.workflows.plans import build_model, plan_run
 
     init = build_model(plan_run(validate(resolve(None, {})))).state_dict()
     moved = max((w1[k] - init[k]).abs().max().item() for k in init)

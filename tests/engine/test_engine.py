@@ -12,7 +12,8 @@ from robench.core.config import resolve, validate
 from robench.core.registry import get_registry
 from robench.engine.checkpoint import load_checkpoint
 from robench.evaluation.sequential import evaluate, subset_indices
-from robench.workflows.run import build_model, execute, plan_run
+from robench.workflows.plans import build_model, plan_run
+from robench.workflows.run import execute
 
 FAST = ["train.epochs=2", "attacks=[pgd-3]", "eval.n_eval=120"]
 

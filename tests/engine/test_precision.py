@@ -18,7 +18,7 @@ from robench.core.registry import get_registry
 from robench.engine.checkpoint import load_checkpoint
 from robench.engine.precision import FP16_ATTACK_SCALE, AutocastClassifier, Precision, evaluation_model
 from robench.engine.train import make_optimizer, train, train_step
-from robench.workflows.run import plan_run
+from robench.workflows.plans import plan_run
 
 CPU = torch.device("cpu")
 THREAT = ThreatModel("Linf", "8/255")
@@ -67,7 +67,7 @@ def test_fp16_loss_scaler_state_is_checkpointed(tmp_path: Path) -> None:
     torch.manual_seed(0)
     split = plan.dataset.load(None, 0).train
     small = type(split)(split.x[:64], split.y[:64])
-    from robench.workflows.run import build_model
+    from robench.workflows.plans import build_model
 
     train(build_model(plan), plan.defense, small, plan.threat, TrainConfig(epochs=1, batch_size=32, precision="fp16"),
           device=CPU, generator=torch.Generator().manual_seed(0), run_dir=tmp_path)

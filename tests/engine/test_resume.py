@@ -184,7 +184,7 @@ def test_a_defenses_epoch_state_survives_a_mid_epoch_stop(tmp_path: Path) -> Non
     from robench.core.config import TrainConfig, resolve, validate
     from robench.engine.checkpoint import load_checkpoint
     from robench.engine.train import TrainingStopped, train
-    from robench.workflows.run import build_model, plan_run
+    from robench.workflows.plans import build_model, plan_run
     from robench_plugins.defenses.uadat import UADAT
 
     plan = plan_run(validate(resolve(None, {"defense": {"name": "uadat"}}, [
@@ -196,7 +196,7 @@ def test_a_defenses_epoch_state_survives_a_mid_epoch_stop(tmp_path: Path) -> Non
         """UAD-AT that sends this process SIGTERM during its ``at``-th batch."""
 
         def __init__(self, at: int = 0) -> None:
-            super().__init__(plan.trainer.params)
+            super().__init__(plan.defense.params)
             self.at, self.calls = at, 0
 
         def loss(self, model, x, y, threat):

@@ -42,8 +42,9 @@ def test_eval_reproduces_the_run_and_writes_a_report(trained_run: dict) -> None:
     assert (report["source_checkpoint"], report["source_epoch"]) == ("last", 2)
     assert report["report_id"] == reports[0].stem and reports[0].stem.startswith(f"{record['run_id']}-last-eval-")
     assert list(report["accuracy"]) == ["clean", "FGSM", "PGD-5", "APGD-CE", "worst case"]
-    # the same weights came back
+    # the same weights came back, on the same machine
     assert report["accuracy"]["clean"] == record["checkpoints"]["last"]["accuracy"]["clean"]
+    assert report["machine"] == record["machine"] and report["machine"]["cpu"]
     assert report["accuracy"]["worst case"] <= report["accuracy"]["PGD-5"] <= report["accuracy"]["FGSM"]
     assert [a["name"] for a in report["eval"]["attacks"]] == ["fgsm", "pgd-5", "apgd-ce"]
     sweep = report["eval"]["eps_sweep"]

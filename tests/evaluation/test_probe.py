@@ -48,7 +48,7 @@ def test_the_probe_attacks_points_the_model_classifies_as_labelled() -> None:
     """Labels are the model's own predictions, so even an untrained model's points are
     attacked (an attack skips points that are misclassified already)."""
     from robench.core.config import resolve, validate
-    from robench.workflows.run import build_model, plan_run
+    from robench.workflows.plans import build_model, plan_run
 
     plan = plan_run(validate(resolve(None, None, ["defense.name=standard"])))
     torch.manual_seed(0)

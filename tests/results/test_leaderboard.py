@@ -32,7 +32,8 @@ from robench.results.leaderboard.evaluations import with_reports
 from robench.results.leaderboard.robustbench import model_info
 from robench.results.records import RunRecord, load_records
 from robench.results.reports import EvalReport
-from robench.workflows.run import execute, plan_run
+from robench.workflows.plans import plan_run
+from robench.workflows.run import execute
 
 REFERENCE = """\
 dataset: digits

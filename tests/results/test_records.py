@@ -9,7 +9,8 @@ import pytest
 
 from robench.core.config import resolve, validate
 from robench.results.records import RunRecord, load_records, write_record
-from robench.workflows.run import execute, plan_run
+from robench.workflows.plans import plan_run
+from robench.workflows.run import execute
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from robench.core.config import TrainConfig, resolve, validate
 from robench.core.registry import get_registry
 from robench.engine.train import train
 from robench.evaluation.sequential import evaluate
-from robench.workflows.run import build_model, plan_run
+from robench.workflows.plans import build_model, plan_run
 
 EPOCHS = 8
 

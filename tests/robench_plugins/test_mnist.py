@@ -19,8 +19,8 @@ from dataset_files import IDX_FILES, write_idx
 
 from robench.api.errors import DataNotFoundError
 from robench.api.threat import ThreatModel
+from robench.core.datasets import load_data
 from robench.core.registry import get_registry
-from robench.workflows.run import load_data
 
 SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 HAVE_REAL = all((SYSTEM / f"{name}.gz").is_file() for name in IDX_FILES)

@@ -114,7 +114,7 @@ def test_without_an_adversary_the_shift_uncertainty_samples_nothing():
 
 def test_the_new_uncertainty_and_alignment_share_keep_earlier_runs_experiment_hash():
     from robench.core.config import config_hash, resolve, validate
-    from robench.workflows.run import plan_run
+    from robench.workflows.plans import plan_run
 
     def hashed(*items: str) -> str:
         return config_hash(plan_run(validate(resolve(None, None, ["defense=uadat", *items]))).resolved)

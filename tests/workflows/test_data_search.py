@@ -10,8 +10,8 @@ from conftest import run_cli
 from dataset_files import write_idx
 
 from robench.api.errors import DataNotFoundError
+from robench.core.datasets import find_data, load_data
 from robench.core.paths import DataPlace, data_places
-from robench.workflows.run import find_data, load_data
 from robench_plugins.datasets.mnist import FashionMNIST, IdxParams
 
 

@@ -18,8 +18,9 @@ from robench.api.io import file_safe
 from robench.api.threat import ThreatModel
 from robench.core.config import PLUGIN_SECTIONS, config_hash, resolve, validate
 from robench.core.paths import runs_root
+from robench.engine.machine import device_label
 from robench.results.records import record_dir, recorded_runs
-from robench.workflows.run import device_label, plan_run
+from robench.workflows.plans import plan_run
 from robench.workflows.sweep.grid import SweepSpec, expand
 
 #: what ``robench run`` calls the command-line settings a sweep passes to every run

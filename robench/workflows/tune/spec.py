@@ -35,7 +35,7 @@ from typing import Any
 from robench.api.errors import ConfigError
 from robench.api.params import shown
 from robench.core.config import load_yaml
-from robench.workflows.run import SELECTION_METRICS
+from robench.workflows.plans import SELECTION_METRICS
 from robench.workflows.sweep.grid import Axis, SweepSpec, base_config, check_keys, layer_items, parse_grid
 
 TUNING_KEYS = ("name", "config", "trials", "tuning_seeds", "final_seeds", "score", "search_seed", "set",
