@@ -26,6 +26,7 @@ def compare(
     lies above -margin."""
     from robench.core.paths import results_root
     from robench.results.leaderboard import Filters
+    from robench.results.leaderboard.table import CROSSED_MACHINES, crossed_text
     from robench.workflows.compare import compare as run_compare
 
     found = run_compare(results_root(results_dir), base, variant, filters=Filters(data or (), arch or (), (), threat or ()),
@@ -35,9 +36,15 @@ def compare(
         table.add_column(column, justify="right", overflow="fold")
     for seed in sorted(set(found.base_by_seed) | set(found.variant_by_seed)):
         a, b = found.base_by_seed.get(seed), found.variant_by_seed.get(seed)
+        mark = CROSSED_MACHINES if seed in found.crossed else ""
         table.add_row(str(seed), "-" if a is None else f"{a:.2f}", "-" if b is None else f"{b:.2f}",
-                      "-" if a is None or b is None else f"{b - a:+.2f}")
+                      "-" if a is None or b is None else f"{b - a:+.2f}{mark}")
     out.print(table)
+    if found.crossed:
+        out.print(Text(f"{CROSSED_MACHINES} ran on different machine kinds: "
+                       f"{crossed_text(found.crossed, found.base, found.variant)}. The same seed and config can give "
+                       "other numbers on other hardware, and pairing by seed does not remove that: the test below "
+                       "counts it as a difference between the rows."), soft_wrap=True)
     r = found.result
     if r is None:
         out.print(Text("fewer than two seeds in common: no test (run both with the same seeds)"), soft_wrap=True)

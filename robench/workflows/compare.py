@@ -4,18 +4,20 @@ Both are rows of one board, named by their labels as the board shows them (``uad
 ``uadat (align_fraction=0.25)``). Their runs are paired by seed (the same initial
 weights and data order) and the mean difference of one accuracy is tested against
 the margin, one-sided (:func:`~robench.results.leaderboard.significance.noninferiority`):
-the question a cheaper default has to answer before it replaces the method.
+the question a cheaper default has to answer before it replaces the method. Seeds whose
+runs ran on different machine kinds are named, since pairing does not remove what
+other hardware changes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from robench.api.errors import UserError
 from robench.results.labels import defense_label, ranking_rule
 from robench.results.leaderboard import Filters, load_shown
-from robench.results.leaderboard.significance import NonInferiority, noninferiority
-from robench.results.leaderboard.table import EXPERIMENT, runs_frame
+from robench.results.leaderboard.significance import NonInferiority, crossed_machines, noninferiority
+from robench.results.leaderboard.table import EXPERIMENT, machines_by_seed, runs_frame
 from robench.results.records import RunRecord
 from robench.results.reports import REPORTS_FOLDER
 
@@ -30,6 +32,9 @@ class Comparison:
     variant_by_seed: dict[int, float]
     #: None below two shared seeds
     result: NonInferiority | None
+    #: shared seeds whose runs ran on different machine kinds: seed -> (base's kinds,
+    #: variant's kinds); seeds whose kinds are not known are not in it
+    crossed: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=dict)
 
 
 def _experiment(records: list[RunRecord], label: str) -> list[RunRecord]:
@@ -60,5 +65,6 @@ def compare(results_root: Path, base: str, variant: str, *, filters: Filters,
         raise UserError(f"run {missing[0]} has no {key!r} accuracy; choose --metric among "
                         f"{', '.join(a[0].accuracy)}")
     by_seed = [{r.seed: float(r.accuracy[key]) for r in runs} for runs in (a, b)]
+    machines = [machines_by_seed(runs_frame(runs)) for runs in (a, b)]
     return Comparison(f"{a[0].dataset}, {a[0].threat_slug}", key, base, variant, by_seed[0], by_seed[1],
-                      noninferiority(by_seed[0], by_seed[1], margin))
+                      noninferiority(by_seed[0], by_seed[1], margin), crossed_machines(*machines))

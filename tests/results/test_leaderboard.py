@@ -30,7 +30,8 @@ from robench.results.leaderboard import (
 )
 from robench.results.leaderboard.evaluations import with_reports
 from robench.results.leaderboard.robustbench import model_info
-from robench.results.records import RunRecord, load_records
+from robench.results.leaderboard.table import run_machine
+from robench.results.records import RunRecord, load_records, machine_kind
 from robench.results.reports import EvalReport
 from robench.workflows.plans import plan_run
 from robench.workflows.run import execute
@@ -334,3 +335,26 @@ def test_a_report_completes_only_its_own_runs_reported_weights_and_threat(result
     table = run_table(shown)
     assert dict(zip(table["run_id"], table["checkpoint"]))[plain.run_id] == f"{plain.selected} (eval report)"
     assert model_info(shown[0])["footnote"].endswith("AutoAttack from evaluation report newer).")
+
+
+def test_a_run_completed_by_a_report_names_where_it_was_trained_and_evaluated() -> None:
+    """AutoAttack gives other numbers on other hardware too: the machine kind a board
+    pairs by is the training's and the report's; unknown where either is not said."""
+    records, _ = load_records(REPO / "leaderboards" / "records" / "digits" / "linf-3_16")
+    old = records[0]
+    xeon = {"cpu": "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz", "simd": ["avx2", "fma"], "gpu": None}
+    epyc = {**xeon, "cpu": "AMD EPYC 7B13 64-Core Processor"}
+    plain = dataclasses.replace(old, machine=xeon, accuracy={k: v for k, v in old.accuracy.items() if k != "AutoAttack"})
+    trained = machine_kind(plain)
+    assert trained is not None and run_machine(plain) == trained and run_machine(old) is None
+
+    def shown(record: RunRecord, machine: dict | None) -> RunRecord:
+        report = _report(record, 50.0, machine=machine)
+        completed = with_reports([record], [report])[0]
+        assert completed.eval["report"] == report.report_id
+        return completed
+
+    assert run_machine(shown(plain, xeon)) == trained
+    assert run_machine(shown(plain, epyc)) == f"{trained}; evaluated on {machine_kind(_report(plain, 50.0, machine=epyc))}"
+    assert run_machine(shown(plain, None)) is None and "report_machine" not in shown(plain, None).eval
+    assert run_machine(shown(dataclasses.replace(plain, machine=None), xeon)) is None

@@ -3,14 +3,30 @@ paired tests against the top row with Holm's correction, and the training cost."
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 
+import pandas as pd
 import pytest
 from conftest import REPO
 from scipy import stats
 
-from robench.results.leaderboard import experiment_table, render_markdown, run_table
-from robench.results.leaderboard.significance import binomial_se, holm, noninferiority, paired_t_pvalue, t_interval
+from robench.results.leaderboard import (
+    experiment_table,
+    render_csv,
+    render_html,
+    render_latex,
+    render_markdown,
+    run_table,
+)
+from robench.results.leaderboard.significance import (
+    binomial_se,
+    crossed_machines,
+    holm,
+    noninferiority,
+    paired_t_pvalue,
+    t_interval,
+)
 from robench.results.records import RunRecord, load_records
 
 COMMITTED = REPO / "leaderboards" / "records" / "digits" / "linf-3_16"
@@ -144,3 +160,90 @@ def test_old_records_without_cost_still_read() -> None:
     assert all(r.cost is None for r in old)
     table = experiment_table(old)
     assert table["train flops"].isna().all() and table["train s"].notna().all()
+
+
+def test_crossed_machines_names_only_shared_seeds_whose_known_kinds_differ() -> None:
+    top = {0: {"A"}, 1: {"A"}, 2: {"A"}, 3: set(), 4: {"A"}, 9: {"B"}}
+    other = {0: {"A"}, 1: {"B"}, 2: set(), 3: {"B"}, 4: {"A", "C"}, 5: {"B"}}
+    # 0: same kind; 2 and 3: one side not known; 5 and 9: not shared; 4: one of its runs elsewhere
+    assert crossed_machines(top, other) == {1: (("A",), ("B",)), 4: (("A",), ("A", "C"))}
+    assert crossed_machines(other, top)[1] == (("B",), ("A",))
+    assert crossed_machines({0: {"A", "B"}}, {0: {"A"}}) == {0: (("A", "B"), ("A",))}
+    assert crossed_machines({0: set(), 1: set()}, {0: set(), 1: set()}) == {}
+    assert crossed_machines({0: set()}, {0: {"A", "B"}}) == {}  # two kinds on one side, the other not known
+
+
+XEON = {"cpu": "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz", "simd": ["avx", "avx2", "avx512f", "fma"],
+        "threads": 8, "torch": "2.5.1+cpu", "gpu": None}
+EPYC = {**XEON, "cpu": "AMD EPYC 7B13 64-Core Processor", "simd": ["avx", "avx2", "fma"]}
+
+
+def _on(records: list[RunRecord], machines: dict[tuple[str, int], dict | None]) -> list[RunRecord]:
+    """``records`` with a machine section: ``machines`` by (defense, seed), else the Xeon."""
+    return [dataclasses.replace(r, machine=machines.get((r.defense["name"], r.seed), XEON)) for r in records]
+
+
+def _vs_top(text: str) -> dict[str, str]:
+    """Defense -> its vs top cell, from a markdown board."""
+    lines = text.splitlines()
+    header = [c.strip() for c in next(line for line in lines if line.startswith("|   Rank")).split("|")]
+    rows = [[c.strip() for c in line.split("|")] for line in lines if line.startswith("|") and "---" not in line]
+    return {row[header.index("Defense")]: row[header.index("vs top")] for row in rows[1:]}
+
+
+def test_a_test_that_pairs_seeds_across_machine_kinds_is_marked_and_explained() -> None:
+    records = _on(_variants(), {("far", 2): EPYC})
+    df = experiment_table(records).set_index("defense")
+    far = df.loc["far", "vs top machines"]
+    assert df.loc["top", "vs top machines"] == "" and df.loc["close", "vs top machines"] == ""
+    assert far.startswith("seed 2: top row on Intel(R) Xeon(R)") and ", this row on AMD EPYC 7B13" in far and ";" not in far
+    text = render_markdown(records, "t", "src")
+    cells = _vs_top(text)
+    assert cells["far"].startswith("below (p=") and cells["far"].endswith(")†")
+    assert cells["close"].startswith("tied (p=") and cells["close"].endswith(")")  # same kinds: no mark
+    note = text.split("**† Paired across machine kinds**: ", 1)[1]
+    assert "ran on different machine kinds" in note and f"\n- far (smallcnn, config far): {far}" in note
+    assert "- close" not in note and "- top" not in note
+    page = render_html(records, plots=False)
+    assert "below (p=" in page and ")†</td>" in page and "<strong>† Paired across machine kinds</strong>" in page
+    assert "<li>far (smallcnn, config far): seed 2: top row on Intel(R) Xeon(R)" in page
+    latex = render_latex(records, "t")
+    assert r")\textdagger{}" in latex and r"\textdagger{}: some seeds these rows share" in latex
+    measured = pd.read_csv(io.StringIO(render_csv(records))).query("kind == 'measured'").set_index("defense")
+    assert measured.loc["far", "vs top machines"] == far and measured["vs top machines"].isna().sum() == 2
+
+
+def test_no_mark_for_the_same_kind_nor_where_a_kind_is_not_known() -> None:
+    """Runs on one machine kind, or runs of which one side does not name its machine
+    (records from before robench recorded it), give the board of records without any."""
+    plain = _variants()
+    expected = render_markdown(plain, "t", "src"), render_csv(plain), render_latex(plain, "t")
+    boards = {
+        "one kind": _on(plain, {}),
+        "one side unknown": _on(plain, {("far", 2): None, ("top", 0): None}),
+        "all on another kind": _on(plain, {(n, s): EPYC for n in ("top", "close", "far") for s in range(5)}),
+        "kinds differ only at a seed with no test": _on([r for r in plain if r.seed == 0 or r.defense["name"] == "top"],
+                                                         {("far", 0): EPYC}),
+    }
+    for why, records in boards.items():
+        df = experiment_table(records)
+        assert not df["vs top machines"].any(), why
+        if len(records) == len(plain):
+            assert (render_markdown(records, "t", "src"), render_csv(records), render_latex(records, "t")) == expected, why
+        assert "†" not in render_markdown(records, "t", "src") + render_html(records, plots=False), why
+
+
+def test_only_the_runs_paired_with_the_top_row_of_the_same_data_count() -> None:
+    """Rows of another data setting have another top row: a kind differing from the
+    board's first row does not mark them, one differing from their own top row does."""
+    subset = {"close", "far"}
+    records = [dataclasses.replace(r, config={**r.config, "data": {**r.config["data"], "train_subset": 1000}})
+               if r.defense["name"] in subset else r for r in _variants()]
+    moved = _on(records, {("close", s): EPYC for s in range(5)})  # close is its setting's top row
+    df = experiment_table(moved).set_index("defense")
+    assert df.loc["far", "vs top machines"].count("seed ") == 5 and not df.loc["top", "vs top machines"]
+    text = render_markdown(moved, "t", "src")
+    _, _, small = text.partition("## Data: train_subset=1000")
+    assert _vs_top(small)["far"].endswith("†") and "- far (smallcnn, config far): seed 0: top row on AMD" in small
+    alone = _on(records, {("top", s): EPYC for s in range(5)})  # nothing pairs with the defaults' top row
+    assert "†" not in render_markdown(alone, "t", "src")

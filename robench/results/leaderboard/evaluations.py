@@ -5,7 +5,9 @@ digits run) would stay unranked by it and could never be exported to RobustBench
 report from ``robench eval`` that evaluated the *same weights* (the run's reported
 checkpoint: same run id and epoch) under the *same threat model* with AutoAttack takes
 the place of the run's own evaluation on the board; the newest such report wins. The
-row says so (its checkpoint column and notes), and the record file is untouched.
+row says so (its checkpoint column and notes), and the record file is untouched. Where
+the report names the machine it ran on, the shown evaluation keeps its kind
+(``report_machine``): the board's paired tests compare where runs were evaluated too.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from collections.abc import Sequence
 
 from robench.api.threat import parse_fraction
 from robench.results.labels import AUTOATTACK
-from robench.results.records import RunRecord
+from robench.results.records import RunRecord, machine_kind
 from robench.results.reports import EvalReport
 
 
@@ -38,6 +40,12 @@ def report_for(record: RunRecord, reports: Sequence[EvalReport]) -> EvalReport |
     return max(matching, key=lambda r: (r.created, r.report_id), default=None)
 
 
+def _machine_of(report: EvalReport) -> dict[str, str]:
+    """``{"report_machine": kind}`` for a report that names its machine; nothing for older ones."""
+    kind = machine_kind(report)
+    return {"report_machine": kind} if kind else {}
+
+
 def with_reports(records: Sequence[RunRecord], reports: Sequence[EvalReport]) -> list[RunRecord]:
     """``records``, each without AutoAttack replaced in memory by its report's evaluation."""
     shown = []
@@ -49,7 +57,7 @@ def with_reports(records: Sequence[RunRecord], reports: Sequence[EvalReport]) ->
         shown.append(dataclasses.replace(
             record,
             accuracy=dict(report.accuracy),
-            eval={**report.eval, "report": report.report_id},
+            eval={**report.eval, "report": report.report_id, **_machine_of(report)},
             notes=[*record.notes, f"evaluated by robench eval report {report.report_id} ({report.created})"],
         ))
     return shown

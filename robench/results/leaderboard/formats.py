@@ -18,12 +18,14 @@ from robench.results.labels import AUTOATTACK, CLEAN, threat_title
 from robench.results.leaderboard.external import ExternalRow
 from robench.results.leaderboard.reference import ReportedRow
 from robench.results.leaderboard.table import (
+    CROSSED_MACHINES,
     UNRELIABLE,
     data_settings,
     differing_data,
     experiment_table,
     flags,
     metrics,
+    run_machine,
     run_table,
 )
 from robench.results.records import RunRecord
@@ -52,13 +54,14 @@ def _interval(low: float, high: float) -> str:
     return "–" if math.isnan(low) else f"[{low:.2f}, {high:.2f}]"
 
 
-def _versus_top(top: bool, p: float, tied: bool) -> str:
-    """``top``, ``tied (p=0.14)``, ``below (p=0.0007)``, or – where no test was possible."""
+def _versus_top(top: bool, p: float, tied: bool, crossed: str) -> str:
+    """``top``, ``tied (p=0.14)``, ``below (p=0.0007)``, or – where no test was possible;
+    marked † where paired seeds ran on different machine kinds (:data:`MACHINES_SENTENCE`)."""
     if top:
         return "top"
     if math.isnan(p):
         return "–"
-    return f"{'tied' if tied else 'below'} (p={p:.2g})"
+    return f"{'tied' if tied else 'below'} (p={p:.2g})" + (CROSSED_MACHINES if crossed else "")
 
 
 def _flops(value: float) -> str:
@@ -78,7 +81,8 @@ def _noise_columns(out: pd.DataFrame, df: pd.DataFrame, rank_label: str) -> None
     comparison with the top row."""
     out[f"{rank_label} 95% CI"] = [_interval(lo, hi) for lo, hi in zip(df["ci low"], df["ci high"])]
     out["Test SE"] = df["test se"].map(lambda se: "–" if math.isnan(se) else f"± {se:.2f}")
-    out["vs top"] = [_versus_top(r, p, t) for r, p, t in zip(df["top"], df["vs top p"], df["tied"])]
+    out["vs top"] = [_versus_top(r, p, t, c) for r, p, t, c in
+                     zip(df["top"], df["vs top p"], df["tied"], df["vs top machines"])]
 
 
 def measured_display(records: Sequence[RunRecord], by_seed: bool = False) -> pd.DataFrame:
@@ -187,6 +191,26 @@ NOISE_SENTENCE = (
     "Train time is the measured wall time of the epochs on the device named in the records."
 )
 
+#: what a † in the vs top column means (said under the table, with the seeds and kinds)
+MACHINES_SENTENCE = (
+    "some seeds these rows share with their top row ran on different machine kinds (CPU model and SIMD "
+    "features, GPU; for a run completed by an eval report, also where that evaluated). The same seed and config "
+    "can give other numbers on other hardware, and pairing by seed does not remove that: these tests count it "
+    "as a difference between the rows"
+)
+
+
+def crossed_rows(records: Sequence[RunRecord]) -> list[str]:
+    """``far (smallcnn, config 1a2b): seed 3: top row on A, this row on B`` for each row of
+    one table whose test against the top row paired seeds across machine kinds; none
+    where no run names its machine (records from before robench recorded it)."""
+    if not any(run_machine(r) for r in records):
+        return []
+    df = experiment_table(records)
+    return [f"{row['defense']} ({row['arch']}, config {row['config']}): {row['vs top machines']}"
+            for _, row in df.iterrows() if row["vs top machines"]]
+
+
 def by_data_setting(records: Sequence[RunRecord]) -> list[tuple[str, list[RunRecord]]]:
     """(heading, records) per table of a board: one table per data setting, each ranked
     and tested on its own; a board whose runs all share one setting has one table and
@@ -216,16 +240,26 @@ def _flagged_markdown(records: Sequence[RunRecord]) -> list[str]:
               f"{' '.join(flag.split())}" for r in flagged for flag in flags(r))]
 
 
+def _crossed_markdown(records: Sequence[RunRecord], by_seed: bool) -> list[str]:
+    rows = [] if by_seed else crossed_rows(records)
+    if not rows:
+        return []
+    return ["", f"**{CROSSED_MACHINES} Paired across machine kinds**: {MACHINES_SENTENCE}:", "",
+            *(f"- {row}" for row in rows)]
+
+
 def _measured_markdown(records: Sequence[RunRecord], by_seed: bool) -> list[str]:
     """The measured table(s) and their notes: one table, or one per data setting under
     a sub-heading of its own, each followed by its flagged runs."""
     tables = by_data_setting(records)
     noise = [] if by_seed else ["", NOISE_SENTENCE]
     if len(tables) == 1:
-        return ["", _markdown_table(measured_display(records, by_seed)), *noise, *_flagged_markdown(records)]
+        return ["", _markdown_table(measured_display(records, by_seed)), *noise, *_flagged_markdown(records),
+                *_crossed_markdown(records, by_seed)]
     lines = ["", data_sentence(records), *noise]
     for heading, mine in tables:
-        lines += ["", f"## {heading}", "", _markdown_table(measured_display(mine, by_seed)), *_flagged_markdown(mine)]
+        lines += ["", f"## {heading}", "", _markdown_table(measured_display(mine, by_seed)), *_flagged_markdown(mine),
+                  *_crossed_markdown(mine, by_seed)]
     return lines
 
 
@@ -253,8 +287,12 @@ def render_markdown(records: Sequence[RunRecord], title: str, source: str,
 
 def render_csv(records: Sequence[RunRecord], reported: Sequence[ReportedRow] = (), by_seed: bool = False,
                external: Sequence[ExternalRow] = ()) -> str:
-    """Numbers unformatted (mean and std columns), one ``kind`` column: measured, external or reported."""
+    """Numbers unformatted (mean and std columns), one ``kind`` column: measured, external or
+    reported; a ``vs top machines`` column only where a row's test paired seeds across
+    machine kinds."""
     df = run_table(records) if by_seed else experiment_table(records)
+    if "vs top machines" in df and not df["vs top machines"].any():
+        df = df.drop(columns="vs top machines")
     df = df.rename(columns={m: f"{m} mean" for m in (metrics(records) if records else [])}) if not by_seed else df
     df.insert(0, "kind", "measured")
     suffix = "" if by_seed else " mean"
@@ -275,7 +313,7 @@ def render_csv(records: Sequence[RunRecord], reported: Sequence[ReportedRow] = (
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  "±": r"$\pm$", "–": "--", "⚠": ""}
+                  "±": r"$\pm$", "–": "--", "⚠": "", "†": r"\textdagger{}"}
 
 
 def _tex(text: str) -> str:
@@ -295,9 +333,10 @@ def render_latex(records: Sequence[RunRecord], title: str, reported: Sequence[Re
     """booktabs tables (``\\usepackage{booktabs}``): measured, then reported in a table of its own."""
     lines = [f"% {title}: generated by robench from run records; do not edit by hand"]
     for i, (heading, mine) in enumerate(by_data_setting(records)):
+        crossed = f" {CROSSED_MACHINES}: {MACHINES_SENTENCE}." if not by_seed and crossed_rows(mine) else ""
         lines += [""] * (i > 0) + _latex_tabular(measured_display(mine, by_seed).drop(columns=["Config"]),
                                              f"{title}{f', {heading}' if heading else ''}. Measured by robench; "
-                                             f"{ranking_sentence(mine, by_seed)}.")
+                                             f"{ranking_sentence(mine, by_seed)}.{crossed}")
     if external:
         lines += [""] + _latex_tabular(external_display(external).drop(columns=["Report"]),
                                        f"{title}: {EXTERNAL_TITLE}. {EXTERNAL_SENTENCE}")

@@ -2,8 +2,9 @@
 
 One section per board (dataset and threat model): the ranked table, whose columns sort
 on a click (a few lines of script; without it the table reads as it is), the noise
-sentence, the flags, the plots embedded as PNG, the external and reported tables apart,
-and each run's detail (config and per-epoch history) folded under the board. Numbers
+sentence, the flags, the tests that paired seeds across machine kinds, the plots
+embedded as PNG, the external and reported tables apart, and each run's detail (config
+and per-epoch history) folded under the board. Numbers
 never wrap; a table wider than the window scrolls inside its section, so the page
 itself fits the window. Like the other formats, a pure function of its inputs.
 """
@@ -23,9 +24,11 @@ from robench.results.leaderboard.external import ExternalRow
 from robench.results.leaderboard.formats import (
     EXTERNAL_SENTENCE,
     EXTERNAL_TITLE,
+    MACHINES_SENTENCE,
     NOISE_SENTENCE,
     TEXT_COLUMNS,
     by_data_setting,
+    crossed_rows,
     data_sentence,
     external_display,
     measured_display,
@@ -33,7 +36,7 @@ from robench.results.leaderboard.formats import (
     reported_display,
 )
 from robench.results.leaderboard.reference import ReportedRow
-from robench.results.leaderboard.table import UNRELIABLE, flags
+from robench.results.leaderboard.table import CROSSED_MACHINES, UNRELIABLE, flags
 from robench.results.records import RunRecord
 
 _CSS = (
@@ -43,7 +46,7 @@ _CSS = (
     "white-space:nowrap}td.text{white-space:normal;min-width:7em;max-width:14em}th{background:#f4f4f4;text-align:left;vertical-align:bottom;white-space:normal}td.num{text-align:right;"
     "font-variant-numeric:tabular-nums}caption{text-align:left;color:#555;caption-side:top;white-space:normal}"
     "th.sortable{cursor:pointer}th[aria-sort=ascending]::after{content:' \\25B2'}"
-    "th[aria-sort=descending]::after{content:' \\25BC'}p.note{color:#555;max-width:70em}"
+    "th[aria-sort=descending]::after{content:' \\25BC'}p.note,ul.note{color:#555;max-width:70em}"
     ".flags{color:#a40}figure{display:inline-block;margin:.5em 1em .5em 0}figure img{max-width:560px;width:100%}"
     "details.run{margin:.2em 0 .2em 1em}pre{background:#f8f8f8;padding:.5em;overflow-x:auto;max-width:100%}"
 )
@@ -178,6 +181,15 @@ def _flagged(records: Sequence[RunRecord]) -> list[str]:
             "</ul>"]
 
 
+def _crossed(records: Sequence[RunRecord], by_seed: bool) -> list[str]:
+    rows = [] if by_seed else crossed_rows(records)
+    if not rows:
+        return []
+    return [f"<p class=note><strong>{CROSSED_MACHINES} Paired across machine kinds</strong>: "
+            f"{html.escape(MACHINES_SENTENCE)}:</p><ul class=note>",
+            *(f"<li>{html.escape(row)}</li>" for row in rows), "</ul>"]
+
+
 def _measured(records: Sequence[RunRecord], by_seed: bool) -> list[str]:
     """The measured table, or one per data setting under a sub-heading of its own (the
     notes first, then each table with its flagged runs), as in the markdown board."""
@@ -189,7 +201,7 @@ def _measured(records: Sequence[RunRecord], by_seed: bool) -> list[str]:
         body += [f"<h3>{html.escape(heading)}</h3>"] if heading else []
         body += _table(table, f"Measured by robench from {len(mine)} run record(s); "
                               f"{ranking_sentence(mine, by_seed)}." + (f" Every row: {said}." if said else ""))
-        body += (noise if len(tables) == 1 else []) + _flagged(mine)
+        body += (noise if len(tables) == 1 else []) + _flagged(mine) + _crossed(mine, by_seed)
     return body
 
 

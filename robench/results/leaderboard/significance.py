@@ -8,12 +8,14 @@ accuracy of one model would move on another sample of the same size. The paired 
 compares rows on the same test images, so it answers "does this row beat that one on
 this test set over training seeds", not "on any test set". The same pairing decides
 whether a cheaper variant of a method is non-inferior to it (:func:`noninferiority`).
+Pairing removes only what runs of one seed share; where they ran on different machine
+kinds, :func:`crossed_machines` names the seeds.
 """
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from scipy import stats
@@ -53,6 +55,25 @@ def paired_t_pvalue(top: Mapping[int, float], other: Mapping[int, float]) -> flo
         return 1.0 if mean == 0 else 0.0
     t = mean / (sd / math.sqrt(len(diffs)))
     return float(2 * stats.t.sf(abs(t), len(diffs) - 1))
+
+
+def crossed_machines(top: Mapping[int, Collection[str]], other: Mapping[int, Collection[str]],
+                     ) -> dict[int, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """The seeds both rows have whose runs did not all run on one machine kind: seed ->
+    (the first row's kinds, the other row's), each sorted; the values are the kinds the
+    runs name (:func:`robench.results.records.machine_kind`).
+
+    The same seed and config can give other numbers on another CPU or GPU kind (other
+    vector units, other kernels), which pairing by seed does not remove: a paired test
+    over such seeds counts that difference as the rows' own. A seed where either row's
+    runs name no kind (records from before robench recorded the machine) is left out,
+    since whether they differ cannot be known."""
+    crossed = {}
+    for seed in sorted(set(top) & set(other)):
+        mine, theirs = tuple(sorted(set(top[seed]))), tuple(sorted(set(other[seed])))
+        if mine and theirs and len({*mine, *theirs}) > 1:
+            crossed[seed] = (mine, theirs)
+    return crossed
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:

@@ -7,7 +7,8 @@ rank within their data setting (the ``data`` settings in which runs differ, e.g.
 training subset), by AutoAttack accuracy; an experiment whose suite had no AutoAttack
 ranks by its worst case instead, and the ``ranked_by`` column says so. Each experiment row carries
 the noise of its ranking accuracy (:mod:`robench.results.leaderboard.significance`) and
-its training cost. Numbers stay numeric here; :mod:`robench.results.leaderboard.formats`
+its training cost, and names the seeds of its test against the top row that ran on
+different machine kinds. Numbers stay numeric here; :mod:`robench.results.leaderboard.formats`
 formats them.
 """
 from __future__ import annotations
@@ -22,10 +23,19 @@ from robench.evaluation.sequential import WORST_CASE
 from robench.results.labels import AUTOATTACK, CLEAN, defense_label, ranking_rule, threat_label
 from robench.results.leaderboard.external import EXTERNAL, ExternalRow
 from robench.results.leaderboard.reference import ReportedRow
-from robench.results.leaderboard.significance import ALPHA, binomial_se, holm, paired_t_pvalue, t_interval
-from robench.results.records import RunRecord
+from robench.results.leaderboard.significance import (
+    ALPHA,
+    binomial_se,
+    crossed_machines,
+    holm,
+    paired_t_pvalue,
+    t_interval,
+)
+from robench.results.records import RunRecord, machine_kind
 
 UNRELIABLE = "⚠ potentially unreliable"
+#: marks a test against the top row whose paired seeds ran on different machine kinds
+CROSSED_MACHINES = "†"
 #: the columns that identify an experiment
 EXPERIMENT = ["dataset", "threat", "defense", "arch", "config"]
 
@@ -39,6 +49,26 @@ def checkpoint_label(rec: RunRecord) -> str:
     """``best``, or ``best (eval report)`` where a ``robench eval`` report evaluated it
     (:mod:`robench.results.leaderboard.evaluations`)."""
     return f"{rec.selected} (eval report)" if rec.eval.get("report") else rec.selected
+
+
+def run_machine(rec: RunRecord) -> str | None:
+    """The machine kind behind a run's shown accuracies: where it trained, and for a run
+    completed by an evaluation report also where that evaluated, since attacks too give
+    other numbers on other hardware. None where any of them is not said."""
+    trained = machine_kind(rec)
+    if not rec.eval.get("report"):
+        return trained
+    evaluated = rec.eval.get("report_machine")
+    if trained is None or not isinstance(evaluated, str):
+        return None
+    return trained if evaluated == trained else f"{trained}; evaluated on {evaluated}"
+
+
+def machines_by_seed(runs: pd.DataFrame) -> dict[int, frozenset[str]]:
+    """Seed -> the machine kinds its runs in ``runs`` (a :func:`runs_frame`) name; empty
+    where none names one."""
+    return {int(seed): frozenset(k for k in kinds if isinstance(k, str))
+            for seed, kinds in runs.groupby("seed")["_machine"]}
 
 
 def _data_settings(rec: RunRecord) -> dict[str, object]:
@@ -158,6 +188,7 @@ def runs_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
             "n_test": rec.eval.get("n"),
             "train_flops": train_flops(rec),
             "train_s": train_seconds(rec),
+            "_machine": run_machine(rec),
             **{m: rec.accuracy.get(m) for m in keys},
         })
     return pd.DataFrame(rows)
@@ -179,12 +210,13 @@ def _ordered(df: pd.DataFrame) -> pd.DataFrame:
 
 def run_table(records: Sequence[RunRecord]) -> pd.DataFrame:
     """``--by seed``: every run on its own row, ranked within its data setting."""
-    return _ordered(runs_frame(records)) if records else pd.DataFrame()
+    return _ordered(runs_frame(records)).drop(columns="_machine") if records else pd.DataFrame()
 
 
 def _experiment_row(ident: tuple[str, ...], group: pd.DataFrame, keys: Sequence[str]) -> dict[str, object]:
     """Means and stds over seeds; the ranking accuracy's 95% interval and test-set error;
-    the cost; and the per-seed ranking accuracies (``_by_seed``) for the paired tests."""
+    the cost; and the per-seed ranking accuracies (``_by_seed``) and machine kinds
+    (``_machines``) for the paired tests."""
     without_aa = group.loc[group["ranked_by"] != AUTOATTACK, "ranked_by"]
     by_seed = group.groupby("seed")["_rank"].mean().dropna()
     interval = t_interval(list(by_seed))
@@ -196,6 +228,7 @@ def _experiment_row(ident: tuple[str, ...], group: pd.DataFrame, keys: Sequence[
         checkpoint=", ".join(sorted(set(group["checkpoint"]))), flags=int(group["flags"].sum()),
         ranked_by=without_aa.iloc[0] if len(without_aa) else AUTOATTACK,
         _rank=by_seed.mean() if len(by_seed) else nan, _by_seed=dict(by_seed),
+        _machines={s: k for s, k in machines_by_seed(group).items() if s in by_seed.index},
     )
     # accuracies lie in [0, 100]; a t-interval of few seeds can reach past them
     row["ci low"], row["ci high"] = (max(0.0, interval[0]), min(100.0, interval[1])) if interval else (nan, nan)
@@ -213,9 +246,11 @@ def compare_with_top(df: pd.DataFrame) -> pd.DataFrame:
     other data are no like-for-like comparison); ``vs top p``: the
     Holm-adjusted p of a paired t-test of each other row's ranking accuracy against its
     top row's over their shared seeds (NaN below 2 shared seeds), Holm over the rows
-    compared with the same top; ``tied``: not distinguishable from it at level ALPHA."""
-    n, by_seed = len(df), list(df["_by_seed"])
-    top, p_values, tied = [False] * n, [float("nan")] * n, [False] * n
+    compared with the same top; ``tied``: not distinguishable from it at level ALPHA;
+    ``vs top machines``: the tested seeds whose runs ran on different machine kinds, in
+    words ("" where none did or the kinds are not known)."""
+    n, by_seed, machines = len(df), list(df["_by_seed"]), list(df["_machines"])
+    top, p_values, tied, crossed = [False] * n, [float("nan")] * n, [False] * n, [""] * n
     for rows in df.groupby("data", sort=False).indices.values():
         first, rest = int(rows[0]), [int(i) for i in rows[1:]]
         top[first] = True
@@ -223,15 +258,24 @@ def compare_with_top(df: pd.DataFrame) -> pd.DataFrame:
         tested = {i: p for i, p in raw.items() if p is not None}
         for i, p in zip(tested, holm(list(tested.values()))):
             p_values[i], tied[i] = p, p >= ALPHA
-    return df.assign(top=top, **{"vs top p": p_values}, tied=tied).drop(columns="_by_seed")
+            crossed[i] = crossed_text(crossed_machines(machines[first], machines[i]))
+    return (df.assign(top=top, **{"vs top p": p_values}, tied=tied, **{"vs top machines": crossed})
+            .drop(columns=["_by_seed", "_machines"]))
+
+
+def crossed_text(crossed: dict[int, tuple[tuple[str, ...], tuple[str, ...]]], top: str = "top row",
+                 other: str = "this row") -> str:
+    """``seed 3: top row on A, this row on B; ...`` for :func:`crossed_machines`' seeds."""
+    return "; ".join(f"seed {seed}: {top} on {' and '.join(mine)}, {other} on {' and '.join(theirs)}"
+                     for seed, (mine, theirs) in crossed.items())
 
 
 def experiment_table(records: Sequence[RunRecord]) -> pd.DataFrame:
     """One row per experiment, ranked within its data setting: ``<metric>`` is the mean
     over seeds and ``<metric> std`` the sample standard deviation (NaN for one seed);
     ``ci low``/``ci high`` the 95% t-interval of the ranking accuracy over seeds, ``test
-    se`` its binomial standard error on the test set, ``vs top p`` and ``tied`` the
-    comparison with its setting's top row."""
+    se`` its binomial standard error on the test set, ``vs top p``, ``tied`` and ``vs top
+    machines`` the comparison with its setting's top row."""
     if not records:
         return pd.DataFrame()
     runs = runs_frame(records)
