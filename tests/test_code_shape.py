@@ -1,9 +1,7 @@
 """No function in ``robench/`` is over 60 lines, so each still reads on one screen.
 
 A function's length runs from its ``def`` line to its last line: decorators are left
-out, and a nested function counts inside its parent as well as on its own. The few
-functions known to be over the limit are listed below, and the list can only shrink:
-a listed function that is no longer too long (or no longer exists) fails the test too.
+out, and a nested function counts inside its parent as well as on its own.
 """
 from __future__ import annotations
 
@@ -12,14 +10,6 @@ import ast
 from conftest import REPO
 
 MAX_LINES = 60
-
-#: (path under the repository, qualified name) of the functions still over the limit:
-#: the Typer commands whose options are to become shared option groups
-KNOWN_LONG = {
-    ("robench/cli/run.py", "run"),
-    ("robench/cli/evaluate.py", "eval_checkpoint"),
-    ("robench/cli/bench.py", "bench"),
-}
 
 
 def function_lengths(source: str) -> list[tuple[str, int, int]]:
@@ -74,15 +64,6 @@ def test_the_measure_counts_from_def_to_last_line_without_decorators() -> None:
 def test_no_function_in_robench_is_over_60_lines() -> None:
     lengths = _lengths()
     assert len(lengths) > 500, len(lengths)  # the walk found the package
-    too_long = [f"{path}:{line} {name}: {length} lines" for path, name, line, length in lengths
-                if length > MAX_LINES and (path, name) not in KNOWN_LONG]
+    too_long = [f"{path}:{line} {name}: {length} lines" for path, name, line, length in lengths if length > MAX_LINES]
     assert not too_long, f"over {MAX_LINES} lines (decorators left out): " + "; ".join(too_long)
 
-
-def test_every_known_exception_is_still_needed() -> None:
-    longest: dict[tuple[str, str], int] = {}
-    for path, name, _, length in _lengths():
-        longest[(path, name)] = max(length, longest.get((path, name), 0))
-    stale = sorted(f"{path} {name}: " + (f"{longest[(path, name)]} lines" if (path, name) in longest else "not found")
-                   for path, name in KNOWN_LONG if longest.get((path, name), 0) <= MAX_LINES)
-    assert not stale, f"no longer over {MAX_LINES} lines, drop from KNOWN_LONG: " + "; ".join(stale)

@@ -20,22 +20,30 @@ from robench.cli.common import (
     QUIET_OPT,
     RUNS_DIR_OPT,
     SET_OPT,
-    eval_flags,
+    flag_layer,
     out,
-    plugin_flags,
     progress,
+)
+
+# ablate's own options (the shared ones are in robench.cli.common)
+_DEFENSE_OPT = typer.Option(..., "--defense", metavar="NAME", help="Defense to ablate, e.g. uadat.")
+_OFF_OPT = typer.Option(
+    [], "--off", metavar="PARAM", help="A component switch (boolean hyperparameter) to turn off; repeat."
+)
+_VARY_OPT = typer.Option(
+    [], "--vary", metavar="PARAM=VALUE", help="Another setting of one parameter as its own variant; repeat."
+)
+_SEEDS_OPT = typer.Option("0,1,2", "--seeds", metavar="LIST", help="Comma-separated seeds.")
+_RESULTS_DIR_OPT = typer.Option(
+    None, "--results-dir", metavar="DIR", help="Where the ablation's records go (default: <results>/ablations/<defense>)."
 )
 
 
 def ablate(
-    defense: str = typer.Option(..., "--defense", metavar="NAME", help="Defense to ablate, e.g. uadat."),
-    off: list[str] = typer.Option(
-        [], "--off", metavar="PARAM", help="A component switch (boolean hyperparameter) to turn off; repeat."
-    ),
-    vary: list[str] = typer.Option(
-        [], "--vary", metavar="PARAM=VALUE", help="Another setting of one parameter as its own variant; repeat."
-    ),
-    seeds: str = typer.Option("0,1,2", "--seeds", metavar="LIST", help="Comma-separated seeds."),
+    defense: str = _DEFENSE_OPT,
+    off: list[str] = _OFF_OPT,
+    vary: list[str] = _VARY_OPT,
+    seeds: str = _SEEDS_OPT,
     config: Path | None = CONFIG_OPT,
     arch: str | None = ARCH_OPT,
     data: str | None = DATA_OPT,
@@ -46,9 +54,7 @@ def ablate(
     n_eval: int | None = N_EVAL_OPT,
     device: str | None = DEVICE_OPT,
     data_root: Path | None = DATA_ROOT_OPT,
-    results_dir: Path | None = typer.Option(
-        None, "--results-dir", metavar="DIR", help="Where the ablation's records go (default: <results>/ablations/<defense>)."
-    ),
+    results_dir: Path | None = _RESULTS_DIR_OPT,
     runs_dir: Path | None = RUNS_DIR_OPT,
     overrides: list[str] = SET_OPT,
     quiet: bool = QUIET_OPT,
@@ -66,8 +72,8 @@ def ablate(
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
         raise UserError(f"--seeds expects comma-separated integers such as 0,1,2, got {seeds!r}") from None
-    flags = plugin_flags(eval_flags(attack, eps, norm, n_eval, False, None, device, data_root, runs_dir),
-                          epochs, arch=arch, data=data)
+    flags = flag_layer(attack=attack, eps=eps, norm=norm, n_eval=n_eval, device=device, data_root=data_root,
+                       runs_dir=runs_dir, arch=arch, data=data, epochs=epochs)
     plan = plan_ablation(defense, off, seed_list, config_file=config, flags=flags, overrides=overrides,
                          results_dir=str(results_dir) if results_dir else None, varied=vary)
     out.print(Text(f"robench ablate: {defense}, {len(plan.runs)} run(s) to do, {len(plan.done)} already "

@@ -24,58 +24,38 @@ out = Console(highlight=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+# The options several commands declare alike, declared once here so that each means the
+# same (name, metavar, help) wherever it appears; flag_layer() says what each one sets.
+
+# what to run
 CONFIG_OPT = typer.Option(
     None, "--config", "-c", metavar="FILE", help="YAML config; flags and --set override it.", show_default=False
 )
+SET_OPT = typer.Option(
+    [], "--set", "-s", metavar="KEY=VALUE", help="Override any config value, e.g. --set defense.steps=5."
+)
+ARCH_OPT = typer.Option(None, "--arch", metavar="NAME", help="Architecture plugin, e.g. smallcnn.")
+DATA_OPT = typer.Option(None, "--data", metavar="NAME", help="Dataset plugin, e.g. digits.")
+EPOCHS_OPT = typer.Option(None, "--epochs", metavar="N", help="Training epochs.")
 
-
+# how it is evaluated
 ATTACK_OPT = typer.Option(
     None, "--attack", metavar="NAME",
     help="Evaluation attack, e.g. pgd-50; repeat for a suite (replaces the configured one).",
 )
-
-
 EPS_OPT = typer.Option(None, "--eps", metavar="EPS", help='Exact budget, e.g. "8/255"; default: the dataset\'s.')
-
-
 NORM_OPT = typer.Option(None, "--norm", metavar="NORM", help="Linf or L2; default: the dataset's.")
-
-
 N_EVAL_OPT = typer.Option(None, "--n-eval", metavar="N", help="Evaluate on a fixed-seed subset of N test images.")
+EPS_SWEEP_OPT = typer.Option(False, "--eps-sweep", help="Also record PGD-20 accuracy at 0 to 2x eps (for plots).")
 
-
-SWEEP_OPT = typer.Option(False, "--eps-sweep", help="Also record PGD-20 accuracy at 0 to 2x eps (for plots).")
-
-
+# where and how it runs
 SEED_OPT = typer.Option(None, "--seed", metavar="N", help="Seed for everything random.")
-
-
 DEVICE_OPT = typer.Option(None, "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")
-
-
 DATA_ROOT_OPT = typer.Option(None, "--data-root", metavar="DIR", help="Where dataset files live.")
-
-
 RUNS_DIR_OPT = typer.Option(
     None, "--runs-dir", metavar="DIR", help="Where checkpoints and evaluation state go (default: see README)."
 )
-
-
-SET_OPT = typer.Option(
-    [], "--set", "-s", metavar="KEY=VALUE", help="Override any config value, e.g. --set defense.steps=5."
-)
-
-
 QUIET_OPT = typer.Option(False, "--quiet", "-q", help="No progress bars.")
-
-
-ARCH_OPT = typer.Option(None, "--arch", metavar="NAME", help="Architecture plugin, e.g. smallcnn.")
-
-
-DATA_OPT = typer.Option(None, "--data", metavar="NAME", help="Dataset plugin, e.g. digits.")
-
-
-EPOCHS_OPT = typer.Option(None, "--epochs", metavar="N", help="Training epochs.")
 
 
 def other_rank() -> bool:
@@ -83,28 +63,32 @@ def other_rank() -> bool:
     return os.environ.get("RANK", "0") != "0"
 
 
-def eval_flags(
-    attack: list[str] | None, eps: str | None, norm: str | None, n_eval: int | None,
-    eps_sweep: bool, seed: int | None, device: str | None, data_root: Path | None,
-    runs_dir: Path | None,
+def flag_layer(
+    *, attack: list[str] | None = None, eps: str | None = None, norm: str | None = None, n_eval: int | None = None,
+    eps_sweep: bool = False, seed: int | None = None, device: str | None = None, data_root: Path | None = None,
+    runs_dir: Path | None = None, defense: str | None = None, arch: str | None = None, data: str | None = None,
+    epochs: int | None = None, download: bool = False, results_dir: Path | None = None, precision: str | None = None,
+    channels_last: bool = False, compile_model: bool = False,
 ) -> dict[str, Any]:
-    """The command-line layer shared by run and eval."""
+    """The command-line layer of the config from the options run, ablate and eval share,
+    so that one option means the same config key in every command. An option not given
+    (None, or a switch left off) sets nothing: the config file and the defaults decide."""
+    given: dict[str, Any] = {
+        "attacks": list(attack) if attack else None, "threat.eps": eps, "threat.norm": norm,
+        "eval.n_eval": n_eval, "eval.eps_sweep": eps_sweep or None, "seed": seed, "device": device,
+        "data_root": data_root, "runs_dir": runs_dir, "defense.name": defense, "arch.name": arch, "data.name": data,
+        "train.epochs": epochs, "download": download or None, "results_dir": results_dir,
+        "train.precision": precision, "engine.channels_last": channels_last or None,
+        "engine.compile": compile_model or None,
+    }
     flags: dict[str, Any] = {}
-    if attack:
-        flags["attacks"] = list(attack)
-    threat = {k: v for k, v in (("eps", eps), ("norm", norm)) if v is not None}
-    if threat:
-        flags["threat"] = threat
-    evaluation: dict[str, Any] = {}
-    if n_eval is not None:
-        evaluation["n_eval"] = n_eval
-    if eps_sweep:
-        evaluation["eps_sweep"] = True
-    if evaluation:
-        flags["eval"] = evaluation
-    for key, value in (("seed", seed), ("device", device), ("data_root", data_root), ("runs_dir", runs_dir)):
+    for key, value in given.items():
         if value is not None:
-            flags[key] = str(value) if isinstance(value, Path) else value
+            *sections, name = key.split(".")
+            node = flags
+            for section in sections:
+                node = node.setdefault(section, {})
+            node[name] = str(value) if isinstance(value, Path) else value
     return flags
 
 
@@ -118,16 +102,6 @@ def progress(quiet: bool) -> Iterator[Any]:
     else:
         with RichReporter(err) as reporter:
             yield reporter
-
-
-def plugin_flags(flags: dict[str, Any], epochs: int | None, **plugins: str | None) -> dict[str, Any]:
-    """Add --defense/--arch/--data (names) and --epochs to the command-line layer."""
-    for section, value in plugins.items():
-        if value is not None:
-            flags[section] = {"name": value}
-    if epochs is not None:
-        flags["train"] = {"epochs": epochs}
-    return flags
 
 
 #: how the record's ``selected_by`` reads on the console

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.text import Text
@@ -13,51 +13,63 @@ from robench.cli.common import (
     DATA_ROOT_OPT,
     DEVICE_OPT,
     EPS_OPT,
+    EPS_SWEEP_OPT,
     N_EVAL_OPT,
     NORM_OPT,
     QUIET_OPT,
     RUNS_DIR_OPT,
     SET_OPT,
-    SWEEP_OPT,
-    eval_flags,
+    flag_layer,
     out,
     print_evaluation,
     progress,
 )
 
+if TYPE_CHECKING:
+    from robench.workflows.evaluate import EvalPlan
+
+
+# eval's own options (the shared ones are in robench.cli.common): what to evaluate
+_CHECKPOINT_OPT = typer.Option(
+    None, "--checkpoint", metavar="PATH", help="A best.pt or last.pt written by robench run.", show_default=False
+)
+_WEIGHTS_OPT = typer.Option(
+    None, "--weights", metavar="FILE", show_default=False,
+    help="Instead: a plain state dict of the network (official checkpoints), with --arch and --data.",
+)
+_MODEL_OPT = typer.Option(
+    None, "--model", metavar="PKG.MOD:FACTORY", show_default=False,
+    help="Instead: a function of yours that returns the network (inputs in [0, 1]), with --data; "
+    "--weights then loads into it.",
+)
+_ARCH_OPT = typer.Option(None, "--arch", metavar="NAME", help="With --weights: the architecture.")
+_DATA_OPT = typer.Option(None, "--data", metavar="NAME", help="With --weights or --model: the dataset.")
+_SEED_OPT = typer.Option(None, "--seed", metavar="N", help="Attack seed; default: the run's.")
+_RESULTS_DIR_OPT = typer.Option(
+    None, "--results-dir", metavar="DIR",
+    help="Results folder whose records and boards the report joins (default: see README).",
+)
+_OUT_OPT = typer.Option(None, "--out", metavar="FILE", help="Report path instead (boards do not read it).")
+
 
 def eval_checkpoint(
-    checkpoint: Path | None = typer.Option(
-        None, "--checkpoint", metavar="PATH", help="A best.pt or last.pt written by robench run.", show_default=False
-    ),
-    weights: Path | None = typer.Option(
-        None, "--weights", metavar="FILE", show_default=False,
-        help="Instead: a plain state dict of the network (official checkpoints), with --arch and --data.",
-    ),
-    model: str | None = typer.Option(
-        None, "--model", metavar="PKG.MOD:FACTORY", show_default=False,
-        help="Instead: a function of yours that returns the network (inputs in [0, 1]), with --data; "
-        "--weights then loads into it.",
-    ),
-    arch: str | None = typer.Option(None, "--arch", metavar="NAME", help="With --weights: the architecture."),
-    data: str | None = typer.Option(None, "--data", metavar="NAME", help="With --weights or --model: the dataset."),
+    checkpoint: Path | None = _CHECKPOINT_OPT,
+    weights: Path | None = _WEIGHTS_OPT,
+    model: str | None = _MODEL_OPT,
+    arch: str | None = _ARCH_OPT,
+    data: str | None = _DATA_OPT,
     config: Path | None = CONFIG_OPT,
     attack: list[str] | None = ATTACK_OPT,
     eps: str | None = EPS_OPT,
     norm: str | None = NORM_OPT,
     n_eval: int | None = N_EVAL_OPT,
-    eps_sweep: bool = SWEEP_OPT,
-    seed: int | None = typer.Option(None, "--seed", metavar="N", help="Attack seed; default: the run's."),
+    eps_sweep: bool = EPS_SWEEP_OPT,
+    seed: int | None = _SEED_OPT,
     device: str | None = DEVICE_OPT,
     data_root: Path | None = DATA_ROOT_OPT,
     runs_dir: Path | None = RUNS_DIR_OPT,
-    results_dir: Path | None = typer.Option(
-        None, "--results-dir", metavar="DIR",
-        help="Results folder whose records and boards the report joins (default: see README).",
-    ),
-    out_file: Path | None = typer.Option(
-        None, "--out", metavar="FILE", help="Report path instead (boards do not read it)."
-    ),
+    results_dir: Path | None = _RESULTS_DIR_OPT,
+    out_file: Path | None = _OUT_OPT,
     overrides: list[str] = SET_OPT,
     quiet: bool = QUIET_OPT,
 ) -> None:
@@ -72,25 +84,29 @@ def eval_checkpoint(
     """
     from robench.workflows.evaluate import execute_eval, plan_eval
 
-    flags = eval_flags(attack, eps, norm, n_eval, eps_sweep, seed, device, data_root, runs_dir)
-    if results_dir is not None:
-        flags["results_dir"] = str(results_dir)
+    flags = flag_layer(attack=attack, eps=eps, norm=norm, n_eval=n_eval, eps_sweep=eps_sweep, seed=seed,
+                       device=device, data_root=data_root, runs_dir=runs_dir, results_dir=results_dir)
     source = _model_source(model, checkpoint, arch, data, weights, flags) if model is not None \
         else _eval_source(checkpoint, weights, arch, data, flags)
     plan = plan_eval(source, config_file=config, flags=flags, overrides=overrides, out=out_file)
-    run_plan = plan.run
-    what = plan.source.run_id or (plan.source.label if plan.source.factory else f"weights {plan.source.path.name}")
-    out.print(Text(
-        f"robench eval: {what} ({run_plan.names['arch']} on {run_plan.names['data']}), "
-        f"{run_plan.threat}, {len(run_plan.suite)} attack(s), {run_plan.device}"
-    ), soft_wrap=True)
+    _print_start(plan)
     with progress(quiet) as reporter:
         report, path, _, board = execute_eval(plan, reporter)
-    print_evaluation(f"{report.dataset}, {run_plan.threat}", report.accuracy, report.eval)
+    print_evaluation(f"{report.dataset}, {plan.run.threat}", report.accuracy, report.eval)
     out.print(f"test images: {report.eval['n']}   wall time: {report.wall_time_s:.1f} s")
     out.print(Text(f"report: {path}"), soft_wrap=True)
     if board is not None:
         out.print(Text(f"leaderboard: {board}"), soft_wrap=True)
+
+
+def _print_start(plan: EvalPlan) -> None:
+    """What is evaluated, on what, against how many attacks, where."""
+    run_plan, source = plan.run, plan.source
+    what = source.run_id or (source.label if source.factory else f"weights {source.path.name}")
+    out.print(Text(
+        f"robench eval: {what} ({run_plan.names['arch']} on {run_plan.names['data']}), "
+        f"{run_plan.threat}, {len(run_plan.suite)} attack(s), {run_plan.device}"
+    ), soft_wrap=True)
 
 
 def _model_source(

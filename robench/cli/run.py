@@ -16,17 +16,16 @@ from robench.cli.common import (
     DEVICE_OPT,
     EPOCHS_OPT,
     EPS_OPT,
+    EPS_SWEEP_OPT,
     N_EVAL_OPT,
     NORM_OPT,
     QUIET_OPT,
     RUNS_DIR_OPT,
     SEED_OPT,
     SET_OPT,
-    SWEEP_OPT,
     err,
-    eval_flags,
+    flag_layer,
     out,
-    plugin_flags,
     print_evaluation,
     print_other_checkpoint,
     progress,
@@ -40,9 +39,32 @@ if TYPE_CHECKING:
     from robench.workflows.run import RunOutcome
 
 
+# run's own options (the shared ones are in robench.cli.common)
+_DEFENSE_OPT = typer.Option(None, "--defense", metavar="NAME", help="Defense plugin, e.g. pgd-at.")
+_RESULTS_DIR_OPT = typer.Option(
+    None, "--results-dir", metavar="DIR", help="Where records and leaderboards go (default: see README)."
+)
+_DOWNLOAD_OPT = typer.Option(False, "--download", help="Download the dataset if it is missing.")
+_RESUME_OPT = typer.Option(
+    None, "--resume", metavar="RUN", help="Continue an interrupted run (its id, folder or last.pt) with its own config.",
+)
+_PRECISION_OPT = typer.Option(
+    None, "--precision", metavar="P", help="fp32, bf16 or fp16 (with loss scaling) for training; evaluation stays fp32.",
+)
+_CHANNELS_LAST_OPT = typer.Option(False, "--channels-last", help="Channels-last memory format (GPU tensor cores).")
+_COMPILE_OPT = typer.Option(
+    False, "--compile", help="torch.compile the training forward passes (UAD-AT's double backward stays eager).",
+)
+_LOGGER_OPT = typer.Option(
+    None, "--logger", metavar="NAME",
+    help="Also log to NAME (repeatable): tensorboard, wandb, mlflow or a plugin's (robench list logger); "
+         "the JSON-lines epoch log is on by default.",
+)
+
+
 def run(
     config: Path | None = CONFIG_OPT,
-    defense: str | None = typer.Option(None, "--defense", metavar="NAME", help="Defense plugin, e.g. pgd-at."),
+    defense: str | None = _DEFENSE_OPT,
     arch: str | None = ARCH_OPT,
     data: str | None = DATA_OPT,
     attack: list[str] | None = ATTACK_OPT,
@@ -50,32 +72,19 @@ def run(
     norm: str | None = NORM_OPT,
     epochs: int | None = EPOCHS_OPT,
     n_eval: int | None = N_EVAL_OPT,
-    eps_sweep: bool = SWEEP_OPT,
+    eps_sweep: bool = EPS_SWEEP_OPT,
     seed: int | None = SEED_OPT,
     device: str | None = DEVICE_OPT,
     data_root: Path | None = DATA_ROOT_OPT,
-    results_dir: Path | None = typer.Option(
-        None, "--results-dir", metavar="DIR", help="Where records and leaderboards go (default: see README)."
-    ),
+    results_dir: Path | None = _RESULTS_DIR_OPT,
     runs_dir: Path | None = RUNS_DIR_OPT,
     overrides: list[str] = SET_OPT,
-    download: bool = typer.Option(False, "--download", help="Download the dataset if it is missing."),
-    resume: str | None = typer.Option(
-        None, "--resume", metavar="RUN",
-        help="Continue an interrupted run (its id, folder or last.pt) with its own config.",
-    ),
-    precision: str | None = typer.Option(
-        None, "--precision", metavar="P", help="fp32, bf16 or fp16 (with loss scaling) for training; evaluation stays fp32.",
-    ),
-    channels_last: bool = typer.Option(False, "--channels-last", help="Channels-last memory format (GPU tensor cores)."),
-    compile_model: bool = typer.Option(
-        False, "--compile", help="torch.compile the training forward passes (UAD-AT's double backward stays eager).",
-    ),
-    logger: list[str] | None = typer.Option(
-        None, "--logger", metavar="NAME",
-        help="Also log to NAME (repeatable): tensorboard, wandb, mlflow or a plugin's (robench list logger); "
-             "the JSON-lines epoch log is on by default.",
-    ),
+    download: bool = _DOWNLOAD_OPT,
+    resume: str | None = _RESUME_OPT,
+    precision: str | None = _PRECISION_OPT,
+    channels_last: bool = _CHANNELS_LAST_OPT,
+    compile_model: bool = _COMPILE_OPT,
+    logger: list[str] | None = _LOGGER_OPT,
     nproc: int | None = NPROC_OPT,
     quiet: bool = QUIET_OPT,
 ) -> None:
@@ -83,10 +92,12 @@ def run(
 
     With no options: PGD-AT on the embedded digits dataset with a small CNN (CPU, under a minute).
     """
-    flags = _run_flags(plugin_flags(eval_flags(attack, eps, norm, n_eval, eps_sweep, seed, device, data_root, runs_dir),
-                                    epochs, defense=defense, arch=arch, data=data),
-                       download=download, results_dir=results_dir, precision=precision,
-                       channels_last=channels_last, compile_model=compile_model)
+    flags = flag_layer(
+        attack=attack, eps=eps, norm=norm, n_eval=n_eval, eps_sweep=eps_sweep, seed=seed, device=device,
+        data_root=data_root, runs_dir=runs_dir, defense=defense, arch=arch, data=data, epochs=epochs,
+        download=download, results_dir=results_dir, precision=precision, channels_last=channels_last,
+        compile_model=compile_model,
+    )
     if resume is not None:
         plan, checkpoint = _plan_resume(resume, flags, config, overrides, nproc, logger or [])
     else:
@@ -95,33 +106,21 @@ def run(
 
         plan, checkpoint = plan_run(validate(with_loggers(resolve(config, flags, overrides), logger or []))), None
     launch_torchrun(nproc, str(plan.device), plan.config.train.batch_size)  # every input is checked before processes start
-    if checkpoint is None:
+    _print_start(plan, resumed=checkpoint is not None)
+    outcome = _execute(plan, checkpoint, quiet)
+    if outcome is not None:  # None: a torchrun rank other than 0, rank 0 reports
+        _print_outcome(plan, outcome)
+
+
+def _print_start(plan: RunPlan, *, resumed: bool) -> None:
+    """What is about to run (a resumed run said so as it was planned) and where its files go."""
+    if not resumed:
         procs = f", {plan.world.size} processes" if plan.world.active else ""
         out.print(
             f"[bold]robench run[/]: {plan.names['defense']} on {plan.names['data']} with "
             f"{plan.names['arch']}, {plan.threat}, seed {plan.config.seed}, {plan.device}{procs}"
         )
     out.print(Text(f"run folder:  {plan.run_dir}"), soft_wrap=True)
-    outcome = _execute(plan, checkpoint, quiet)
-    if outcome is not None:  # None: a torchrun rank other than 0, rank 0 reports
-        _print_outcome(plan, outcome)
-
-
-def _run_flags(
-    flags: dict[str, Any], *, download: bool, results_dir: Path | None, precision: str | None,
-    channels_last: bool, compile_model: bool,
-) -> dict[str, Any]:
-    """Add run's own options to the command-line layer."""
-    if download:
-        flags["download"] = True
-    if results_dir is not None:
-        flags["results_dir"] = str(results_dir)
-    if precision is not None:
-        flags.setdefault("train", {})["precision"] = precision
-    engine = {k: True for k, on in (("channels_last", channels_last), ("compile", compile_model)) if on}
-    if engine:
-        flags["engine"] = engine
-    return flags
 
 
 def _plan_resume(

@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from robench.api.errors import RobenchError, UserError
+from robench.cli.common import DATA_ROOT_OPT, DEVICE_OPT
 
 if TYPE_CHECKING:
     from robench.workflows.sweep.budget import Budget
@@ -71,65 +72,109 @@ def _accuracy(result: Any) -> str:
     return f"clean {acc['clean']:.2f}, worst case {acc['worst case']:.2f}" if "clean" in acc else ""
 
 
+# sweep's options; --device and --data-root are run's (robench.cli.common), passed to every run
+_FILE_ARG = typer.Argument(None, metavar="[SWEEP_FILE]", help="YAML sweep file (configs/sweeps/).")
+# the grid's axes
+_DEFENSE_OPT = typer.Option(None, "--defense", metavar="NAME", help="Defense axis; repeat.")
+_ARCH_OPT = typer.Option(None, "--arch", metavar="NAME", help="Architecture axis; repeat.")
+_DATA_OPT = typer.Option(None, "--data", metavar="NAME", help="Dataset axis; repeat.")
+_SEEDS_OPT = typer.Option(None, "--seeds", metavar="LIST", help="Seed axis, e.g. 0,1,2.")
+_GRID_OPT = typer.Option(
+    [], "--grid", metavar="KEY=V1,V2", help="Any config key as an axis, e.g. defense.beta=1,6; repeat."
+)
+# what every run shares
+_CONFIG_OPT = typer.Option(
+    None, "--config", "-c", metavar="FILE", help="Base run config (replaces the sweep file's).", show_default=False
+)
+_ATTACK_OPT = typer.Option(None, "--attack", metavar="NAME", help="Evaluation suite for every run; repeat.")
+_EPOCHS_OPT = typer.Option(None, "--epochs", metavar="N", min=1, help="Training epochs of every run.")
+_SET_OPT = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="A value for every run; repeat.")
+_NAME_OPT = typer.Option(None, "--name", metavar="NAME", help="Sweep name (folder under <runs>/sweeps).")
+_RESULTS_DIR_OPT = typer.Option(None, "--results-dir", metavar="DIR", help="Where records and leaderboards go.")
+_RUNS_DIR_OPT = typer.Option(None, "--runs-dir", metavar="DIR", help="Runs root; points go to <DIR>/sweeps/<name>/.")
+# how the runs run
+_RUNNER_OPT = typer.Option("local", "--runner", metavar="RUNNER", help="local, slurm (submitit) or submitit-local.")
+_JOBS_OPT = typer.Option(1, "--jobs", "-j", metavar="N", min=1, help="Local runner: runs at the same time.")
+_NPROC_OPT = typer.Option(None, "--nproc", metavar="N", min=1, help="Processes (GPUs) per run, via torchrun.")
+_PARTITION_OPT = typer.Option(None, "--partition", metavar="NAME", help="Slurm partition.")
+_TIME_MIN_OPT = typer.Option(
+    24 * 60, "--time-min", metavar="MIN", min=1, help="Slurm time limit per job; requeued runs resume."
+)
+_CPUS_OPT = typer.Option(None, "--cpus-per-task", metavar="N", min=1, help="Slurm CPUs per job.")
+_SLURM_ARG_OPT = typer.Option(
+    [], "--slurm-arg", metavar="KEY=VALUE", help="Another sbatch option, e.g. account=abc; repeat."
+)
+_WAIT_OPT = typer.Option(False, "--wait", help="Slurm: wait for the jobs and report them (submitit-local always waits).")
+_BUDGET_OPT = typer.Option(
+    None, "--budget", metavar="MINUTES", min=0.01,
+    help="Local runner: start no run that its records here say cannot finish in the time left; stop (resumably) at the end.",
+)
+_DRY_RUN_OPT = typer.Option(False, "--dry-run", help="Show the runs and what would happen to each; run nothing.")
+#: sweep's and tune's --quiet: their one progress bar
+QUIET_BAR_OPT = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+
+
 def sweep(
-    sweep_file: Path | None = typer.Argument(None, metavar="[SWEEP_FILE]", help="YAML sweep file (configs/sweeps/)."),
-    defense: list[str] | None = typer.Option(None, "--defense", metavar="NAME", help="Defense axis; repeat."),
-    arch: list[str] | None = typer.Option(None, "--arch", metavar="NAME", help="Architecture axis; repeat."),
-    data: list[str] | None = typer.Option(None, "--data", metavar="NAME", help="Dataset axis; repeat."),
-    seeds: str | None = typer.Option(None, "--seeds", metavar="LIST", help="Seed axis, e.g. 0,1,2."),
-    grid: list[str] = typer.Option(
-        [], "--grid", metavar="KEY=V1,V2", help="Any config key as an axis, e.g. defense.beta=1,6; repeat."
-    ),
-    config: Path | None = typer.Option(
-        None, "--config", "-c", metavar="FILE", help="Base run config (replaces the sweep file's).", show_default=False
-    ),
-    attack: list[str] | None = typer.Option(None, "--attack", metavar="NAME", help="Evaluation suite for every run; repeat."),
-    epochs: int | None = typer.Option(None, "--epochs", metavar="N", min=1, help="Training epochs of every run."),
-    overrides: list[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="A value for every run; repeat."),
-    name: str | None = typer.Option(None, "--name", metavar="NAME", help="Sweep name (folder under <runs>/sweeps)."),
-    device: str | None = typer.Option(None, "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
-    data_root: Path | None = typer.Option(None, "--data-root", metavar="DIR", help="Where dataset files live."),
-    results_dir: Path | None = typer.Option(None, "--results-dir", metavar="DIR", help="Where records and leaderboards go."),
-    runs_dir: Path | None = typer.Option(None, "--runs-dir", metavar="DIR", help="Runs root; points go to <DIR>/sweeps/<name>/."),
-    runner: str = typer.Option("local", "--runner", metavar="RUNNER", help="local, slurm (submitit) or submitit-local."),
-    jobs: int = typer.Option(1, "--jobs", "-j", metavar="N", min=1, help="Local runner: runs at the same time."),
-    nproc: int | None = typer.Option(None, "--nproc", metavar="N", min=1, help="Processes (GPUs) per run, via torchrun."),
-    partition: str | None = typer.Option(None, "--partition", metavar="NAME", help="Slurm partition."),
-    time_min: int = typer.Option(24 * 60, "--time-min", metavar="MIN", min=1,
-        help="Slurm time limit per job; requeued runs resume."),
-    cpus_per_task: int | None = typer.Option(None, "--cpus-per-task", metavar="N", min=1, help="Slurm CPUs per job."),
-    slurm_arg: list[str] = typer.Option([], "--slurm-arg", metavar="KEY=VALUE",
-        help="Another sbatch option, e.g. account=abc; repeat."),
-    wait: bool = typer.Option(False, "--wait", help="Slurm: wait for the jobs and report them (submitit-local always waits)."),
-    budget: float | None = typer.Option(
-        None, "--budget", metavar="MINUTES", min=0.01,
-        help="Local runner: start no run that its records here say cannot finish in the time left; stop (resumably) at the end.",
-    ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show the runs and what would happen to each; run nothing."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    sweep_file: Path | None = _FILE_ARG,
+    defense: list[str] | None = _DEFENSE_OPT,
+    arch: list[str] | None = _ARCH_OPT,
+    data: list[str] | None = _DATA_OPT,
+    seeds: str | None = _SEEDS_OPT,
+    grid: list[str] = _GRID_OPT,
+    config: Path | None = _CONFIG_OPT,
+    attack: list[str] | None = _ATTACK_OPT,
+    epochs: int | None = _EPOCHS_OPT,
+    overrides: list[str] = _SET_OPT,
+    name: str | None = _NAME_OPT,
+    device: str | None = DEVICE_OPT,
+    data_root: Path | None = DATA_ROOT_OPT,
+    results_dir: Path | None = _RESULTS_DIR_OPT,
+    runs_dir: Path | None = _RUNS_DIR_OPT,
+    runner: str = _RUNNER_OPT,
+    jobs: int = _JOBS_OPT,
+    nproc: int | None = _NPROC_OPT,
+    partition: str | None = _PARTITION_OPT,
+    time_min: int = _TIME_MIN_OPT,
+    cpus_per_task: int | None = _CPUS_OPT,
+    slurm_arg: list[str] = _SLURM_ARG_OPT,
+    wait: bool = _WAIT_OPT,
+    budget: float | None = _BUDGET_OPT,
+    dry_run: bool = _DRY_RUN_OPT,
+    quiet: bool = QUIET_BAR_OPT,
 ) -> None:
     """Run a grid of defenses x architectures x datasets x seeds x hyperparameters, each run once.
 
     Runs whose record exists are skipped, interrupted ones resume: rerun the same
     command to finish a sweep. The leaderboards are refreshed at the end.
     """
-    from robench.workflows.sweep.slurm import SlurmOptions  # submitit itself is imported only to submit
+    _check_runner(runner, jobs, budget)
+    spec = _spec(sweep_file, name, config, [("defense", defense), ("arch", arch), ("data", data)],
+                 seeds, grid, attack, epochs, overrides)
+    slurm = _slurm_options(runner, nproc, cpus_per_task, time_min, partition, slurm_arg)
+    _run_sweep(spec, runner, jobs, nproc, dry_run, quiet, sweep_flags(device, data_root, results_dir),
+               absolute_path(runs_dir), slurm, wait, budget)
 
+
+def _check_runner(runner: str, jobs: int, budget: float | None) -> None:
+    """--jobs and --budget are the local runner's: Slurm schedules the jobs itself."""
     if runner not in RUNNERS:
         raise UserError(f"--runner {runner!r}: use one of {', '.join(RUNNERS)}")
     if runner != "local" and jobs != 1:
         raise UserError("--jobs is for the local runner; Slurm runs every job it can")
     if runner != "local" and budget is not None:
         raise UserError("--budget is for the local runner; Slurm jobs have --time-min")
-    axes: list[tuple[str, Sequence[Any] | None]] = [("defense", defense), ("arch", arch), ("data", data)]
-    spec = _spec(sweep_file, name, config, axes, seeds, grid, attack, epochs, overrides)
-    slurm = SlurmOptions(cluster="local" if runner == "submitit-local" else "slurm", gpus=nproc or 0,
-                         cpus_per_task=cpus_per_task, timeout_min=time_min, partition=partition,
-                         extra=_slurm_extra(slurm_arg))
-    pin_default_folders()
-    _run_sweep(spec, runner, jobs, nproc, dry_run, quiet, {
-        "device": device, "data_root": absolute_path(data_root), "results_dir": absolute_path(results_dir),
-    }, absolute_path(runs_dir), slurm, wait, budget)
+
+
+def _slurm_options(
+    runner: str, nproc: int | None, cpus_per_task: int | None, time_min: int, partition: str | None,
+    slurm_arg: list[str],
+) -> SlurmOptions:
+    """The Slurm options, which every runner is given (the local one ignores them)."""
+    from robench.workflows.sweep.slurm import SlurmOptions  # submitit itself is imported only to submit
+
+    return SlurmOptions(cluster="local" if runner == "submitit-local" else "slurm", gpus=nproc or 0,
+                        cpus_per_task=cpus_per_task, timeout_min=time_min, partition=partition,
+                        extra=_slurm_extra(slurm_arg))
 
 
 def _spec(
@@ -168,6 +213,14 @@ def pin_default_folders() -> None:
 def absolute_path(path: Path | None) -> str | None:
     """Jobs may start in another folder: paths go to them absolute."""
     return str(path.expanduser().resolve()) if path is not None else None
+
+
+def sweep_flags(device: str | None, data_root: Path | None, results_dir: Path | None) -> dict[str, Any]:
+    """The options that sweep and tune pass on to every run, with the default folders pinned
+    first (see :func:`pin_default_folders`)."""
+    pin_default_folders()
+    flags = {"device": device, "data_root": absolute_path(data_root), "results_dir": absolute_path(results_dir)}
+    return {k: v for k, v in flags.items() if v is not None}
 
 
 def _run_sweep(spec: Any, runner: str, jobs: int, nproc: int | None, dry_run: bool, quiet: bool,

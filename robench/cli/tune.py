@@ -15,14 +15,16 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from robench.cli.common import DATA_ROOT_OPT, DEVICE_OPT
 from robench.cli.sweep import (
+    QUIET_BAR_OPT,
     absolute_path,
     err,
     out,
-    pin_default_folders,
     refresh_boards,
     run_local,
     summarize,
+    sweep_flags,
 )
 
 if TYPE_CHECKING:
@@ -32,22 +34,32 @@ if TYPE_CHECKING:
     from robench.workflows.tune.spec import TuneSpec
 
 
+# tune's options; --device and --data-root are run's (robench.cli.common), --quiet is sweep's
+_FILE_ARG = typer.Argument(..., metavar="TUNING_FILE", help="YAML tuning file (configs/tuning/).")
+_RESULTS_DIR_OPT = typer.Option(
+    None, "--results-dir", metavar="DIR", help="The board's folder; tuning records go to <DIR>/tuning/<name>/."
+)
+_RUNS_DIR_OPT = typer.Option(None, "--runs-dir", metavar="DIR", help="Runs root; runs go to <DIR>/sweeps/.")
+_JOBS_OPT = typer.Option(1, "--jobs", "-j", metavar="N", min=1, help="Runs at the same time.")
+_BUDGET_OPT = typer.Option(
+    None, "--budget", metavar="MINUTES", min=0.01,
+    help="Start no run that its records here say cannot finish in the time left; stop (resumably) at the end.",
+)
+_TUNE_ONLY_OPT = typer.Option(False, "--tune-only", help="Stop after choosing the settings; run no final runs.")
+_DRY_RUN_OPT = typer.Option(False, "--dry-run", help="Show the trials, what is recorded and the choice so far.")
+
+
 def tune(
-    tuning_file: Path = typer.Argument(..., metavar="TUNING_FILE", help="YAML tuning file (configs/tuning/)."),
-    device: str | None = typer.Option(None, "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
-    data_root: Path | None = typer.Option(None, "--data-root", metavar="DIR", help="Where dataset files live."),
-    results_dir: Path | None = typer.Option(
-        None, "--results-dir", metavar="DIR", help="The board's folder; tuning records go to <DIR>/tuning/<name>/."
-    ),
-    runs_dir: Path | None = typer.Option(None, "--runs-dir", metavar="DIR", help="Runs root; runs go to <DIR>/sweeps/."),
-    jobs: int = typer.Option(1, "--jobs", "-j", metavar="N", min=1, help="Runs at the same time."),
-    budget: float | None = typer.Option(
-        None, "--budget", metavar="MINUTES", min=0.01,
-        help="Start no run that its records here say cannot finish in the time left; stop (resumably) at the end.",
-    ),
-    tune_only: bool = typer.Option(False, "--tune-only", help="Stop after choosing the settings; run no final runs."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show the trials, what is recorded and the choice so far."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    tuning_file: Path = _FILE_ARG,
+    device: str | None = DEVICE_OPT,
+    data_root: Path | None = DATA_ROOT_OPT,
+    results_dir: Path | None = _RESULTS_DIR_OPT,
+    runs_dir: Path | None = _RUNS_DIR_OPT,
+    jobs: int = _JOBS_OPT,
+    budget: float | None = _BUDGET_OPT,
+    tune_only: bool = _TUNE_ONLY_OPT,
+    dry_run: bool = _DRY_RUN_OPT,
+    quiet: bool = QUIET_BAR_OPT,
 ) -> None:
     """Tune each defense's hyperparameters with the same number of trials, on validation only,
     then train the chosen settings with fresh seeds for the leaderboard.
@@ -62,25 +74,16 @@ def tune(
     from robench.workflows.tune.spec import load_tuning
 
     spec = load_tuning(tuning_file)
-    pin_default_folders()
-    flags = {"device": device, "data_root": absolute_path(data_root), "results_dir": absolute_path(results_dir)}
-    flags = {k: v for k, v in flags.items() if v is not None}
-    runs = absolute_path(runs_dir)
+    flags, runs = sweep_flags(device, data_root, results_dir), absolute_path(runs_dir)
     plan = plan_tuning(spec, flags, runs)
-    todo = plan.todo
-    n_final = len(spec.candidates) * len(spec.final_seeds)
-    diverged = sum((p.config_hash, p.seed) in plan.diverged for p in plan.points)
-    out.print(Text(f"robench tune {spec.name}: {len(plan.trials)} trial(s) x {len(spec.tuning_seeds)} seed(s) = "
-                   f"{len(plan.points)} tuning run(s), {len(plan.points) - len(todo) - diverged} recorded"
-                   f"{f', {diverged} diverged' if diverged else ''}; then {n_final} final run(s); "
-                   f"tuning records in {plan.folder}"), soft_wrap=True)
+    _print_plan(spec, plan)
     clock = Budget(budget * 60) if budget is not None else None
     if dry_run:
         _show(spec, plan, gather(spec, plan))
         return
-    if todo:
+    if plan.todo:
         commit = git_commit(outputs=(plan.folder.parents[1], runs_root()))  # <results>/tuning/<name>
-        results = run_local(todo, jobs, None, quiet, clock, on_result=diverged_noter(plan.folder, commit))
+        results = run_local(plan.todo, jobs, None, quiet, clock, on_result=diverged_noter(plan.folder, commit))
         summarize(results, outcomes=("diverged",))
     trials = gather(spec, plan)
     missing = sum(len(spec.tuning_seeds) - len(t.scores) - len(t.diverged) for ts in trials.values() for t in ts)
@@ -89,9 +92,18 @@ def tune(
                   soft_wrap=True)
         return
     chosen = _choose(spec, plan, trials)
-    if tune_only:
-        return
-    _final(spec, plan, chosen, flags, runs, jobs, quiet, clock)
+    if not tune_only:
+        _final(spec, plan, chosen, flags, runs, jobs, quiet, clock)
+
+
+def _print_plan(spec: TuneSpec, plan: TuningPlan) -> None:
+    """How many tuning runs there are, how many are recorded or diverged, and what follows."""
+    diverged = sum((p.config_hash, p.seed) in plan.diverged for p in plan.points)
+    recorded = len(plan.points) - len(plan.todo) - diverged
+    out.print(Text(f"robench tune {spec.name}: {len(plan.trials)} trial(s) x {len(spec.tuning_seeds)} seed(s) = "
+                   f"{len(plan.points)} tuning run(s), {recorded} recorded{f', {diverged} diverged' if diverged else ''}; "
+                   f"then {len(spec.candidates) * len(spec.final_seeds)} final run(s); tuning records in {plan.folder}"),
+              soft_wrap=True)
 
 
 def _choose(spec: TuneSpec, plan: TuningPlan, trials: dict[str, list[Trial]]) -> dict[str, Trial]:
