@@ -33,18 +33,17 @@ from importlib import resources
 from pathlib import Path
 
 from robench.api.errors import UserError
+from robench.core.registry import KINDS as PLUGIN_KINDS
 
 #: lowercase letters, digits and single '-' between them, starting with a letter
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 
-#: kind -> (entry-point group, module file stem, `robench run` flag)
-KINDS: dict[str, tuple[str, str, str]] = {
-    "defense": ("robench.defenses", "defense", "--defense"),
-    "attack": ("robench.attacks", "attack", "--attack"),
-    "architecture": ("robench.architectures", "architecture", "--arch"),
-    "dataset": ("robench.datasets", "dataset", "--data"),
-    "logger": ("robench.loggers", "logger", "--logger"),
-}
+#: kind -> the `robench run` flag that chooses a plugin of it, in the order `robench new` lists them
+_RUN_FLAGS = {"defense": "--defense", "attack": "--attack", "architecture": "--arch", "dataset": "--data",
+              "logger": "--logger"}
+#: kind -> (entry-point group, module file stem, `robench run` flag); the group is the
+#: registry's, so a kind is described once
+KINDS: dict[str, tuple[str, str, str]] = {kind: (PLUGIN_KINDS[kind].group, kind, flag) for kind, flag in _RUN_FLAGS.items()}
 
 #: kind -> how a run changes its hyperparameters: the {{PARAMS_HINT}} sentence of README.md
 PARAMS_HINT: dict[str, str] = {
