@@ -34,10 +34,10 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import report  # noqa: E402  (this folder's module; the script is run by path)
+import report
 
-from robench.core.provenance import git_commit  # noqa: E402
-from robench.workflows.bench import REFERENCE_SWITCHES, ROBENCH_SWITCHES, BenchRow, bench  # noqa: E402
+from robench.core.provenance import git_commit
+from robench.workflows.bench import REFERENCE_SWITCHES, ROBENCH_SWITCHES, BenchRow, bench
 
 REPO = Path(__file__).resolve().parents[2]
 DEFENSES = ["pgd-at", "trades", "mart", "uadat"]
