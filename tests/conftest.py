@@ -1,12 +1,14 @@
-"""Shared helpers: run the real ``robench`` CLI in a subprocess."""
+"""Shared helpers: run the real ``robench`` CLI in a process of its own."""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from forked_cli import Zygote
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -24,14 +26,39 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(threads)
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """``python -m robench ARGS`` in a fresh process; COLUMNS wide so tables do not fold."""
+def _cli_env(env: dict[str, str] | None) -> dict[str, str]:
     full_env = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("ROBENCH_DEBUG", None)
+    return full_env
+
+
+_zygote: Zygote | None = None
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600, fresh: bool = False,
+            cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    """``python -m robench ARGS`` in a process of its own; COLUMNS wide so tables do not fold.
+
+    The process is forked from one that has imported robench already (tests/forked_cli.py),
+    unless ``fresh`` asks for a new interpreter, for the tests of how a command starts, or
+    ``env`` changes what an interpreter reads while it starts."""
+    global _zygote
+    full_env = _cli_env(env)
+    if not fresh:
+        if _zygote is None:
+            _zygote = Zygote(_cli_env(None))
+        if _zygote.fits(full_env):
+            with tempfile.TemporaryDirectory(prefix="robench-cli-") as out:
+                return _zygote.run(list(args), full_env, cwd, timeout, Path(out) / "command")
     return subprocess.run(
         [sys.executable, "-m", "robench", *args],
-        capture_output=True, text=True, env=full_env, timeout=timeout, cwd=str(REPO),
+        capture_output=True, text=True, env=full_env, timeout=timeout, cwd=str(cwd),
     )
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _zygote is not None:
+        _zygote.close()
 
 
 @pytest.fixture

@@ -84,7 +84,8 @@ def weights_digest(path: Path) -> str:
 def measure(name: str, folder: Path) -> dict[str, Any]:
     """One run through the command line, reduced to what must not change."""
     results, runs = folder / name / "results", folder / name / "runs"
-    proc = run_cli("run", "-q", *COMMON, *RUNS[name], env={"ROBENCH_RESULTS": str(results), "ROBENCH_RUNS": str(runs)})
+    proc = run_cli("run", "-q", *COMMON, *RUNS[name], env={"ROBENCH_RESULTS": str(results), "ROBENCH_RUNS": str(runs)},
+                   fresh=True)
     assert proc.returncode == 0, proc.stderr
     (path,) = (results / "records").rglob("*.json")
     record = json.loads(path.read_text(encoding="utf-8"))
@@ -218,7 +219,7 @@ def test_committed_boards_regenerate_byte_for_byte(root: str, tmp_path: Path) ->
     assert boards, f"no boards in {committed}"
     for board in boards:
         board.unlink()
-    proc = run_cli("leaderboard", "--refresh", "--results-dir", str(copy), timeout=300)
+    proc = run_cli("leaderboard", "--refresh", "--results-dir", str(copy), timeout=300, fresh=True)
     assert proc.returncode == 0, proc.stderr
     for board in boards:
         assert board.read_bytes() == (committed / board.name).read_bytes(), board.name

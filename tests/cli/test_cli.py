@@ -94,7 +94,7 @@ def test_console_script_and_version() -> None:
 
 
 def test_help_reads() -> None:
-    proc = run_cli("--help")
+    proc = run_cli("--help", fresh=True)
     assert proc.returncode == 0
     assert "run" in proc.stdout and "list" in proc.stdout
     proc = run_cli("run", "--help")
@@ -126,7 +126,8 @@ def test_list_shows_builtins() -> None:
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str, results: Path) -> None:
-    proc = run_cli(*args, "--results-dir", str(results)) if args[0] == "run" else run_cli(*args)
+    """In a fresh interpreter: the errors users meet first, from a process started as theirs is."""
+    proc = run_cli(*args, "--results-dir", str(results), fresh=True) if args[0] == "run" else run_cli(*args, fresh=True)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
