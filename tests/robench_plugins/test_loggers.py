@@ -22,9 +22,9 @@ pytest.importorskip("tensorboard")
 pytest.importorskip("wandb")
 pytest.importorskip("mlflow")
 
-from mlflow.tracking import MlflowClient  # noqa: E402
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
-from wandb_files import read_offline_run  # noqa: E402
+from mlflow.tracking import MlflowClient
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from wandb_files import read_offline_run
 
 QUICK = ["--epochs", "3", "--set", "defense.steps=2", "--attack", "fgsm", "--attack", "pgd-5", "--n-eval", "100",
          "--set", "eval.checks=false", "-q"]
