@@ -26,18 +26,20 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(threads)
 
 
-def _cli_env(env: dict[str, str] | None) -> dict[str, str]:
-    full_env = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1", **(env or {})}
+def _cli_env(env: dict[str, str | None] | None) -> dict[str, str]:
+    """This process's environment, COLUMNS wide, with ``env``'s values (None: unset)."""
+    full_env: dict[str, str | None] = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("ROBENCH_DEBUG", None)
-    return full_env
+    return {k: v for k, v in full_env.items() if v is not None}
 
 
 _zygote: Zygote | None = None
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600, fresh: bool = False,
+def run_cli(*args: str, env: dict[str, str | None] | None = None, timeout: float = 600, fresh: bool = False,
             cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    """``python -m robench ARGS`` in a process of its own; COLUMNS wide so tables do not fold.
+    """``python -m robench ARGS`` in a process of its own, in ``cwd``, with ``env`` added to
+    this process's environment (a None value unsets); COLUMNS wide so tables do not fold.
 
     The process is forked from one that has imported robench already (tests/forked_cli.py),
     unless ``fresh`` asks for a new interpreter, for the tests of how a command starts, or

@@ -18,11 +18,10 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, run_cli
 from dataset_files import write_idx
 
 README = (REPO / "README.md").read_text()
@@ -69,10 +68,8 @@ def _robench(command: str, cwd: Path, extra_env: dict[str, str] | None = None) -
     everything goes to ``cwd/robench-results``."""
     args = shlex.split(command)
     assert args[0] == "robench", command
-    env = {k: v for k, v in os.environ.items() if k not in ("ROBENCH_RESULTS", "ROBENCH_RUNS", "ROBENCH_DEBUG")}
-    env.update({"COLUMNS": "200", "PYTHONUNBUFFERED": "1", "ROBENCH_DATA": str(cwd / "data"), **(extra_env or {})})
-    return subprocess.run([sys.executable, "-m", "robench", *args[1:]], capture_output=True, text=True,
-                          env=env, cwd=str(cwd), timeout=600)
+    unset: dict[str, str | None] = {"ROBENCH_RESULTS": None, "ROBENCH_RUNS": None}
+    return run_cli(*args[1:], env={**unset, "ROBENCH_DATA": str(cwd / "data"), **(extra_env or {})}, cwd=cwd)
 
 
 # ------------------------------------------------------------------ the first screen

@@ -104,7 +104,7 @@ class _DiesAfter(torch.nn.Module):
 def test_autoattack_resumes_from_its_state_file(trained, tmp_path) -> None:
     model, test = trained
     threat = ThreatModel("Linf", "1/16")
-    x, y = test.images(slice(0, 80)), test.y[:80]
+    x, y = test.images(slice(0, 40)), test.y[:40]
     suite = {"version": "custom", "attacks": ["apgd-ce", "apgd-t"]}
     full = _attack("autoattack", **suite).evaluate_points(model, x, y, threat)
     one_call = _attack("autoattack", **suite).perturb(model, x, y, threat)

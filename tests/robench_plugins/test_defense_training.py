@@ -1,7 +1,9 @@
 """Real short training on digits: the defenses do what their papers say they do.
 
-Eight epochs of each defense on the embedded digits data (smallcnn, seed 0), then
-clean and PGD-20 accuracy on the 360 test images. About a minute on a 2-core CPU.
+Eight epochs of each defense on the embedded digits data (smallcnn, seed 0), its
+adversary PGD-5 (half the papers' ten steps: the same direction of every effect below,
+in half the time), then clean and PGD-20 accuracy on the 360 test images. About a
+minute on one core.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from robench.evaluation.sequential import evaluate
 from robench.workflows.plans import build_model, plan_run
 
 EPOCHS = 8
+#: the training adversary's PGD steps
+STEPS = 5
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +29,10 @@ def trained() -> dict[str, dict[str, float]]:
     results = {}
     for label, name, params in [
         ("standard", "standard", {}),
-        ("pgd-at", "pgd-at", {}),
-        ("mart", "mart", {}),
-        ("trades", "trades", {"beta": 6.0}),
-        ("trades beta=0.2", "trades", {"beta": 0.2}),
+        ("pgd-at", "pgd-at", {"steps": STEPS}),
+        ("mart", "mart", {"steps": STEPS}),
+        ("trades", "trades", {"beta": 6.0, "steps": STEPS}),
+        ("trades beta=0.2", "trades", {"beta": 0.2, "steps": STEPS}),
     ]:
         torch.manual_seed(0)
         model = build_model(plan)
