@@ -1,7 +1,8 @@
 """The robench command line in processes forked from one that has imported it already.
 
 A fresh ``python -m robench`` spends two to four seconds of CPU importing torch, the CLI
-and scikit-learn (the digits data) before it reads its first argument. The suite runs
+and scikit-learn (the digits data) before it reads its first argument, and a run one
+more importing TorchDynamo when it makes its optimizer. The suite runs
 a few hundred commands, most of them done within seconds after that: a bad input, a
 listing, a board, a one-epoch run. Here a *zygote*, a Python process that has made those
 imports and nothing else (no torch operation, no plugin registry, no CUDA), forks one
@@ -47,8 +48,9 @@ _READ_LATER = re.compile(
 # ------------------------------------------------------------------ the zygote itself
 def _preload() -> None:
     """What nearly every command imports first; nothing here may start a computation."""
-    import sklearn.datasets
+    import sklearn.datasets  # the digits data
     import sklearn.model_selection  # noqa: F401  (its stratified split)
+    import torch._dynamo  # noqa: F401  (imported by every torch optimizer a run makes: a second)
 
     import robench.cli.main  # noqa: F401  (and with it torch, typer, rich)
 
