@@ -48,7 +48,7 @@ def test_strength_order_and_autoattack_really_runs(trained, caplog: pytest.LogCa
         attack = get_registry("attack").create(name, {"steps": 20} if name == "pgd" else {})
         with caplog.at_level(logging.INFO, logger="auto-attack"):
             result = evaluate(model, test, [attack], threat, batch_size=500,
-                              device=torch.device("cpu"), n_eval=60)
+                              device=torch.device("cpu"), n_eval=30)
         acc["clean"], acc[name] = result.accuracy["clean"], result.accuracy[attack.label()]
     assert acc["autoattack"] <= acc["pgd"] <= acc["fgsm"] <= acc["clean"]
     assert acc["clean"] > 80 and acc["fgsm"] < acc["clean"]
