@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -50,8 +49,7 @@ def run_cli(*args: str, env: dict[str, str | None] | None = None, timeout: float
         if _zygote is None:
             _zygote = Zygote(_cli_env(None))
         if _zygote.fits(full_env):
-            with tempfile.TemporaryDirectory(prefix="robench-cli-") as out:
-                return _zygote.run(list(args), full_env, cwd, timeout, Path(out) / "command")
+            return _zygote.run(list(args), full_env, cwd, timeout)
     return subprocess.run(
         [sys.executable, "-m", "robench", *args],
         capture_output=True, text=True, env=full_env, timeout=timeout, cwd=str(cwd),

@@ -33,6 +33,7 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -127,26 +128,26 @@ class Zygote:
         line, self.pending = self.pending.split(b"\n", 1)
         return json.loads(line)
 
-    def run(self, args: list[str], env: dict[str, str], cwd: Path, timeout: float, out: Path
-            ) -> subprocess.CompletedProcess[str]:
+    def run(self, args: list[str], env: dict[str, str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
         """``python -m robench ARGS`` in a forked child; like ``subprocess.run`` with
         captured text output, it raises ``TimeoutExpired`` after killing a late child."""
-        stdout, stderr = out.with_suffix(".out"), out.with_suffix(".err")
-        request = {"argv": args, "env": env, "cwd": str(cwd), "stdout": str(stdout), "stderr": str(stderr)}
         command = [sys.executable, "-m", "robench", *args]
-        with self.lock:
+        with tempfile.TemporaryDirectory(prefix="robench-cli-") as folder, self.lock:
+            stdout, stderr = Path(folder) / "stdout", Path(folder) / "stderr"
+            request = {"argv": args, "env": env, "cwd": str(cwd), "stdout": str(stdout), "stderr": str(stderr)}
             assert self.proc.stdin
             self.proc.stdin.write((json.dumps(request) + "\n").encode())
-            pid = (self._answer(60) or {})["pid"]
+            started = self._answer(60)
+            if started is None:
+                raise RuntimeError("the robench zygote did not start a child within 60 s")
             ended = self._answer(timeout)
             if ended is None:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(started["pid"], signal.SIGKILL)
                 self._answer(None)
-        texts = [p.read_text(errors="replace") if p.exists() else "" for p in (stdout, stderr)]
+            texts = [p.read_text(errors="replace") if p.exists() else "" for p in (stdout, stderr)]
         if ended is None:
             raise subprocess.TimeoutExpired(command, timeout, texts[0], texts[1])
         return subprocess.CompletedProcess(command, ended["returncode"], texts[0], texts[1])
-
 
 if __name__ == "__main__":
     sys.path[0] = str(REPO)  # robench from this checkout, as `python -m robench` run here finds it
