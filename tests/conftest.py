@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -48,8 +49,13 @@ def run_cli(*args: str, env: dict[str, str | None] | None = None, timeout: float
     if not fresh:
         if _zygote is None:
             _zygote = Zygote(_cli_env(None))
-        if _zygote.fits(full_env):
+        blockers = _zygote.blockers(full_env)
+        if not blockers:
             return _zygote.run(list(args), full_env, cwd, timeout)
+        if drifted := blockers - set(env or {}):  # not the test's choice: every later command pays
+            warnings.warn(f"run_cli: {', '.join(sorted(drifted))} changed in this test process after the CLI "
+                          "zygote started; add it to forked_cli._READ_LATER if no start-up reads it, or "
+                          "restore it: meanwhile each command starts a fresh interpreter", stacklevel=2)
     return subprocess.run(
         [sys.executable, "-m", "robench", *args],
         capture_output=True, text=True, env=full_env, timeout=timeout, cwd=str(cwd),

@@ -40,9 +40,12 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 #: environment variables a command may set or change without a fresh interpreter: the
-#: ones read while a command runs, none while the zygote imports
+#: ones read while a command runs, none while the zygote imports. Some are set by robench
+#: or torch themselves in a process that trains (the engine's CUBLAS_WORKSPACE_CONFIG,
+#: inductor's _TORCHINDUCTOR_*), so a test that trains in-process leaves them behind.
 _READ_LATER = re.compile(
-    r"ROBENCH_\w+|PYTEST_\w+|XDG_\w+|TORCHINDUCTOR_\w+|WANDB_\w+|MLFLOW_\w+|PYTHONPATH|COLUMNS|PYTHONUNBUFFERED|HOME|PATH"
+    r"ROBENCH_\w+|PYTEST_\w+|XDG_\w+|_?TORCHINDUCTOR_\w+|WANDB_\w+|MLFLOW_\w+|CUBLAS_WORKSPACE_CONFIG"
+    r"|PYTHONPATH|COLUMNS|PYTHONUNBUFFERED|HOME|PATH"
 )
 
 
@@ -108,10 +111,11 @@ class Zygote:
             self.proc.stdin.close()
         self.proc.wait(timeout=60)
 
-    def fits(self, env: dict[str, str]) -> bool:
-        """Whether ``env`` differs from the zygote's only where a forked child can follow."""
+    def blockers(self, env: dict[str, str]) -> set[str]:
+        """The variables in which ``env`` differs from the zygote's where a forked child
+        cannot follow (none: the command can be forked)."""
         changed = {k for k in env.keys() | self.env.keys() if env.get(k) != self.env.get(k)}
-        return all(_READ_LATER.fullmatch(k) for k in changed)
+        return {k for k in changed if not _READ_LATER.fullmatch(k)}
 
     def _answer(self, timeout: float | None) -> dict[str, Any] | None:
         """The zygote's next line, or None when ``timeout`` seconds pass first."""
