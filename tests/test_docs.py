@@ -65,11 +65,14 @@ COMMANDS = [line for block in OTHERS for line in block]
 
 def _robench(command: str, cwd: Path, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``robench ARGS`` as a user types it in ``cwd``: no results folder named, so
-    everything goes to ``cwd/robench-results``."""
+    everything goes to ``cwd/robench-results``. robench's cache is in ``cwd`` too: the
+    stand-in Fashion-MNIST files are decompressed there, and must not end up in the
+    cache of whoever runs the tests."""
     args = shlex.split(command)
     assert args[0] == "robench", command
     unset: dict[str, str | None] = {"ROBENCH_RESULTS": None, "ROBENCH_RUNS": None}
-    return run_cli(*args[1:], env={**unset, "ROBENCH_DATA": str(cwd / "data"), **(extra_env or {})}, cwd=cwd)
+    env = {**unset, "ROBENCH_DATA": str(cwd / "data"), "XDG_CACHE_HOME": str(cwd / ".cache"), **(extra_env or {})}
+    return run_cli(*args[1:], env=env, cwd=cwd)
 
 
 # ------------------------------------------------------------------ the first screen
