@@ -1,6 +1,7 @@
 """``robench compare``: a variant against its base row, paired over seeds, with a margin."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -50,5 +51,6 @@ def compare(
         out.print(Text("fewer than two seeds in common: no test (run both with the same seeds)"), soft_wrap=True)
         return
     verdict = "non-inferior" if r.noninferior else "not shown non-inferior"
+    p = "no spread: every seed's difference is the same, so no test; the mean decides" if math.isnan(r.p) else f"p = {r.p:.2g}"
     out.print(Text(f"mean difference {r.mean:+.2f} points over {len(r.seeds)} seeds; one-sided 95% lower bound "
-                   f"{r.lower:+.2f}; margin {r.margin:.2f}: {verdict} (p = {r.p:.2g})"), soft_wrap=True)
+                   f"{r.lower:+.2f}; margin {r.margin:.2f}: {verdict} ({p})"), soft_wrap=True)

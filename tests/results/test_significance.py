@@ -53,8 +53,20 @@ def test_paired_test_uses_only_the_shared_seeds() -> None:
     expected = stats.ttest_rel([70.0, 71.5, 69.0, 72.0], [66.0, 68.0, 67.5, 66.5]).pvalue
     assert paired_t_pvalue(top, other) == pytest.approx(expected)
     assert paired_t_pvalue(top, {0: 1.0, 5: 2.0}) is None  # one shared seed: no test
-    assert paired_t_pvalue({0: 5.0, 1: 6.0}, {0: 5.0, 1: 6.0}) == 1.0
-    assert paired_t_pvalue({0: 5.0, 1: 6.0}, {0: 4.0, 1: 5.0}) == 0.0
+    assert paired_t_pvalue({0: 5.0, 1: 6.0}, {0: 5.0, 1: 6.0}) == 1.0  # identical rows: tied
+
+
+def test_paired_differences_without_spread_cannot_be_tested() -> None:
+    """Differences that are all equal leave the t statistic nothing to divide by: no p,
+    not p = 0, also where rounding leaves a last-bit spread (the same 10 of 360 test
+    points apart on every seed)."""
+    assert math.isnan(paired_t_pvalue({0: 5.0, 1: 6.0}, {0: 4.0, 1: 5.0}))
+    top = {seed: 100 * k / 360 for seed, k in enumerate([250, 260, 245])}
+    other = {seed: 100 * (k - 10) / 360 for seed, k in enumerate([250, 260, 245])}
+    assert len({top[s] - other[s] for s in top}) > 1  # not bit-equal
+    assert math.isnan(paired_t_pvalue(top, other))
+    assert paired_t_pvalue(top, dict(top)) == 1.0
+    assert 0 < paired_t_pvalue({0: 5.0, 1: 6.0, 2: 7.0}, {0: 4.0, 1: 5.0, 2: 5.9}) < 0.05  # spread: a test
 
 
 def test_noninferiority_is_scipys_one_sided_test_against_the_margin() -> None:
@@ -72,8 +84,12 @@ def test_noninferiority_is_scipys_one_sided_test_against_the_margin() -> None:
     worse = noninferiority(base, noisy, margin=1.0)
     assert worse.mean == pytest.approx(result.mean) and not worse.noninferior and worse.p > 0.05
     assert noninferiority(base, {0: 1.0}, 1.0) is None
-    assert noninferiority({0: 5.0, 1: 6.0}, {0: 4.5, 1: 5.5}, 1.0).noninferior  # no spread: the mean decides
+    flat = noninferiority({0: 5.0, 1: 6.0}, {0: 4.5, 1: 5.5}, 1.0)
+    assert flat.noninferior and math.isnan(flat.p)  # no spread: the mean decides, and there is no p (not p = 0)
     assert not noninferiority({0: 5.0, 1: 6.0}, {0: 3.0, 1: 4.0}, 1.0).noninferior
+    # 10 of 360 test points apart on each seed: the differences are equal up to rounding
+    points = noninferiority({0: 100 * 300 / 360, 1: 100 * 320 / 360}, {0: 100 * 290 / 360, 1: 100 * 310 / 360}, 1.0)
+    assert math.isnan(points.p) and not points.noninferior
 
 
 def test_holm_steps_down_and_stays_monotone() -> None:
@@ -82,13 +98,15 @@ def test_holm_steps_down_and_stays_monotone() -> None:
     assert holm([]) == []
 
 
-def _variants() -> list[RunRecord]:
+def _variants(more: dict[str, list[float]] | None = None) -> list[RunRecord]:
     """Three experiments over five seeds, made from one real committed record: a clear
-    top row, one within the seed noise of it, one far below it."""
+    top row, one within the seed noise of it, one far below it; and ``more``: name ->
+    AutoAttack offsets by seed."""
     records, skipped = load_records(COMMITTED)
     assert records and not skipped
     template = next(r for r in records if "AutoAttack" in r.accuracy)
-    offsets = {"top": [0.0, 1.0, -1.0, 0.5, -0.5], "close": [-0.5, 1.5, -2.5, 0.5, 0.0], "far": [-9.0, -8.0, -10.0, -9.5, -8.5]}
+    offsets = {"top": [0.0, 1.0, -1.0, 0.5, -0.5], "close": [-0.5, 1.5, -2.5, 0.5, 0.0], "far": [-9.0, -8.0, -10.0, -9.5, -8.5],
+               **(more or {})}
     made = []
     for name, deltas in offsets.items():
         for seed, delta in enumerate(deltas):
@@ -121,6 +139,28 @@ def test_board_marks_ties_with_the_top_row_and_shows_the_noise() -> None:
     assert "| top " in top_line and "tied (p=" in close_line and "below (p=" in far_line
     assert "AutoAttack 95% CI" in text and "Holm-corrected" in text
     assert f"{1.2e8 * records[0].train['epochs'] / 1e9:.2f} G" in far_line
+
+
+def test_a_row_without_spread_against_the_top_cannot_be_tested() -> None:
+    """A row exactly 3 points below the top row on every seed: its paired differences
+    have no spread, so no t-test; every format says so instead of ``below (p=0)``, and
+    Holm's correction runs over the two rows that were tested."""
+    records = _variants({"even": [-3.0, -2.0, -4.0, -2.5, -3.5]})
+    df = experiment_table(records).set_index("defense")
+    assert list(df.index) == ["top", "close", "even", "far"]
+    assert math.isnan(df.loc["even", "vs top p"]) and not bool(df.loc["even", "tied"])
+    assert list(df["vs top untested"]) == ["", "", "no spread", ""]
+    raw = [paired_t_pvalue(*({r.seed: r.accuracy["AutoAttack"] for r in records if r.defense["name"] == n}
+                             for n in ("top", other))) for other in ("close", "far")]
+    assert [df.loc["close", "vs top p"], df.loc["far", "vs top p"]] == pytest.approx(holm(raw))  # a family of 2
+    cells = _vs_top(render_markdown(records, "t", "src"))
+    assert cells["even"] == "cannot be tested (no spread)" and cells["far"].startswith("below (p=")
+    assert "cannot be tested (no spread)</td>" in render_html(records, plots=False)
+    assert " & cannot be tested (no spread) & " in render_latex(records, "t")
+    measured = pd.read_csv(io.StringIO(render_csv(records))).query("kind == 'measured'").set_index("defense")
+    assert math.isnan(measured.loc["even", "vs top p"]) and measured.loc["even", "vs top untested"] == "no spread"
+    assert measured["vs top untested"].isna().sum() == 3
+    assert "vs top untested" not in render_csv(_variants())  # only where a row could not be tested
 
 
 def test_rows_are_compared_with_the_top_row_on_the_same_data() -> None:

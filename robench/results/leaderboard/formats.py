@@ -54,11 +54,16 @@ def _interval(low: float, high: float) -> str:
     return "–" if math.isnan(low) else f"[{low:.2f}, {high:.2f}]"
 
 
-def _versus_top(top: bool, p: float, tied: bool, crossed: str) -> str:
-    """``top``, ``tied (p=0.14)``, ``below (p=0.0007)``, or – where no test was possible;
-    marked † where paired seeds ran on different machine kinds (:data:`MACHINES_SENTENCE`)."""
+def _versus_top(top: bool, p: float, tied: bool, crossed: str, untested: str) -> str:
+    """``top``, ``tied (p=0.14)``, ``below (p=0.0007)``, ``cannot be tested (no spread)``
+    where the shared seeds allow no t-test (the paired differences are all equal, and
+    the test divides by their spread: not ``below (p=0)``, which two seeds cannot
+    show), or – where fewer than 2 seeds are shared; marked † where paired seeds ran
+    on different machine kinds (:data:`MACHINES_SENTENCE`)."""
     if top:
         return "top"
+    if untested:
+        return f"cannot be tested ({untested})"
     if math.isnan(p):
         return "–"
     return f"{'tied' if tied else 'below'} (p={p:.2g})" + (CROSSED_MACHINES if crossed else "")
@@ -81,8 +86,8 @@ def _noise_columns(out: pd.DataFrame, df: pd.DataFrame, rank_label: str) -> None
     comparison with the top row."""
     out[f"{rank_label} 95% CI"] = [_interval(lo, hi) for lo, hi in zip(df["ci low"], df["ci high"])]
     out["Test SE"] = df["test se"].map(lambda se: "–" if math.isnan(se) else f"± {se:.2f}")
-    out["vs top"] = [_versus_top(r, p, t, c) for r, p, t, c in
-                     zip(df["top"], df["vs top p"], df["tied"], df["vs top machines"])]
+    out["vs top"] = [_versus_top(*row) for row in
+                     zip(df["top"], df["vs top p"], df["tied"], df["vs top machines"], df["vs top untested"])]
 
 
 def measured_display(records: Sequence[RunRecord], by_seed: bool = False) -> pd.DataFrame:
@@ -289,10 +294,12 @@ def render_csv(records: Sequence[RunRecord], reported: Sequence[ReportedRow] = (
                external: Sequence[ExternalRow] = ()) -> str:
     """Numbers unformatted (mean and std columns), one ``kind`` column: measured, external or
     reported; a ``vs top machines`` column only where a row's test paired seeds across
-    machine kinds."""
+    machine kinds, a ``vs top untested`` one only where a row's could not be made (its
+    ``vs top p`` is empty; ``no spread``: its paired differences are all equal)."""
     df = run_table(records) if by_seed else experiment_table(records)
-    if "vs top machines" in df and not df["vs top machines"].any():
-        df = df.drop(columns="vs top machines")
+    for column in ("vs top untested", "vs top machines"):
+        if column in df and not df[column].any():
+            df = df.drop(columns=column)
     df = df.rename(columns={m: f"{m} mean" for m in (metrics(records) if records else [])}) if not by_seed else df
     df.insert(0, "kind", "measured")
     suffix = "" if by_seed else " mean"

@@ -40,19 +40,36 @@ def binomial_se(accuracy_percent: float, n_points: int) -> float:
     return 100 * math.sqrt(p * (1 - p) / n_points)
 
 
+#: paired differences whose spread is at most this fraction of the accuracies compared
+#: (or of 1 point) are all equal: what is left is rounding
+ROUNDING = 1e-9
+
+
+def _rounding(a: Mapping[int, float], b: Mapping[int, float], seeds: Sequence[int]) -> float:
+    """The spread of paired differences that is rounding alone (:data:`ROUNDING`)."""
+    return ROUNDING * max(1.0, *(abs(a[s]) for s in seeds), *(abs(b[s]) for s in seeds))
+
+
 def paired_t_pvalue(top: Mapping[int, float], other: Mapping[int, float]) -> float | None:
     """Two-sided paired t-test over the seeds both rows have; None below 2 shared seeds.
 
     Pairing by seed removes what runs of the same seed share (the initial weights of
-    one architecture and the data order come from the seed). Differences that are all
-    equal have no spread: p is 1 when they are all zero and 0 otherwise."""
+    one architecture and the data order come from the seed). The t statistic divides
+    the mean difference by its spread over seeds, so differences that are all equal
+    cannot be tested: p is NaN then (a board says "cannot be tested"), not 0, which
+    would call two rows distinguishable from as few as two seeds. All-zero differences
+    (identical rows) are tied: p is 1. Equal is up to rounding (:data:`ROUNDING`):
+    accuracies are fractions of test points, and rows that differ by the same number
+    of points on every seed leave last-bit differences (a spread of 1e-14 points)
+    that the statistic would blow up to p = 1e-30."""
     seeds = sorted(set(top) & set(other))
     if len(seeds) < 2:
         return None
     diffs = [top[s] - other[s] for s in seeds]
     mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
-    if sd == 0:
-        return 1.0 if mean == 0 else 0.0
+    rounding = _rounding(top, other, seeds)
+    if sd <= rounding:
+        return 1.0 if abs(mean) <= rounding else math.nan
     t = mean / (sd / math.sqrt(len(diffs)))
     return float(2 * stats.t.sf(abs(t), len(diffs) - 1))
 
@@ -101,7 +118,8 @@ class NonInferiority:
     #: the one-sided (1 - alpha) lower confidence bound of the mean difference
     lower: float
     margin: float
-    #: one-sided p of "the variant is worse by the margin or more"
+    #: one-sided p of "the variant is worse by the margin or more"; NaN when the
+    #: differences are all equal (no spread: no test, the mean decides)
     p: float
 
     @property
@@ -122,8 +140,8 @@ def noninferiority(base: Mapping[int, float], variant: Mapping[int, float], marg
         return None
     diffs = tuple(variant[s] - base[s] for s in seeds)
     mean, sd, n = statistics.fmean(diffs), statistics.stdev(diffs), len(diffs)
-    if sd == 0:
-        lower, p = mean, 0.0 if mean > -margin else 1.0
+    if sd <= _rounding(base, variant, seeds):  # no spread: the mean decides, and no p can be given
+        lower, p = mean, math.nan
     else:
         se = sd / math.sqrt(n)
         lower = mean - float(stats.t.ppf(1 - alpha, n - 1)) * se

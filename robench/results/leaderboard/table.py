@@ -13,6 +13,7 @@ formats them.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -36,6 +37,9 @@ from robench.results.records import RunRecord, machine_kind
 UNRELIABLE = "⚠ potentially unreliable"
 #: marks a test against the top row whose paired seeds ran on different machine kinds
 CROSSED_MACHINES = "†"
+#: why a row has no test against the top row although they share seeds: the paired
+#: differences are all equal, and a t-test needs their spread
+NO_SPREAD = "no spread"
 #: the columns that identify an experiment
 EXPERIMENT = ["dataset", "threat", "defense", "arch", "config"]
 
@@ -247,19 +251,26 @@ def compare_with_top(df: pd.DataFrame) -> pd.DataFrame:
     Holm-adjusted p of a paired t-test of each other row's ranking accuracy against its
     top row's over their shared seeds (NaN below 2 shared seeds), Holm over the rows
     compared with the same top; ``tied``: not distinguishable from it at level ALPHA;
-    ``vs top machines``: the tested seeds whose runs ran on different machine kinds, in
-    words ("" where none did or the kinds are not known)."""
+    ``vs top untested``: why a row with shared seeds has no test, :data:`NO_SPREAD`
+    where its paired differences are all equal (its p is NaN and it is left out of
+    Holm's family, which holds the error of the tests that were made); ``vs top
+    machines``: the tested seeds whose runs ran on different machine kinds, in words
+    ("" where none did or the kinds are not known)."""
     n, by_seed, machines = len(df), list(df["_by_seed"]), list(df["_machines"])
     top, p_values, tied, crossed = [False] * n, [float("nan")] * n, [False] * n, [""] * n
+    untested = [""] * n
     for rows in df.groupby("data", sort=False).indices.values():
         first, rest = int(rows[0]), [int(i) for i in rows[1:]]
         top[first] = True
         raw = {i: paired_t_pvalue(by_seed[first], by_seed[i]) for i in rest}
-        tested = {i: p for i, p in raw.items() if p is not None}
+        for i, p in raw.items():
+            untested[i] = NO_SPREAD if p is not None and math.isnan(p) else ""
+        tested = {i: p for i, p in raw.items() if p is not None and not untested[i]}
         for i, p in zip(tested, holm(list(tested.values()))):
             p_values[i], tied[i] = p, p >= ALPHA
             crossed[i] = crossed_text(crossed_machines(machines[first], machines[i]))
-    return (df.assign(top=top, **{"vs top p": p_values}, tied=tied, **{"vs top machines": crossed})
+    return (df.assign(top=top, **{"vs top p": p_values}, tied=tied, **{"vs top untested": untested},
+                      **{"vs top machines": crossed})
             .drop(columns=["_by_seed", "_machines"]))
 
 
@@ -274,8 +285,8 @@ def experiment_table(records: Sequence[RunRecord]) -> pd.DataFrame:
     """One row per experiment, ranked within its data setting: ``<metric>`` is the mean
     over seeds and ``<metric> std`` the sample standard deviation (NaN for one seed);
     ``ci low``/``ci high`` the 95% t-interval of the ranking accuracy over seeds, ``test
-    se`` its binomial standard error on the test set, ``vs top p``, ``tied`` and ``vs top
-    machines`` the comparison with its setting's top row."""
+    se`` its binomial standard error on the test set, ``vs top p``, ``tied``, ``vs top
+    untested`` and ``vs top machines`` the comparison with its setting's top row."""
     if not records:
         return pd.DataFrame()
     runs = runs_frame(records)
