@@ -12,7 +12,7 @@ from robench.api.model import NormalizedClassifier
 from robench.api.threat import ThreatModel
 from robench.core.config import TrainConfig
 from robench.core.registry import get_registry
-from robench.engine.backend import exact_fp32
+from robench.engine.backend import evaluation_switches
 from robench.engine.precision import Precision
 from robench.engine.train import make_optimizer, train_step
 
@@ -28,7 +28,7 @@ def trained_digits_model(device: torch.device, n: int = 1024) -> tuple[nn.Module
     net = get_registry("architecture").create("smallcnn", {}).build(10, (1, 8, 8))
     model = NormalizedClassifier(net, dataset.mean, dataset.std).to(device).train()
     optimizer, standard = make_optimizer(model, TrainConfig(), device), get_registry("defense").create("standard")
-    with exact_fp32():
+    with evaluation_switches():
         for _ in range(10):
             for i in range(0, n, 64):
                 train_step(model, standard, optimizer, x[i:i + 64], y[i:i + 64], THREAT)
@@ -58,7 +58,7 @@ def bf16_against_fp32(defense: str, device: torch.device) -> dict[str, float]:
     """How far bf16 + channels-last moves one step's loss and update from exact fp32, and
     how far another random seed moves the fp32 update (the step's own variation)."""
     model, x, y = trained_digits_model(device)
-    with exact_fp32():
+    with evaluation_switches():
         loss_32, update_32 = one_step(model, defense, x, y, "fp32")
         _, other_seed = one_step(model, defense, x, y, "fp32", seed=3)
     loss_16, update_16 = one_step(model, defense, x, y, "bf16", channels_last=True)
@@ -71,15 +71,33 @@ def bf16_against_fp32(defense: str, device: torch.device) -> dict[str, float]:
     }
 
 
-#: measured on a CPU (2026-11-27), 3 initialisations: loss within 0.8% for all four
-#: defenses; update moved by bf16 2-3% (PGD-AT, TRADES, MART) and 4-11% (UAD-AT), by
-#: another seed 5-17%. Before TRADES and MART computed their softmax terms in fp32 (and
-#: TRADES' first attack step), bf16 moved TRADES' loss by 17-73% and MART's update by 10^7
+#: One step in bf16 + channels-last against exact fp32, measured 2026-12-08 on this CPU
+#: (AMD EPYC, 1 thread, torch 2.14.1) over 5 initialisations (trained_digits_model's seed
+#: 0-4) x step seeds 2-6 (UAD-AT also 7-16 on initialisations 0 and 2; "another seed":
+#: step seed + 1), relative to the fp32 update (min-max):
+#:
+#:   defense  loss       update, bf16   update, another seed
+#:   PGD-AT   0.01-0.24%  1.6-2.7%      4.5-9.5%
+#:   TRADES   0.03-0.42%  2.2-3.3%      12.7-27.4%
+#:   MART     0.00-0.47%  1.8-3.2%      1.5-3.9%
+#:   UAD-AT   0.00-0.28%  1.6-15.6%     4.9-19.4%
+#:
+#: UAD-AT is bimodal: about 2% on most draws, 4-16% on 19 of 45, where bf16 moves its
+#: update about as far as another seed does (up to 1.1 times). A bound of a multiple of
+#: another seed's difference (the earlier max(10%, 1.5 x seed)) is itself a random draw,
+#: and no single bound can lie below every defense's seed difference (MART's is as small
+#: as its bf16 one). So one fixed bound: 25%, 1.6 times the worst draw (UAD-AT's 15.6%)
+#: for another device's kernels, 7.6 times the worst of the other three (3.3%). It
+#: still catches what this test exists for: before TRADES and MART computed their
+#: softmax terms in fp32 (and TRADES' first attack step), bf16 moved TRADES' loss by
+#: 17-73% and MART's update by 10^7. The loss bound, 2%, is 4 times the worst draw (0.47%).
 LOSS_RTOL = 0.02
-UPDATE_FLOOR, SEED_FACTOR = 0.10, 1.5
+UPDATE_RTOL = 0.25
 
 
 def assert_bf16_agrees(defense: str, device: torch.device) -> None:
+    """Loss within LOSS_RTOL and weight update within UPDATE_RTOL of exact fp32; the
+    other seed's difference is in the message, for scale."""
     found = bf16_against_fp32(defense, device)
     assert found["loss"] <= LOSS_RTOL, found
-    assert found["bf16"] <= max(UPDATE_FLOOR, SEED_FACTOR * found["seed"]), found
+    assert found["bf16"] <= UPDATE_RTOL, found

@@ -106,11 +106,17 @@ def set_tf32(enabled: bool) -> tuple[bool, bool]:
 
 
 @contextmanager
-def exact_fp32() -> Iterator[None]:
-    """TF32 off inside the block (the final evaluation), as it was afterwards."""
+def evaluation_switches() -> Iterator[None]:
+    """The evaluation's switches inside the block, training's again afterwards: TF32 off
+    ("fp32" evaluation means fp32) and cuDNN's autotuner off (AutoAttack and Square shrink
+    their batch to the points still robust almost every iteration, and the autotuner
+    would time every new shape's kernels again)."""
     matmul, conv = set_tf32(False)
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
     try:
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = matmul
         torch.backends.cudnn.allow_tf32 = conv
+        torch.backends.cudnn.benchmark = benchmark

@@ -71,11 +71,19 @@ def world_from_env() -> World:
         raise ConfigError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (they are set by torchrun)") from None
 
 
+def rank_device(world: World, device: torch.device) -> torch.device:
+    """This process's device: under torchrun each rank takes the GPU of its local rank;
+    a single process keeps the one it was given (``--device cuda:1`` means GPU 1)."""
+    if device.type == "cuda" and world.active:
+        return torch.device("cuda", world.local_rank)
+    return device
+
+
 def init_process_group(world: World, device: torch.device) -> torch.device:
     """Join the process group (NCCL on CUDA, gloo on CPU); returns this rank's device."""
-    if device.type == "cuda":
-        device = torch.device("cuda", world.local_rank)
-        torch.cuda.set_device(device)
+    device = rank_device(world, device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # the current device too: memory stats, streams, new tensors
     if world.active and not dist.is_initialized():
         dist.init_process_group(
             "nccl" if device.type == "cuda" else "gloo", rank=world.rank, world_size=world.size,

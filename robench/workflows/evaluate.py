@@ -30,7 +30,7 @@ from robench.core.progress import NullReporter, Reporter
 from robench.core.provenance import git_commit
 from robench.core.registry import get_registry
 from robench.engine.backend import configure as configure_backend
-from robench.engine.backend import exact_fp32
+from robench.engine.backend import evaluation_switches
 from robench.engine.checkpoint import file_digest, load_checkpoint, load_state_dict_file, load_weights
 from robench.engine.machine import describe_machine, device_label
 from robench.evaluation.probe import probe_suite
@@ -210,7 +210,7 @@ def execute_eval(
     model.to(run.device)
     splits, _ = load_data(run.dataset, run.names["data"], run.config.data_root, download=run.config.download)
     test = splits.test.to(run.device) if run.device.type != "cpu" else splits.test
-    with exact_fp32():  # "fp32" evaluation means fp32: no TF32 tensor-core matmuls
+    with evaluation_switches():  # no TF32 ("fp32" means fp32), no cuDNN autotuning per batch shape
         probe_suite(model, test, [entry.attack for entry in run.suite], run.threat, run.device)
         outcome = run_protocol(
             model, test, run.suite, run.threat, run.config.eval,

@@ -22,7 +22,7 @@ from robench.core.datasets import load_data
 from robench.core.progress import NullReporter, Reporter
 from robench.core.seeding import make_generator, seed_everything
 from robench.engine.backend import configure as configure_backend
-from robench.engine.backend import exact_fp32
+from robench.engine.backend import evaluation_switches
 from robench.engine.checkpoint import Checkpoint, load_checkpoint, load_weights
 from robench.engine.distributed import broadcast_object, close_process_group, init_process_group
 from robench.engine.loggers import RunLoggers
@@ -101,7 +101,7 @@ def _train(plan: RunPlan, reporter: Reporter, resume: Checkpoint | None, loggers
         val = None if splits.val is None else splits.val.to(plan.device)
         splits = DataSplits(splits.train.to(plan.device), splits.test.to(plan.device), val)
     if cfg.eval.checkpoints != "none":
-        with exact_fp32():  # a broken attack fails now, not after the training
+        with evaluation_switches():  # a broken attack fails now, not after the training
             probe_suite(model, splits.test, [entry.attack for entry in plan.suite], plan.threat, plan.device)
     trained = train(
         model, plan.defense, splits.train, plan.threat, cfg.train,
@@ -171,7 +171,7 @@ def _evaluate_checkpoints(
 
 def _evaluate_and_record(plan: RunPlan, reporter: Reporter, resume: Checkpoint | None, done: Trained) -> RunOutcome:
     """The checkpoints evaluated, the record written (never over another) and its board refreshed."""
-    with exact_fp32():  # "fp32" evaluation means fp32: no TF32 tensor-core matmuls
+    with evaluation_switches():  # no TF32 ("fp32" means fp32), no cuDNN autotuning per batch shape
         checkpoints = _evaluate_checkpoints(plan, reporter, done.result, done.model, done.splits.test)
     record = build_record(plan, done, checkpoints, resume)
     try:

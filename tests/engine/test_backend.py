@@ -14,7 +14,7 @@ import torch
 from conftest import run_cli
 from torch import nn
 
-from robench.engine.backend import Backend, configure, exact_fp32
+from robench.engine.backend import Backend, configure, evaluation_switches
 from robench.engine.train import load_optimizer_state
 
 
@@ -40,11 +40,13 @@ def test_exact_on_a_cpu_fast_on_a_gpu_unless_told() -> None:
     assert configure(torch.device("cpu"), False) == Backend(False, True, None, None)
 
 
-def test_the_final_evaluation_runs_without_tf32() -> None:
+def test_the_final_evaluation_runs_without_tf32_or_autotuning() -> None:
     configure(torch.device("cuda"), None)
-    with exact_fp32():
+    with evaluation_switches():
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert not torch.backends.cudnn.benchmark  # AutoAttack's shrinking batches: no re-tuning per shape
     assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32  # training's, back
+    assert torch.backends.cudnn.benchmark
 
 
 def test_records_say_what_was_in_force(tmp_path: Path) -> None:

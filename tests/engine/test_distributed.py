@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import REPO, run_cli
 
-from robench.engine.distributed import World
+from robench.engine.distributed import World, rank_device
 
 #: one optimisation step per epoch: the global batch is the whole digits train split
 ONE_STEP = ["--epochs", "1", "--set", "train.batch_size=4096", "--set", "defense.random_start=false",
@@ -28,6 +28,15 @@ def test_shards_cover_the_global_batch_once(n: int, size: int) -> None:
     for rank, s in enumerate(shards):
         per_image = World(rank, size).loss_weight(s.stop - s.start, n) / size / (s.stop - s.start)
         assert per_image == pytest.approx(1 / n)
+
+
+def test_a_single_process_keeps_the_gpu_it_was_given() -> None:
+    """`robench run --device cuda:1` in one process trains on GPU 1; under torchrun each
+    rank takes the GPU of its local rank."""
+    assert rank_device(World(), torch.device("cuda", 1)) == torch.device("cuda", 1)
+    assert rank_device(World(), torch.device("cuda")) == torch.device("cuda")
+    assert rank_device(World(1, 2, 1), torch.device("cuda")) == torch.device("cuda", 1)
+    assert rank_device(World(1, 2, 1), torch.device("cpu")) == torch.device("cpu")
 
 
 def _records(results: Path) -> list[dict]:

@@ -21,10 +21,12 @@ from robench.api.model import NormalizedClassifier
 from robench.api.threat import ThreatModel
 from robench.core.config import TrainConfig
 from robench.core.registry import get_registry
-from robench.engine.backend import exact_fp32
+from robench.engine.backend import evaluation_switches
 from robench.engine.train import load_optimizer_state, make_optimizer, train_step
 
 DEVICE = torch.device(os.environ.get("ROBENCH_GPU_TEST_DEVICE", "cuda"))
+#: benchmarks/gpu/prepare.sh's folder with AutoAttack's CPU side (best.pt, cpu.json), if any
+AA_REFERENCE = os.environ.get("ROBENCH_GPU_AA_REFERENCE")
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(DEVICE.type == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA device"),
@@ -44,7 +46,7 @@ def _batch(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("defense", ["pgd-at", "trades", "mart", "uadat"])
 def test_bf16_channels_last_step_agrees_with_fp32(defense: str) -> None:
     """One step on 1,024 digits in bf16 + channels-last against exact fp32 (TF32 off),
-    same trained weights: the loss within 2%, the update within what a new seed moves it."""
+    same trained weights: the loss within 2%, the update within 25% (tests/numerics.py says why)."""
     assert_bf16_agrees(defense, DEVICE)
 
 
@@ -54,7 +56,7 @@ def test_fused_sgd_resumes_across_a_channels_last_change(tmp_path: Path) -> None
     x, y = _batch(32)
     defense = get_registry("defense").create("standard")
     threat = ThreatModel("Linf", "8/255")
-    with exact_fp32():
+    with evaluation_switches():
         model = _model("preact-resnet-18")
         optimizer = make_optimizer(model, TrainConfig(), DEVICE)
         train_step(model, defense, optimizer, x, y, threat)
@@ -89,19 +91,34 @@ def test_two_epoch_run_on_the_device_lands_a_record(tmp_path: Path) -> None:
     assert rec["backend"]["deterministic"] is (not cuda)
 
 
-def test_autoattack_on_the_device_agrees_with_the_cpu(tmp_path: Path) -> None:
-    """The standard AutoAttack on 200 digits test points of a standard-trained model, at a
-    budget where it breaks some but not all (eps 1/64), on the device and on the CPU."""
-    env = {"ROBENCH_RUNS": str(tmp_path / "runs")}
+def _cpu_side(tmp_path: Path, env: dict[str, str]) -> tuple[Path, dict]:
+    """A standard-trained digits checkpoint and its AutoAttack report on the CPU: carried
+    from ``benchmarks/gpu/prepare.sh`` in ``$ROBENCH_GPU_AA_REFERENCE`` (its CPU side takes
+    minutes, the GPU machine's time is short), else made here."""
+    if AA_REFERENCE:
+        return Path(AA_REFERENCE) / "best.pt", json.loads((Path(AA_REFERENCE) / "cpu.json").read_text())
     trained = run_cli("run", "--defense", "standard", "--epochs", "3", "--device", str(DEVICE), "--attack", "fgsm",
                       "--n-eval", "200", "--results-dir", str(tmp_path / "res"), "-q", env=env)
     assert trained.returncode == 0, trained.stderr[-3000:]
     (checkpoint,) = (tmp_path / "runs").glob("*/best.pt")
-    robust = {}
-    for device in (str(DEVICE), "cpu"):
-        out = run_cli("eval", "--checkpoint", str(checkpoint), "--device", device, "--attack", "autoattack",
-                      "--eps", "1/64", "--n-eval", "200", "--out", str(tmp_path / f"{device}.json"), "-q", env=env)
-        assert out.returncode == 0, out.stderr[-3000:]
-        robust[device] = json.loads((tmp_path / f"{device}.json").read_text())["accuracy"]["AutoAttack"]
+    return checkpoint, _autoattack(checkpoint, "cpu", 200, tmp_path, env)
+
+
+def _autoattack(checkpoint: Path, device: str, n: int, tmp_path: Path, env: dict[str, str]) -> dict:
+    out = run_cli("eval", "--checkpoint", str(checkpoint), "--device", device, "--attack", "autoattack",
+                  "--eps", "1/64", "--n-eval", str(n), "--set", "eval.checks=false",
+                  "--out", str(tmp_path / f"{device}.json"), "-q", env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads((tmp_path / f"{device}.json").read_text())
+
+
+def test_autoattack_on_the_device_agrees_with_the_cpu(tmp_path: Path) -> None:
+    """The standard AutoAttack on the digits test points of a standard-trained model, at a
+    budget where it breaks some but not all (eps 1/64), on the device and on the CPU."""
+    env = {"ROBENCH_RUNS": str(tmp_path / "runs")}
+    checkpoint, cpu = _cpu_side(tmp_path, env)
+    assert cpu["threat"]["eps"] == "1/64" and [a["name"] for a in cpu["eval"]["attacks"]] == ["autoattack"], cpu
+    on_device = _autoattack(checkpoint, str(DEVICE), cpu["eval"]["n"], tmp_path, env)
+    robust = {"cpu": cpu["accuracy"]["AutoAttack"], str(DEVICE): on_device["accuracy"]["AutoAttack"]}
     assert 5 < robust["cpu"] < 95, robust  # a budget that tells the two apart if they differ
     assert abs(robust[str(DEVICE)] - robust["cpu"]) <= 1.0, robust
