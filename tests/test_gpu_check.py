@@ -193,3 +193,13 @@ def test_the_fashion_mnist_record_read_the_prepared_files(trip: dict[str, Any]) 
         record = json.load(archive.extractfile(member))  # type: ignore[arg-type]
     assert record["dataset"] == "fashion-mnist"
     assert record["data_dir"] == str(trip["tree"] / "benchmarks" / "gpu" / "prepared" / "data")
+
+
+def test_a_part_out_of_time_keeps_its_first_row(tmp_path: Path) -> None:
+    """--seconds 0: the first bench row is measured and kept, no other starts."""
+    out = tmp_path / "check"
+    hurried = _check("core", "--smoke", "--seconds", "0", "--out", str(out), runs=tmp_path / "runs")
+    assert hurried.returncode == 0, hurried.stdout[-3000:] + hurried.stderr[-3000:]
+    doc = json.loads((out / "gpu-check.json").read_text())
+    assert len(doc["parts"]["core"]["rows"]) == 1 and report.problems(doc) == []
+    assert "the remaining rows were not started" in (out / "core.log").read_text()
