@@ -154,7 +154,7 @@ def trip(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_prepare_prints_the_command_to_run_there(trip: dict[str, Any]) -> None:
     prepared = trip["tree"] / "benchmarks" / "gpu" / "prepared"
-    assert "bash benchmarks/gpu/device.sh --smoke" in trip["prepared"].stdout
+    assert f"ROBENCH_COMMIT={trip['commit']} bash benchmarks/gpu/device.sh --smoke" in trip["prepared"].stdout
     assert (prepared / "commit").read_text().strip() == trip["commit"]
     assert not list(prepared.glob("site/pyautoattack/examples"))  # 45 MB that need not travel
     size = sum(p.stat().st_size for p in prepared.rglob("*") if p.is_file())

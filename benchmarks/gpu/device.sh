@@ -49,7 +49,7 @@ WORK=$(mktemp -d)
 export PYTHONPATH="$PREP/site${PYTHONPATH:+:$PYTHONPATH}"
 export ROBENCH_DATA=$PREP/data ROBENCH_RUNS=$WORK/runs
 if [ -d "$PREP/autoattack" ]; then export ROBENCH_GPU_AA_REFERENCE=$PREP/autoattack; fi
-ROBENCH_COMMIT=$(cat "$PREP/commit")
+ROBENCH_COMMIT=${ROBENCH_COMMIT:-$(cat "$PREP/commit")}
 export ROBENCH_COMMIT
 
 say "== robench GPU check, commit $ROBENCH_COMMIT, parts: ${PARTS[*]} ${SMOKE[*]}"

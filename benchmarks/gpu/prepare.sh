@@ -12,7 +12,7 @@
 #                CPU): a standard-trained digits checkpoint and its AutoAttack report
 #                (not with --smoke)
 #   commit       the commit the records there will name (the tree travels without .git)
-# and the script ends by printing the command to run there.
+# and the script ends by printing the command to run there, the commit filled in.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-python}
@@ -52,6 +52,7 @@ fi
 mkdir -p "$NEW/data/FashionMNIST/raw"
 for f in $FILES; do cp "$SRC/$f" "$NEW/data/FashionMNIST/raw/"; done
 echo "Fashion-MNIST: copied from $SRC"
+if [ -n "${DEB:-}" ]; then rm -rf "$DEB"; fi
 
 # 3. AutoAttack's CPU side: a standard-trained digits model, and AutoAttack on it at eps
 #    1/64 on this CPU; the GPU evaluates the same checkpoint and compares. Not with
@@ -85,4 +86,4 @@ mv "$NEW" "$PREP"
 trap - EXIT
 echo "prepared: $PREP ($SIZE MiB, commit $COMMIT)"
 echo "run there, in the repository's root, carrying $PREP:"
-echo "  bash benchmarks/gpu/device.sh$([ "$SMOKE" = 1 ] && echo ' --smoke')"
+echo "  ROBENCH_COMMIT=$COMMIT bash benchmarks/gpu/device.sh$([ "$SMOKE" = 1 ] && echo ' --smoke')"
