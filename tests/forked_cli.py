@@ -153,6 +153,7 @@ class Zygote:
             raise subprocess.TimeoutExpired(command, timeout, texts[0], texts[1])
         return subprocess.CompletedProcess(command, ended["returncode"], texts[0], texts[1])
 
+
 if __name__ == "__main__":
     sys.path[0] = str(REPO)  # robench from this checkout, as `python -m robench` run here finds it
     _preload()

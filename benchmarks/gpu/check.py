@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from robench.core.provenance import git_commit
 from robench.workflows.bench import REFERENCE_SWITCHES, ROBENCH_SWITCHES, BenchRow, bench
 
 REPO = Path(__file__).resolve().parents[2]
-DEFENSES = ["pgd-at", "trades", "mart", "uadat"]
+DEFENSES = ("pgd-at", "trades", "mart", "uadat")
 
 
 class OutOfTime(Exception):
@@ -118,7 +118,7 @@ def tf32_settings() -> dict[str, Any]:
     }
 
 
-def bench_rows(part: Part, arch: str, batch_size: int, *, compile_model: bool, defenses: list[str] = DEFENSES) -> None:
+def bench_rows(part: Part, arch: str, batch_size: int, *, compile_model: bool, defenses: Sequence[str] = DEFENSES) -> None:
     """Bench rows for the defenses (bf16, channels-last), each saved as soon as measured."""
     dev = device()
     smoke = part.smoke
@@ -208,7 +208,7 @@ def part_compile(part: Part) -> None:
     for arch, batch in plan:
         torch._dynamo.reset()
         try:
-            bench_rows(part, arch, batch, compile_model=True, defenses=["pgd-at", "uadat"] if part.smoke else DEFENSES)
+            bench_rows(part, arch, batch, compile_model=True, defenses=("pgd-at", "uadat") if part.smoke else DEFENSES)
         except OutOfTime:
             raise
         except Exception as exc:  # one architecture's compile error must not lose the other's rows
